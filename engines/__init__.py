@@ -1,0 +1,3 @@
+"""Training engines, chosen by `actor.engine`: name -> "module:builder"."""
+
+ENGINES = {"automodel": "engines.automodel.engine:build_engine"}

@@ -1,0 +1,189 @@
+"""The NeMo Automodel training engine: Automodel's distributed setup and FSDP2 parallelizer,
+its optimizer builder and LR schedule, around an HF causal LM.
+
+On CUDA the model is built by `NeMoAutoModelForCausalLM` (Automodel's fast kernels and custom
+MoE models); on CPU, where that builder needs a GPU, the same HF model class is loaded with
+`AutoModelForCausalLM` and goes through the same Automodel parallelizer, optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+
+from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Column t gets log p(input_ids[t] | < t); column 0 gets 0 (no prediction for it)."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(picked, (1, 0))
+
+
+class AutomodelEngine(TrainingEngine):
+    def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool):
+        from nemo_automodel.components.distributed.config import DistributedSetup, FSDP2Config
+        from nemo_automodel.components.distributed.init_utils import initialize_distributed
+        from nemo_automodel.components.distributed.mesh import ParallelismSizes
+        from nemo_automodel.components.distributed.model_parallelizer import parallelize_model
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        self.cfg = cfg
+        self.model_path = model_path
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.dist = initialize_distributed(backend="nccl" if cuda else "gloo", timeout_minutes=10)
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        torch.manual_seed(cfg.seed + self.rank)
+
+        dtype = _dtype(cfg.dtype)
+        self.model = self._build_model(model_path, dtype, cuda)
+        strategy = FSDP2Config(mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
+        setup = DistributedSetup.build(strategy=strategy, parallelism_sizes=ParallelismSizes(dp_size=self.world_size))
+        self.model = parallelize_model(self.model, setup.mesh_context)
+        self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+
+        self.optimizer = self.scheduler = None
+        if not trainable:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    def _build_model(self, path: str, dtype: torch.dtype, cuda: bool) -> torch.nn.Module:
+        if cuda:
+            from nemo_automodel import NeMoAutoModelForCausalLM
+
+            return NeMoAutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    def configure_optimizer(self, cfg: OptimConfig) -> None:
+        from nemo_automodel.components.optim.optimizer import AdamWConfig, build_optimizer
+        from nemo_automodel.components.optim.scheduler import OptimizerParamScheduler
+
+        opt_cfg = AdamWConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        (self.optimizer,) = build_optimizer(self.model, opt_cfg)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if cfg.warmup_steps else cfg.lr,
+            max_lr=cfg.lr,
+            min_lr=0.1 * cfg.lr if cfg.lr_schedule != "constant" else cfg.lr,
+            lr_warmup_steps=cfg.warmup_steps,
+            lr_decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1),
+            lr_decay_style=cfg.lr_schedule,
+            start_wd=cfg.weight_decay,
+            end_wd=cfg.weight_decay,
+            wd_incr_steps=max(cfg.total_steps, 1),
+            wd_incr_style="constant",
+        )
+
+    def _forward_logprobs(self, mb: TensorDict) -> torch.Tensor:
+        mb = mb.to(self.device)
+        out = self.model(
+            input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"], use_cache=False
+        )
+        return token_logprobs(out.logits, mb["input_ids"])
+
+    def _micro_batches(self, batch: TensorDict) -> list[TensorDict]:
+        # Every rank holds the same number of rows (the driver splits evenly), so every rank
+        # runs the same number of forwards: FSDP's collectives stay in step.
+        n = math.ceil(batch.batch_size[0] / self.cfg.micro_batch_size)
+        return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
+
+    @torch.no_grad()
+    def logprobs(self, batch: TensorDict) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self._forward_logprobs(mb).cpu() for mb in self._micro_batches(batch)])
+
+    def train_step(self, batch: TensorDict, loss_fn: LossFn, global_tokens: float) -> dict[str, float]:
+        if self.optimizer is None:
+            raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # FSDP averages gradients over data-parallel ranks; scaling by world size turns that
+        # average back into the sum of per-rank contributions, so the result is a global mean.
+        scale = self.world_size / max(global_tokens, 1.0)
+        totals: dict[str, torch.Tensor] = {}
+        for mb in self._micro_batches(batch):
+            logprobs = self._forward_logprobs(mb)
+            loss_sum, stats = loss_fn(logprobs, mb.to(self.device))
+            (loss_sum * scale).backward()
+            for k, v in {"loss": loss_sum.detach(), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + v.float().cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:
+            self.optimizer.step()
+        self.scheduler.step(1)
+        keys = sorted(totals)
+        summed = torch.stack([torch.as_tensor(totals[k]) for k in keys]) if keys else torch.zeros(0)
+        if self.world_size > 1 and keys:
+            dist.all_reduce(summed)
+        metrics = {k: float(v) / max(global_tokens, 1.0) for k, v in zip(keys, summed)}
+        metrics.update(
+            {
+                "actor/grad_norm": grad_norm,
+                "actor/lr": float(self.optimizer.param_groups[0]["lr"]),
+                "actor/skipped_step": float(skipped),
+            }
+        )
+        return metrics
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return {}
+        # vLLM keeps its own copy of a tied head: send it explicitly or it goes stale.
+        if self.tied and "lm_head.weight" not in sd:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        return sd
+
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from self._full_state_dict().items()
+
+    def save(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        sd = self._full_state_dict()
+        if self.rank == 0:
+            out = Path(path)
+            out.mkdir(parents=True, exist_ok=True)
+            if self.tied:
+                sd.pop("lm_head.weight", None)
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+            self.model.config.save_pretrained(out)
+            gen = getattr(self.model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(out)
+            for name in _TOKENIZER_FILES:
+                src = Path(self.model_path) / name
+                if src.exists():
+                    shutil.copy(src, out / name)
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def build_engine(model_path: str, cfg: EngineConfig, trainable: bool) -> TrainingEngine:
+    return AutomodelEngine(model_path, cfg, trainable)
+

@@ -1,0 +1,64 @@
+"""The training-engine role: what the driver may ask of whatever trains the model.
+
+One engine instance lives in each rank of a trainer worker group. The driver never sees the
+model, only these calls; algorithm code (losses) arrives as a picklable `loss_fn` (see
+`rlhf.algos.losses` for its contract), so engines know nothing of the algorithm.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict
+
+LossFn = Callable[[torch.Tensor, TensorDict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    dtype: str  # parameter and compute dtype: float32 | bfloat16 | float16
+    micro_batch_size: int
+    max_grad_norm: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its LR schedule; set per stage (a stage starts a fresh optimizer)."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    total_steps: int
+    lr_schedule: str  # constant | cosine | linear
+
+
+class TrainingEngine(ABC):
+    @abstractmethod
+    def configure_optimizer(self, cfg: OptimConfig) -> None:
+        """Start a fresh optimizer and LR schedule (at the start of each training stage)."""
+
+    @abstractmethod
+    def logprobs(self, batch: TensorDict) -> torch.Tensor:
+        """Per-token log-probs in the batch layout ([B, T], column t = log p(token t | < t))."""
+
+    @abstractmethod
+    def train_step(self, batch: TensorDict, loss_fn: LossFn, global_tokens: float) -> dict[str, float]:
+        """One optimizer step over this rank's shard of the batch.
+
+        `global_tokens` is the number of loss tokens in the whole batch across all ranks: the
+        loss is divided by it, so the step does not depend on how the batch was split.
+        """
+
+    @abstractmethod
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full tensors under Hugging Face names (a collective: every rank must call it;
+        only rank 0 yields)."""
+
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write an HF-format checkpoint folder (collective; rank 0 writes)."""

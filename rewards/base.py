@@ -1,0 +1,14 @@
+"""The reward-function contract.
+
+A reward function is any callable `fn(prompt, response, ground_truth, **extra) -> float | dict`.
+A dict holds named scores, one of them under the key "reward" (the one the algorithm uses);
+the others are logged. `extra` carries any other fields of the dataset row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class RewardFn(Protocol):
+    def __call__(self, prompt: str, response: str, ground_truth: Any, **extra: Any) -> float | dict[str, float]: ...

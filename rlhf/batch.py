@@ -1,0 +1,60 @@
+"""The one batch format that travels between roles: a `TensorDict` of shape [num_sequences].
+
+Layout: each row is `prompt tokens | response tokens | padding` (right-padded), so token t's
+log-prob is `log p(input_ids[t] | input_ids[:t])` and sits at column t (column 0 is 0).
+
+Keys (tensor, [B, T] unless noted):
+- `input_ids`, `attention_mask`, `position_ids`
+- `response_mask`: 1 on response tokens (the tokens a loss is taken over), 0 elsewhere
+- `rollout_logprobs`: the rollout engine's log-probs of the sampled tokens
+- `old_logprobs`, `ref_logprobs`: the trainer's log-probs before the update, and the frozen reference's
+- `values`: the critic's values
+- `rewards`: token-level rewards; `scores` [B]: the sequence-level reward
+- `advantages`, `returns`
+- `group_ids` [B]: index of the prompt a sample was drawn for (samples of one prompt share it)
+- `truncated` [B]: the response hit the token limit before end-of-sequence
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TensorDict:
+    """Right-pad prompt+response token lists into the batch layout above."""
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    width = max(lengths)
+    n = len(prompts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, : len(p) + len(r)] = 1
+        response_mask[i, len(p) : len(p) + len(r)] = 1.0
+    position_ids = torch.arange(width).expand(n, width).clone()
+    return TensorDict(
+        {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "response_mask": response_mask,
+        },
+        batch_size=[n],
+    )
+
+
+def scatter_response_values(batch: TensorDict, per_response: list[list[float]]) -> torch.Tensor:
+    """Place per-response-token values (e.g. rollout log-probs) at their columns in the layout."""
+    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    mask = batch["response_mask"].bool()
+    for i, vals in enumerate(per_response):
+        cols = mask[i].nonzero().squeeze(-1)
+        out[i, cols] = torch.tensor(vals, dtype=torch.float32)
+    return out
+
+
+def split(batch: TensorDict, parts: int) -> list[TensorDict]:
+    """Split along the batch dimension into `parts` near-equal chunks (data-parallel dispatch)."""
+    return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(parts)]

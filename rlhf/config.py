@@ -1,0 +1,315 @@
+"""Typed run configuration, composed by Hydra from `configs/` and checked before anything heavy.
+
+Defaults live only in the YAML; these dataclasses give every key a type and no default, so a
+key missing from the YAML, an unknown key, or a wrongly typed value is an error at start-up,
+named with its full dotted path (and, for typos, the nearest valid keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_GROUPS = ("algo",)
+
+
+class ConfigError(ValueError):
+    """A bad configuration, caught before Ray or any model starts."""
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str]
+    cache_dir: str
+    arch: dict
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    max_operand: int
+    ops: str
+    num_eval: int
+
+
+@dataclass
+class ActorConfig:
+    engine: str
+    world_size: int
+    num_cpus_per_worker: float
+    num_gpus_per_worker: float
+    dtype: str
+    micro_batch_size: int
+    max_grad_norm: float
+    weight_decay: float
+    betas: list[float]
+
+
+@dataclass
+class RolloutConfig:
+    engine: str
+    dtype: str
+    tensor_parallel_size: int
+    max_model_len: int
+    kv_cache_bytes: int
+    gpu_memory_utilization: float
+    num_cpus: float
+    num_gpus: float
+    bucket_bytes: int
+
+
+@dataclass
+class SFTConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    lr_schedule: str
+
+
+@dataclass
+class RLConfig:
+    steps: int
+    prompts_per_step: int
+    n: int
+    temperature: float
+    max_new_tokens: int
+    lr: float
+    warmup_steps: int
+    lr_schedule: str
+
+
+@dataclass
+class AlgoConfig:
+    name: str
+    norm_by_std: bool
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    kl_estimator: str
+    epochs: int
+
+
+@dataclass
+class RewardConfig:
+    fn: str
+    fallback: float
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int
+    every: int
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str
+    ray_address: Optional[str]
+    num_cpus: Optional[int]
+    log_every: int
+
+
+@dataclass
+class RunConfig:
+    seed: int
+    model: ModelConfig
+    task: TaskConfig
+    actor: ActorConfig
+    rollout: RolloutConfig
+    sft: SFTConfig
+    rl: RLConfig
+    algo: AlgoConfig
+    reward: RewardConfig
+    eval: EvalConfig
+    trainer: TrainerConfig
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        return _to_dataclass(tp, value, path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _to_dataclass(cls: type, data: Any, path: str) -> Any:
+    where = path or "the config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in hints:
+            full = f"{path}.{key}" if path else key
+            near = difflib.get_close_matches(key, names, n=3)
+            hint = f"; did you mean {', '.join((path + '.' if path else '') + n for n in near)}?" if near else ""
+            raise ConfigError(f"unknown config key {full!r}{hint} (valid keys under {where}: {', '.join(names)})")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"{where} is missing {', '.join(missing)}")
+    return cls(**{n: _convert(hints[n], data[n], f"{path}.{n}" if path else n) for n in names})
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        out.extend(_flat_keys(v, key + "."))
+    return out
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def load_config(overrides: list[str]) -> RunConfig:
+    """Compose `configs/` with command-line overrides and check the result.
+
+    Every override is checked against the composed defaults first, so a misspelled key fails
+    here, naming the nearest valid keys, rather than deep inside a run.
+    """
+    from omegaconf import OmegaConf
+
+    groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in CONFIG_GROUPS}
+    group_overrides, value_overrides = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        if key.startswith(("+", "~")):
+            raise ConfigError(
+                f"override {item!r}: adding or deleting keys is not supported; every key is in configs/ "
+                f"(see `python -m rlhf.main --cfg`)"
+            )
+        if key in groups:
+            if value not in groups[key]:
+                near = difflib.get_close_matches(value, groups[key], n=3)
+                hint = f" Did you mean {', '.join(near)}?" if near else ""
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(groups[key])}.{hint}")
+            group_overrides.append(item)
+        else:
+            value_overrides.append((item, key))
+    base = OmegaConf.to_container(_compose(group_overrides), resolve=False)
+    valid = _flat_keys(base)
+    for item, key in value_overrides:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(f"unknown config key {key!r} in override {item!r}.{hint}")
+    try:
+        composed = _compose(group_overrides + [item for item, _ in value_overrides])
+        data = OmegaConf.to_container(composed, resolve=True)
+    except Exception as e:  # Hydra/OmegaConf parse and interpolation errors
+        raise ConfigError(f"could not compose the config: {e}") from e
+    cfg = _to_dataclass(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
+    options = list(options)
+    if value not in options:
+        near = difflib.get_close_matches(value, options, n=3)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise ConfigError(f"{path}={value!r} is not one of {', '.join(options)}.{hint}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks: everything that can be known wrong before a process starts."""
+    from engines import ENGINES
+    from rewards.registry import RewardResolutionError, resolve
+    from rollout import ROLLOUT_ENGINES
+
+    _choice("actor.engine", cfg.actor.engine, ENGINES)
+    _choice("rollout.engine", cfg.rollout.engine, ROLLOUT_ENGINES)
+    _choice("task.name", cfg.task.name, ["arithmetic"])
+    for path, value in [("actor.dtype", cfg.actor.dtype), ("rollout.dtype", cfg.rollout.dtype)]:
+        _choice(path, value, ["float32", "bfloat16", "float16"])
+    for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule)]:
+        _choice(path, value, ["constant", "cosine", "linear"])
+    _choice("algo.kl_estimator", cfg.algo.kl_estimator, ["k1", "k2", "k3"])
+    positive = {
+        "actor.world_size": cfg.actor.world_size,
+        "actor.micro_batch_size": cfg.actor.micro_batch_size,
+        "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
+        "rollout.bucket_bytes": cfg.rollout.bucket_bytes,
+        "sft.batch_size": cfg.sft.batch_size,
+        "rl.prompts_per_step": cfg.rl.prompts_per_step,
+        "rl.n": cfg.rl.n,
+        "rl.max_new_tokens": cfg.rl.max_new_tokens,
+        "eval.max_new_tokens": cfg.eval.max_new_tokens,
+        "algo.epochs": cfg.algo.epochs,
+        "task.num_eval": cfg.task.num_eval,
+        "trainer.log_every": cfg.trainer.log_every,
+    }
+    for path, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{path} must be at least 1, got {value}")
+    for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every}.items():
+        if value < 0:
+            raise ConfigError(f"{path} must be 0 or more, got {value}")
+    world = cfg.actor.world_size
+    if cfg.sft.batch_size % world:
+        raise ConfigError(f"sft.batch_size={cfg.sft.batch_size} must be divisible by actor.world_size={world}")
+    if (cfg.rl.prompts_per_step * cfg.rl.n) % world:
+        raise ConfigError(
+            f"rl.prompts_per_step * rl.n = {cfg.rl.prompts_per_step * cfg.rl.n} samples must be divisible "
+            f"by actor.world_size={world}"
+        )
+    if cfg.algo.norm_by_std and cfg.rl.n < 2:
+        raise ConfigError("algo.norm_by_std needs rl.n >= 2 samples per prompt (a group std of one sample is undefined)")
+    if cfg.rl.temperature <= 0:
+        raise ConfigError(f"rl.temperature must be > 0 for sampling, got {cfg.rl.temperature}")
+    if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no config.json there); "
+            f"point it at a folder written by save_pretrained, or leave it null for the embedded model"
+        )
+    try:
+        resolve(cfg.reward.fn)
+    except RewardResolutionError as e:
+        raise ConfigError(str(e)) from e

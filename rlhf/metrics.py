@@ -1,0 +1,38 @@
+"""Run metrics: one JSON object per line in `<output_dir>/metrics.jsonl`, plus a progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class MetricsLog:
+    def __init__(self, output_dir: str):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", buffering=1)
+
+    def log(self, stage: str, step: int, metrics: dict) -> None:
+        row = {"stage": stage, "step": step, "time": round(time.time(), 3)}
+        row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()})
+        self._file.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def stage_bar(stage: str, total: int) -> tqdm:
+    return tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, leave=True)
+
+
+def fmt(metrics: dict, keys: list[str]) -> str:
+    parts = []
+    for k in keys:
+        if k in metrics:
+            v = metrics[k]
+            parts.append(f"{k.split('/')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('/')[-1]}={v}")
+    return " ".join(parts)

@@ -1,0 +1,183 @@
+"""The job: build the task and model, start the roles, run the stages (SFT warm-start, then RL),
+evaluate before and after each, and hand each stage's checkpoint on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from engines import ENGINES
+from engines.base import EngineConfig, OptimConfig
+from rlhf.config import RunConfig
+from rlhf.controller import Controller, Roles
+from rlhf.data.arithmetic import corpus, make_splits
+from rlhf.data.sampler import Sampler
+from rlhf.data.tiny_model import ensure_tiny_model
+from rlhf.metrics import MetricsLog, fmt, stage_bar
+from rlhf.worker_group import TrainerGroup
+from rlhf.workers import RolloutWorker
+from rewards.manager import RewardManager
+from rewards.registry import resolve
+from rollout import ROLLOUT_ENGINES
+from rollout.vllm_engine import VLLMConfig
+
+# Environment every role process gets (on any node of a cluster, not just this one).
+_ROLE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+}
+_PASS_THROUGH = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
+
+
+class JobError(RuntimeError):
+    """A problem found before the heavy work starts, stated with its fix."""
+
+
+def _check_lengths(cfg: RunConfig, tok, problems) -> None:
+    longest = max(len(tok(p.prompt).input_ids) + len(tok(p.answer, add_special_tokens=False).input_ids) + 1 for p in problems)
+    longest_prompt = max(len(tok(p.prompt).input_ids) for p in problems)
+    need = max(longest, longest_prompt + max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens))
+    if need > cfg.rollout.max_model_len:
+        raise JobError(
+            f"rollout.max_model_len={cfg.rollout.max_model_len} is shorter than the longest sequence ({need} tokens: "
+            f"prompt plus rl.max_new_tokens / eval.max_new_tokens); raise rollout.max_model_len"
+        )
+
+
+def _start_ray(cfg: RunConfig) -> None:
+    env = dict(_ROLE_ENV)
+    env.update({k: os.environ[k] for k in _PASS_THROUGH if k in os.environ})
+    if cfg.trainer.ray_address:
+        ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    workers = cfg.actor.world_size * (2 if cfg.algo.kl_coef > 0 else 1)
+    need = workers * cfg.actor.num_cpus_per_worker + cfg.rollout.num_cpus
+    os.environ.update(env)  # a local cluster's workers inherit the driver's environment
+    ray.init(
+        num_cpus=cfg.trainer.num_cpus or max(int(need + 0.999), 1),
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+    )
+
+
+def _optim(cfg: RunConfig, stage) -> OptimConfig:
+    return OptimConfig(
+        lr=stage.lr,
+        weight_decay=cfg.actor.weight_decay,
+        betas=tuple(cfg.actor.betas),
+        warmup_steps=stage.warmup_steps,
+        total_steps=stage.steps,
+        lr_schedule=stage.lr_schedule,
+    )
+
+
+def run(cfg: RunConfig) -> dict:
+    start = time.time()
+    out = Path(cfg.trainer.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    train, held_out = make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval)
+    model_path = cfg.model.path or ensure_tiny_model(cfg.model.cache_dir, corpus(train + held_out), cfg.model.arch, cfg.seed)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.eos_token_id is None:
+        raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
+    _check_lengths(cfg, tok, train + held_out)
+    rewards = RewardManager(resolve(cfg.reward.fn), cfg.reward.fallback)
+    log = MetricsLog(str(out))
+    print(f"[rlhf] model {model_path}; {len(train)} train / {len(held_out)} held-out problems; output {out}", flush=True)
+
+    _start_ray(cfg)
+    try:
+        engine_cfg = EngineConfig(cfg.actor.dtype, cfg.actor.micro_batch_size, cfg.actor.max_grad_norm, cfg.seed)
+        group_args = (ENGINES[cfg.actor.engine], model_path, engine_cfg)
+        res = dict(num_cpus=cfg.actor.num_cpus_per_worker, num_gpus=cfg.actor.num_gpus_per_worker)
+        rollout_cls = ray.remote(num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus)(RolloutWorker)
+        rollout_cfg = VLLMConfig(
+            dtype=cfg.rollout.dtype,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            max_model_len=cfg.rollout.max_model_len,
+            kv_cache_bytes=cfg.rollout.kv_cache_bytes,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            seed=cfg.seed,
+        )
+        rollout = rollout_cls.remote(ROLLOUT_ENGINES[cfg.rollout.engine], model_path, rollout_cfg)
+        actor = TrainerGroup(cfg.actor.world_size, *group_args, trainable=True, name="actor", **res)
+        ray.get(rollout.__ray_ready__.remote())
+        ctl = Controller(cfg, Roles(actor=actor, rollout=rollout, ref=None), tok, rewards)
+        print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
+
+        summary: dict = {"model_path": model_path}
+        acc = ctl.evaluate(held_out)
+        log.log("sft", 0, acc)
+        summary["accuracy_before_sft"] = acc["eval/accuracy"]
+
+        if cfg.sft.steps:
+            actor.all("configure_optimizer", _optim(cfg, cfg.sft))
+            sampler = Sampler(train, cfg.seed)
+            bar = stage_bar("sft", cfg.sft.steps)
+            for step in range(1, cfg.sft.steps + 1):
+                m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
+                log.log("sft", step, m)
+                bar.update()
+                bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
+            bar.close()
+            ctl.push_weights()
+            acc = ctl.evaluate(held_out)
+            log.log("sft", cfg.sft.steps, acc)
+            actor.all("save", str(out / "checkpoints" / "sft"))
+        summary["accuracy_after_sft"] = acc["eval/accuracy"]
+        print(f"[rlhf] held-out accuracy after SFT: {acc['eval/accuracy']:.3f}", flush=True)
+
+        if cfg.rl.steps:
+            ref = None
+            if cfg.algo.kl_coef > 0:
+                ref_path = str(out / "checkpoints" / "sft") if cfg.sft.steps else model_path
+                ref = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], ref_path, engine_cfg,
+                                   trainable=False, name="ref", **res)
+                ctl.roles.ref = ref
+            actor.all("configure_optimizer", _optim(cfg, cfg.rl))
+            sampler = Sampler(train, cfg.seed + 1)
+            bar = stage_bar(cfg.algo.name, cfg.rl.steps)
+            for step in range(1, cfg.rl.steps + 1):
+                m = ctl.rl_step(sampler.next(cfg.rl.prompts_per_step))
+                if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
+                    m.update(ctl.evaluate(held_out))
+                log.log("rl", step, m)
+                bar.update()
+                bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
+                if step % cfg.trainer.log_every == 0:
+                    bar.write(
+                        f"[{cfg.algo.name} {step}] "
+                        + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "rollout/logprob_abs_diff_max",
+                                  "time/generate", "time/train", "time/push", "time/step"])
+                    )
+            bar.close()
+            acc = ctl.evaluate(held_out)
+            log.log("rl", cfg.rl.steps, acc)
+            actor.all("save", str(out / "checkpoints" / "rl"))
+        summary["accuracy_after_rl"] = acc["eval/accuracy"]
+        summary["wall_time_s"] = round(time.time() - start, 1)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(
+            "[rlhf] held-out accuracy: before SFT {accuracy_before_sft:.3f} | after SFT {accuracy_after_sft:.3f} | "
+            "after RL {accuracy_after_rl:.3f} | {wall_time_s}s".format(**summary),
+            flush=True,
+        )
+        return summary
+    finally:
+        log.close()
+        ray.shutdown()
