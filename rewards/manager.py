@@ -39,13 +39,15 @@ class RewardManager:
         return float(value), {k: float(v) for k, v in named.items() if k != "reward"}
 
     def score(self, prompts: list[str], responses: list[str], answers: list, extras: list[dict] | None = None):
-        """Returns (rewards, per-name extra scores averaged, error counts of this call)."""
+        """Returns (rewards, each extra named score averaged over the samples that reported it,
+        error counts of this call)."""
         before = Counter(self.errors)
         extras = extras or [{}] * len(prompts)
-        rewards, named = [], Counter()
+        rewards, sums, counts = [], Counter(), Counter()
         for p, r, a, e in zip(prompts, responses, answers, extras):
             value, scores = self._one(p, r, a, e)
             rewards.append(value)
-            named.update(scores)
-        means = {k: v / len(prompts) for k, v in named.items()}
+            sums.update(scores)
+            counts.update(scores.keys())
+        means = {f"reward/{k}": sums[k] / counts[k] for k in sums}
         return rewards, means, dict(self.errors - before)

@@ -36,6 +36,7 @@ class TaskConfig:
     max_operand: int
     ops: str
     num_eval: int
+    demo_carry_error: float
 
 
 @dataclass

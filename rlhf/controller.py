@@ -67,7 +67,7 @@ class Controller:
 
     def sft_step(self, problems: list[Problem]) -> dict[str, float]:
         t = time.perf_counter()
-        answers = [self.tok(p.answer, add_special_tokens=False).input_ids + [self.eos] for p in problems]
+        answers = [self.tok(p.demo, add_special_tokens=False).input_ids + [self.eos] for p in problems]
         batch = pack(self.prompt_ids(problems), answers, self.pad)
         tokens = float(batch["response_mask"].sum())
         metrics = self.roles.actor.dp("train_step", batch, SFTLoss(), tokens)[0]

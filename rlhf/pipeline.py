@@ -44,7 +44,11 @@ class JobError(RuntimeError):
 
 
 def _check_lengths(cfg: RunConfig, tok, problems) -> None:
-    longest = max(len(tok(p.prompt).input_ids) + len(tok(p.answer, add_special_tokens=False).input_ids) + 1 for p in problems)
+    longest = max(
+        len(tok(p.prompt).input_ids) + len(tok(a, add_special_tokens=False).input_ids) + 1
+        for p in problems
+        for a in (p.answer, p.demo)
+    )
     longest_prompt = max(len(tok(p.prompt).input_ids) for p in problems)
     need = max(longest, longest_prompt + max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens))
     if need > cfg.rollout.max_model_len:
@@ -88,7 +92,9 @@ def run(cfg: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
-    train, held_out = make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval)
+    train, held_out = make_splits(
+        cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error
+    )
     model_path = cfg.model.path or ensure_tiny_model(cfg.model.cache_dir, corpus(train + held_out), cfg.model.arch, cfg.seed)
     from transformers import AutoTokenizer
 

@@ -2,6 +2,10 @@
 
 Deterministic by seed, with disjoint train and held-out eval splits, so the default job
 needs no download and its accuracy numbers mean the same thing on every machine.
+
+Each training problem also carries a demonstration for SFT. Demonstrations can come from an
+imperfect teacher that forgets the carry (or borrow) on a given fraction of the problems that
+need one, as real warm-start data is imperfect; the exact-answer reward of RL is not.
 """
 
 from __future__ import annotations
@@ -13,18 +17,27 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Problem:
     prompt: str
-    answer: str
+    answer: str  # the exact answer (what rewards and evaluation check)
+    demo: str  # the SFT demonstration's answer (the teacher's, possibly wrong)
 
 
-def _render(a: int, op: str, b: int) -> Problem:
+def _render(a: int, op: str, b: int, careless: bool) -> Problem:
     value = a + b if op == "+" else a - b
-    return Problem(prompt=f"{a}{op}{b}=", answer=str(value))
+    demo = value
+    if careless and op == "+" and a % 10 + b % 10 >= 10:
+        demo = value - 10  # the carry into the tens is dropped
+    if careless and op == "-" and a % 10 < b % 10:
+        demo = value + 10  # the borrow from the tens is dropped
+    return Problem(prompt=f"{a}{op}{b}=", answer=str(value), demo=str(demo))
 
 
 def make_splits(
-    seed: int, max_operand: int, ops: str, num_eval: int
+    seed: int, max_operand: int, ops: str, num_eval: int, demo_carry_error: float = 0.0
 ) -> tuple[list[Problem], list[Problem]]:
-    """All problems with operands in [0, max_operand], shuffled by seed, split into train and eval."""
+    """All problems with operands in [0, max_operand], shuffled by seed, split into train and eval.
+
+    `demo_carry_error` is the probability that a problem's demonstration drops its carry/borrow.
+    """
     if not ops or any(op not in "+-" for op in ops):
         raise ValueError(f"task.ops must be made of '+' and '-', got {ops!r}")
     universe = [
@@ -39,11 +52,14 @@ def make_splits(
             f"task.num_eval={num_eval} leaves too few training problems out of {len(universe)}; "
             f"lower task.num_eval or raise task.max_operand"
         )
-    random.Random(seed).shuffle(universe)
-    problems = [_render(*t) for t in universe]
+    if not 0.0 <= demo_carry_error <= 1.0:
+        raise ValueError(f"task.demo_carry_error must be in [0, 1], got {demo_carry_error}")
+    rng = random.Random(seed)
+    rng.shuffle(universe)
+    problems = [_render(*t, careless=rng.random() < demo_carry_error) for t in universe]
     return problems[num_eval:], problems[:num_eval]
 
 
 def corpus(problems: list[Problem]) -> list[str]:
-    """Full texts (prompt + answer), used to train the tokenizer and for SFT."""
+    """Full texts (prompt + answer), used to train the tokenizer."""
     return [p.prompt + p.answer for p in problems]

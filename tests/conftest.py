@@ -1,0 +1,45 @@
+"""Test-wide setup: keep every cache and temp file in a work folder, and share one tiny model."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("RLHF_TEST_WORK", ROOT / ".work" / "test"))
+for var, sub in [("TMPDIR", "tmp"), ("RAY_TMPDIR", "ray"), ("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")]:
+    os.environ.setdefault(var, str(WORK / sub))
+    Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODEL_CACHE = ROOT / ".cache" / "rlhf" / "models"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see benchmarks/README.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def task():
+    from rlhf.config import load_config
+    from rlhf.data.arithmetic import make_splits
+
+    cfg = load_config([])
+    return cfg, make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(task):
+    from rlhf.data.arithmetic import corpus
+    from rlhf.data.tiny_model import ensure_tiny_model
+
+    cfg, (train, held_out) = task
+    return ensure_tiny_model(MODEL_CACHE, corpus(train + held_out), cfg.model.arch, cfg.seed)

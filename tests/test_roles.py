@@ -1,0 +1,116 @@
+"""The real roles under Ray: the Automodel trainer group (2 gloo ranks, FSDP2) and the vLLM
+rollout engine, checked against a plain Hugging Face model in this process."""
+
+import copy
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engines import ENGINES
+from engines.base import EngineConfig, OptimConfig
+from rlhf.algos.losses import SFTLoss
+from rlhf.batch import pack
+from rlhf.worker_group import TrainerGroup
+from rlhf.workers import RolloutWorker
+from rollout import ROLLOUT_ENGINES
+from rollout.base import Sampling
+from rollout.vllm_engine import VLLMConfig
+
+pytestmark = pytest.mark.e2e
+
+LR = 1e-2
+
+
+def hf_logprobs(model, batch):
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (1, 0))
+
+
+@pytest.fixture(scope="module")
+def roles(tiny_model):
+    ray.init(num_cpus=4, include_dashboard=False)
+    try:
+        engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0)
+        actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
+                             num_cpus=1, num_gpus=0, name="test-actor")
+        rollout = ray.remote(num_cpus=1)(RolloutWorker).remote(
+            ROLLOUT_ENGINES["vllm"], tiny_model, VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0)
+        )
+        yield actor, rollout
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stepped(roles, tiny_model, task):
+    """One SFT step on the trainer group and the same step done plainly on an HF model."""
+    actor, _ = roles
+    _, (train, _) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    probs = train[:8]
+    batch = pack([tok(p.prompt).input_ids for p in probs],
+                 [tok(p.answer).input_ids + [tok.eos_token_id] for p in probs], tok.eos_token_id)
+    tokens = float(batch["response_mask"].sum())
+    actor.all("configure_optimizer", OptimConfig(LR, 0.0, (0.9, 0.999), 0, 10, "constant"))
+    metrics = actor.dp("train_step", batch, SFTLoss(), tokens)[0]
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    before = copy.deepcopy(ref)
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=0.0)
+    logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    loss = -(lp * batch["response_mask"][:, 1:]).sum() / tokens
+    loss.backward()
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    opt.step()
+    return batch, metrics, ref, before, float(loss), float(ref_norm)
+
+
+def test_trainer_step_matches_plain_hf(stepped, roles):
+    actor, _ = roles
+    batch, metrics, ref, before, ref_loss, ref_norm = stepped
+    assert abs(metrics["loss"] - ref_loss) < 1e-5
+    assert abs(metrics["actor/grad_norm"] - ref_norm) < 1e-4
+    ours = torch.cat(actor.dp("logprobs", batch))
+    theirs = hf_logprobs(ref, batch)
+    mask = batch["attention_mask"].bool()
+    assert (ours - theirs)[mask].abs().max() < 1e-5
+    # and the step really moved the model
+    assert (hf_logprobs(before, batch) - theirs)[mask].abs().max() > 1e-3
+
+
+def test_saved_checkpoint_loads_with_plain_hf(stepped, roles, tmp_path):
+    actor, _ = roles
+    batch, _, ref, *_ = stepped
+    actor.all("save", str(tmp_path / "ckpt"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
+    assert AutoTokenizer.from_pretrained(tmp_path / "ckpt")("1+2=").input_ids
+    mask = batch["attention_mask"].bool()
+    assert (hf_logprobs(loaded, batch) - hf_logprobs(ref, batch))[mask].abs().max() < 1e-5
+
+
+def test_vllm_logprobs_equal_trainer_after_push(stepped, roles, tiny_model, task):
+    actor, rollout = roles
+    _, _, ref, *_ = stepped
+    _, (_, held_out) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [tok(p.prompt).input_ids for p in held_out[:16]]
+    stale = ray.get(rollout.generate.remote(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6)))
+
+    per_rank = actor.all("export_buckets", 1 << 16)  # small buckets: several per push
+    assert len(per_rank[0]) > 1 and all(not r for r in per_rank[1:])
+    assert ray.get(rollout.update_weights.remote(per_rank[0])) > 0
+
+    batch = ray.get(rollout.generate.remote(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6)))
+    mask = batch["response_mask"].bool()
+    trainer = torch.cat(actor.dp("logprobs", batch))
+    assert (batch["rollout_logprobs"] - trainer)[mask].abs().max() < 1e-5
+    assert (batch["rollout_logprobs"] - hf_logprobs(ref, batch))[mask].abs().max() < 1e-5
+    # before the push vLLM held the old weights: its log-probs were not the trainer's
+    stale_trainer = torch.cat(actor.dp("logprobs", stale))
+    smask = stale["response_mask"].bool()
+    assert (stale["rollout_logprobs"] - stale_trainer)[smask].abs().max() > 1e-3
