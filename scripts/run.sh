@@ -2,6 +2,6 @@
 # Set up (idempotent) and run a job: bash scripts/run.sh [key=value ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 . scripts/env.sh
+bash scripts/setup.sh
 exec .venv/bin/python -m rlhf.main "$@"

@@ -2,8 +2,8 @@
 # Set up (idempotent) and run the whole test suite: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 . scripts/env.sh
+bash scripts/setup.sh
 status=0
 .venv/bin/python -m pytest -ra "$@" || status=$?
 # Nothing may outlive the tests: no Ray processes, no shared-memory segments.
