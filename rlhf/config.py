@@ -98,9 +98,28 @@ class AlgoConfig:
 
 
 @dataclass
+class RewardFnConfig:
+    name: str
+    weight: float
+    kwargs: dict
+
+
+@dataclass
 class RewardConfig:
-    fn: str
+    fn: Optional[str]
+    fns: list[RewardFnConfig]
     fallback: float
+    on_error: str
+    timeout_s: float
+    num_workers: int
+    max_error_rate: float
+
+    def specs(self):
+        from rewards.manager import RewardSpec
+
+        if self.fns:
+            return [RewardSpec(f.name, f.weight, dict(f.kwargs)) for f in self.fns]
+        return [RewardSpec(self.fn)]
 
 
 @dataclass
@@ -310,7 +329,14 @@ def validate(cfg: RunConfig) -> None:
             f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no config.json there); "
             f"point it at a folder written by save_pretrained, or leave it null for the embedded model"
         )
-    try:
-        resolve(cfg.reward.fn)
-    except RewardResolutionError as e:
-        raise ConfigError(str(e)) from e
+    reward = cfg.reward
+    if (reward.fn is None) == (not reward.fns):
+        raise ConfigError("set exactly one of reward.fn (one function) and reward.fns (several, with weights)")
+    _choice("reward.on_error", reward.on_error, ["fallback", "drop_group"])
+    if reward.timeout_s <= 0 or reward.num_workers < 1 or not 0 <= reward.max_error_rate <= 1:
+        raise ConfigError("reward.timeout_s must be > 0, reward.num_workers >= 1, reward.max_error_rate in [0, 1]")
+    for spec in reward.specs():
+        try:
+            resolve(spec.name)
+        except RewardResolutionError as e:
+            raise ConfigError(str(e)) from e

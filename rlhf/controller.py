@@ -57,9 +57,12 @@ class Controller:
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
         batch = ray.get(self.roles.rollout.generate.remote(self.prompt_ids(problems), sampling))
         texts = self.decode(batch)
-        scores, _, _ = self.rewards.score([p.prompt for p in problems], texts, [p.answer for p in problems])
+        scores = self.rewards.score(
+            [p.prompt for p in problems], texts, [p.answer for p in problems], count_towards_limit=False
+        ).rewards
         return {
-            "eval/accuracy": sum(s == 1.0 for s in scores) / len(scores),
+            # share of problems given full credit (reward >= 1: exactly right, for 0/1 rewards)
+            "eval/accuracy": sum(s >= 1.0 for s in scores) / len(scores),
             "eval/reward": sum(scores) / len(scores),
             "eval/num_problems": len(problems),
             "time/eval": time.perf_counter() - t,
@@ -85,11 +88,13 @@ class Controller:
 
         groups = batch["group_ids"].tolist()
         texts = self.decode(batch)
-        scores, named, errors = self.rewards.score(
-            [problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups]
-        )
-        scores_t = torch.tensor(scores, dtype=torch.float32)
+        scored = self.rewards.score([problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups])
+        scores_t = torch.tensor(scored.rewards, dtype=torch.float32)
         batch["scores"] = scores_t
+        failed = torch.tensor(scored.failed)
+        if self.cfg.reward.on_error == "drop_group" and failed.any():
+            dropped = torch.isin(batch["group_ids"], batch["group_ids"][failed])
+            batch["response_mask"] = batch["response_mask"] * (~dropped).float()[:, None]
         timing["time/reward"], t = time.perf_counter() - t, time.perf_counter()
 
         batch["old_logprobs"] = torch.cat(self.roles.actor.dp("logprobs", batch))
@@ -100,17 +105,17 @@ class Controller:
         per_sample = adv_lib.grpo(scores_t, batch["group_ids"], norm_by_std=cfg.algo.norm_by_std)
         batch["advantages"] = adv_lib.broadcast_to_tokens(per_sample, batch["response_mask"])
         tokens = float(batch["response_mask"].sum())
+        if tokens == 0:
+            raise RuntimeError("no response tokens left to train on (all groups dropped or empty responses)")
         for _ in range(cfg.algo.epochs):
             train = self.roles.actor.dp("train_step", batch, self.policy_loss, tokens)[0]
         timing["time/train"] = time.perf_counter() - t
 
         timing["time/push"] = self.push_weights()
         timing["time/step"] = time.perf_counter() - t0
-        return {**self._rollout_metrics(batch, scores_t), **named, **self._errors(errors), **train, **timing}
-
-    @staticmethod
-    def _errors(errors: dict) -> dict:
-        return {f"reward/errors/{k}": float(v) for k, v in errors.items()}
+        errors = {f"reward/errors/{k}": float(v) for k, v in scored.errors.items()}
+        errors["reward/failed_frac"] = float(failed.float().mean())
+        return {**self._rollout_metrics(batch, scores_t), **scored.named, **errors, **train, **timing}
 
     def _rollout_metrics(self, batch, scores: torch.Tensor) -> dict[str, float]:
         mask = batch["response_mask"]

@@ -21,8 +21,7 @@ from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
-from rewards.manager import RewardManager
-from rewards.registry import resolve
+from rewards.manager import RewardErrorRateExceeded, RewardManager
 from rollout import ROLLOUT_ENGINES
 from rollout.vllm_engine import VLLMConfig
 
@@ -102,9 +101,26 @@ def run(cfg: RunConfig) -> dict:
     if tok.eos_token_id is None:
         raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
     _check_lengths(cfg, tok, train + held_out)
-    rewards = RewardManager(resolve(cfg.reward.fn), cfg.reward.fallback)
     log = MetricsLog(str(out))
     print(f"[rlhf] model {model_path}; {len(train)} train / {len(held_out)} held-out problems; output {out}", flush=True)
+
+    rewards = RewardManager(
+        cfg.reward.specs(),
+        fallback=cfg.reward.fallback,
+        timeout_s=cfg.reward.timeout_s,
+        num_workers=cfg.reward.num_workers,
+        max_error_rate=cfg.reward.max_error_rate,
+    )
+    reported: set[str] = set()
+
+    def report_reward_errors(write) -> None:
+        """The first traceback of each kind of reward failure goes to the console and the run's log."""
+        for kind, tb in rewards.first_tracebacks.items():
+            if kind not in reported:
+                reported.add(kind)
+                write(f"[rlhf] first reward failure of kind {kind!r} (counted in reward/errors/{kind}):\n{tb}")
+                with (out / "reward_errors.log").open("a") as f:
+                    f.write(f"--- {kind}\n{tb}\n")
 
     _start_ray(cfg)
     try:
@@ -159,7 +175,14 @@ def run(cfg: RunConfig) -> dict:
             sampler = Sampler(train, cfg.seed + 1)
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
             for step in range(1, cfg.rl.steps + 1):
-                m = ctl.rl_step(sampler.next(cfg.rl.prompts_per_step))
+                try:
+                    m = ctl.rl_step(sampler.next(cfg.rl.prompts_per_step))
+                except RewardErrorRateExceeded as e:
+                    report_reward_errors(bar.write)
+                    saved = out / "checkpoints" / f"rl-stopped-at-step{step - 1}"
+                    actor.all("save", str(saved))
+                    raise JobError(f"{e}\nThe policy as of step {step - 1} is saved in {saved}.") from e
+                report_reward_errors(bar.write)
                 if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
                     m.update(ctl.evaluate(held_out))
                 log.log("rl", step, m)
@@ -186,4 +209,5 @@ def run(cfg: RunConfig) -> dict:
         return summary
     finally:
         log.close()
+        rewards.close()
         ray.shutdown()

@@ -1,0 +1,38 @@
+"""Reward plugins for the tests, good and deliberately broken (selected by file path)."""
+
+import math
+import os
+import signal
+import time
+
+
+def good(prompt, response, ground_truth, **extra):
+    return {"reward": float(response.strip() == str(ground_truth)), "length": float(len(response))}
+
+
+def raises(prompt, response, ground_truth, **extra):
+    raise ValueError("this plugin always fails")
+
+
+def sleeps(prompt, response, ground_truth, **extra):
+    time.sleep(60)
+    return 1.0
+
+
+def nan(prompt, response, ground_truth, **extra):
+    return math.nan
+
+
+def string(prompt, response, ground_truth, **extra):
+    return "1.0"
+
+
+def suicide(prompt, response, ground_truth, **extra):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def flaky(prompt, response, ground_truth, **extra):
+    """Fails on prompts "a+b=" whose a is even, scores the rest exactly."""
+    if int(prompt.split("+")[0]) % 2 == 0:
+        raise RuntimeError(f"flaky plugin failed on {prompt!r}")
+    return float(response.strip() == str(ground_truth))

@@ -1,0 +1,68 @@
+"""Reward plugins used by real runs of `python -m rlhf.main`: one from an installed package's
+`rlhf.rewards` entry point, one by file path; a plugin failing too often stops the run cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+PLUGINS = Path(__file__).with_name("reward_plugins.py")
+SHORT = ["sft.steps=0", "rl.steps=2", "rl.prompts_per_step=8", "rl.n=4", "reward.num_workers=1"]
+
+
+def run(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.main", *SHORT, f"trainer.output_dir={out}", *overrides],
+        capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})},
+    )
+
+
+def install_plugin_package(site: Path) -> None:
+    """What pip leaves for a package declaring `[project.entry-points."rlhf.rewards"]`."""
+    pkg = site / "rlhf_test_plugin"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "def score(prompt, response, ground_truth, **extra):\n"
+        "    return {'reward': float(response.strip() == ground_truth), 'plugin_seen': 1.0}\n"
+    )
+    dist = site / "rlhf_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rlhf-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rlhf.rewards]\ntest_plugin = rlhf_test_plugin:score\n")
+
+
+def rl_rows(out: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+
+
+def test_entry_point_plugin_from_an_installed_package(tmp_path):
+    site = tmp_path / "site"
+    install_plugin_package(site)
+    proc = run(tmp_path / "run", "reward.fn=test_plugin",
+               env={"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = rl_rows(tmp_path / "run")
+    assert len(rows) == 2 and all(r["reward/plugin_seen"] == 1.0 for r in rows)
+
+
+def test_file_path_plugin_with_failures_is_counted_and_the_run_goes_on(tmp_path):
+    proc = run(tmp_path / "run", f"reward.fn={PLUGINS}:flaky", "reward.max_error_rate=0.9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = rl_rows(tmp_path / "run")
+    assert len(rows) == 2
+    assert sum(r.get("reward/errors/exception", 0) for r in rows) > 0
+    assert "flaky plugin failed" in (tmp_path / "run" / "reward_errors.log").read_text()
+
+
+def test_error_rate_breach_stops_the_run_with_a_clear_message_and_keeps_the_policy(tmp_path):
+    # 32 samples a step; the limit is judged from 64 calls on, so the run stops in step 2
+    proc = run(tmp_path / "run", f"reward.fn={PLUGINS}:raises", "reward.max_error_rate=0.5")
+    assert proc.returncode == 2
+    assert "reward.max_error_rate=0.5" in proc.stderr and "this plugin always fails" in proc.stderr
+    assert (tmp_path / "run" / "checkpoints" / "rl-stopped-at-step1" / "model.safetensors").exists()
