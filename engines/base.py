@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
-LossFn = Callable[[torch.Tensor, TensorDict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# loss_fn(out, batch) -> (loss_sum, stats); `loss_fn.needs` names what `out` must hold
+# ("logprobs", "entropy", "values"). See rlhf/algos/losses.py for the full contract.
+LossFn = Callable[[dict, TensorDict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,16 @@ class TrainingEngine(ABC):
         """Per-token log-probs in the batch layout ([B, T], column t = log p(token t | < t))."""
 
     @abstractmethod
-    def train_step(self, batch: TensorDict, loss_fn: LossFn, global_tokens: float) -> dict[str, float]:
+    def values(self, batch: TensorDict) -> torch.Tensor:
+        """A critic's per-token values in the batch layout ([B, T], column t = V(tokens < t))."""
+
+    @abstractmethod
+    def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
         """One optimizer step over this rank's shard of the batch.
 
-        `global_tokens` is the number of loss tokens in the whole batch across all ranks: the
-        loss is divided by it, so the step does not depend on how the batch was split.
+        `normaliser` is computed by the driver over the whole batch across all ranks (e.g. its
+        number of loss tokens): the loss is divided by it, so the step does not depend on how
+        the batch was split into ranks and micro-batches.
         """
 
     @abstractmethod

@@ -58,3 +58,19 @@ def scatter_response_values(batch: TensorDict, per_response: list[list[float]]) 
 def split(batch: TensorDict, parts: int) -> list[TensorDict]:
     """Split along the batch dimension into `parts` near-equal chunks (data-parallel dispatch)."""
     return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(parts)]
+
+
+def cat(batches: list[TensorDict], pad_id: int) -> TensorDict:
+    """Concatenate batches of different widths, right-padding every [B, T] tensor."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    padded = []
+    for b in batches:
+        extra = width - b["input_ids"].shape[1]
+        if extra:
+            b = b.clone()
+            for key, value in list(b.items()):
+                if value.dim() == 2:
+                    fill = pad_id if key == "input_ids" else 0
+                    b[key] = torch.nn.functional.pad(value, (0, extra), value=fill)
+        padded.append(b)
+    return torch.cat(padded)

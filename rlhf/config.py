@@ -89,12 +89,43 @@ class RLConfig:
 @dataclass
 class AlgoConfig:
     name: str
+    adv_estimator: str
     norm_by_std: bool
+    gamma: float
+    lam: float
+    policy_loss: str
     clip_low: float
     clip_high: float
+    dual_clip: Optional[float]
+    loss_agg: str
     kl_coef: float
     kl_estimator: str
+    kl_mode: str
+    kl_target: Optional[float]
+    kl_horizon: int
+    entropy_coef: float
     epochs: int
+    mini_batches: int
+    value_clip: Optional[float]
+    dynamic_sampling: bool
+    max_sampling_rounds: int
+    overlong_buffer: int
+    overlong_filter: bool
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.adv_estimator == "gae"
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0 or self.kl_target is not None
+
+
+@dataclass
+class CriticConfig:
+    lr: float
+    warmup_steps: int
+    lr_schedule: str
 
 
 @dataclass
@@ -146,9 +177,19 @@ class RunConfig:
     sft: SFTConfig
     rl: RLConfig
     algo: AlgoConfig
+    critic: CriticConfig
     reward: RewardConfig
     eval: EvalConfig
     trainer: TrainerConfig
+
+
+_SCALARS = {
+    dict: ((dict,), "a mapping"),
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -165,26 +206,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        accepted, what = _SCALARS[tp]
+        if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{path} must be {what}, got {value!r}")
+        return tp(value)
     raise TypeError(f"unsupported config type {tp} at {path}")
 
 
@@ -289,9 +315,33 @@ def validate(cfg: RunConfig) -> None:
     _choice("task.name", cfg.task.name, ["arithmetic"])
     for path, value in [("actor.dtype", cfg.actor.dtype), ("rollout.dtype", cfg.rollout.dtype)]:
         _choice(path, value, ["float32", "bfloat16", "float16"])
-    for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule)]:
+    for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule),
+                        ("critic.lr_schedule", cfg.critic.lr_schedule)]:
         _choice(path, value, ["constant", "cosine", "linear"])
-    _choice("algo.kl_estimator", cfg.algo.kl_estimator, ["k1", "k2", "k3"])
+    from rlhf.algos.advantages import ESTIMATORS
+    from rlhf.algos.losses import AGGREGATIONS
+
+    algo = cfg.algo
+    _choice("algo.kl_estimator", algo.kl_estimator, ["k1", "k2", "k3"])
+    _choice("algo.kl_mode", algo.kl_mode, ["loss", "reward"])
+    _choice("algo.adv_estimator", algo.adv_estimator, ESTIMATORS)
+    _choice("algo.policy_loss", algo.policy_loss, ["ppo_clip", "gspo"])
+    _choice("algo.loss_agg", algo.loss_agg, AGGREGATIONS)
+    if algo.kl_mode == "reward" and algo.adv_estimator in ("grpo", "rloo") and algo.uses_reference:
+        raise ConfigError(
+            f"algo.kl_mode=reward needs token-level advantages (reinforce_pp, reinforce_pp_baseline or gae), "
+            f"not algo.adv_estimator={algo.adv_estimator}; use algo.kl_mode=loss"
+        )
+    if algo.dual_clip is not None and algo.dual_clip <= 1:
+        raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {algo.dual_clip}")
+    if algo.adv_estimator == "rloo" and cfg.rl.n < 2:
+        raise ConfigError("algo.adv_estimator=rloo needs rl.n >= 2 samples per prompt")
+    if algo.overlong_buffer < 0 or algo.overlong_buffer >= cfg.rl.max_new_tokens:
+        raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
+    if cfg.rl.prompts_per_step % algo.mini_batches:
+        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
+    if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % cfg.actor.world_size:
+        raise ConfigError("each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n samples) must divide evenly over actor.world_size")
     positive = {
         "actor.world_size": cfg.actor.world_size,
         "actor.micro_batch_size": cfg.actor.micro_batch_size,
@@ -303,6 +353,8 @@ def validate(cfg: RunConfig) -> None:
         "rl.max_new_tokens": cfg.rl.max_new_tokens,
         "eval.max_new_tokens": cfg.eval.max_new_tokens,
         "algo.epochs": cfg.algo.epochs,
+        "algo.mini_batches": cfg.algo.mini_batches,
+        "algo.max_sampling_rounds": cfg.algo.max_sampling_rounds,
         "task.num_eval": cfg.task.num_eval,
         "trainer.log_every": cfg.trainer.log_every,
     }

@@ -4,14 +4,16 @@ on the role workers. It holds no model; the algorithm math runs here on small te
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import ray
 import torch
 
 from rlhf.algos import advantages as adv_lib
-from rlhf.algos.losses import PPOClipLoss, SFTLoss
-from rlhf.batch import pack
+from rlhf.algos.kl import KLController, kl_estimate
+from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
+from rlhf.batch import cat, pack, split
 from rlhf.config import RunConfig
 from rlhf.data.arithmetic import Problem
 from rlhf.worker_group import TrainerGroup
@@ -23,7 +25,8 @@ from rollout.base import Sampling
 class Roles:
     actor: TrainerGroup
     rollout: "ray.actor.ActorHandle"
-    ref: TrainerGroup | None
+    ref: TrainerGroup | None = None
+    critic: TrainerGroup | None = None
 
 
 def _responses(batch) -> list[list[int]]:
@@ -36,8 +39,7 @@ class Controller:
         self.cfg, self.roles, self.tok, self.rewards = cfg, roles, tokenizer, rewards
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        algo = cfg.algo
-        self.policy_loss = PPOClipLoss(algo.clip_low, algo.clip_high, algo.kl_coef, algo.kl_estimator)
+        self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
 
     def prompt_ids(self, problems: list[Problem]) -> list[list[int]]:
         return [self.tok(p.prompt).input_ids for p in problems]
@@ -78,48 +80,128 @@ class Controller:
         metrics["time/step"] = time.perf_counter() - t
         return metrics
 
-    def rl_step(self, problems: list[Problem]) -> dict[str, float]:
-        cfg, timing = self.cfg, {}
-        t0 = t = time.perf_counter()
-
+    def _generate_and_score(self, problems: list[Problem], group_offset: int):
+        cfg = self.cfg
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens)
         batch = ray.get(self.roles.rollout.generate.remote(self.prompt_ids(problems), sampling))
-        timing["time/generate"], t = time.perf_counter() - t, time.perf_counter()
-
         groups = batch["group_ids"].tolist()
         texts = self.decode(batch)
         scored = self.rewards.score([problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups])
-        scores_t = torch.tensor(scored.rewards, dtype=torch.float32)
-        batch["scores"] = scores_t
-        failed = torch.tensor(scored.failed)
-        if self.cfg.reward.on_error == "drop_group" and failed.any():
+        batch["scores"] = torch.tensor(scored.rewards, dtype=torch.float32)
+        batch["reward_failed"] = torch.tensor(scored.failed)
+        batch["group_ids"] = batch["group_ids"] + group_offset
+        return batch, scored
+
+    def _collect(self, sampler) -> tuple:
+        """Generate and score `rl.prompts_per_step` groups. With dynamic sampling (DAPO), groups
+        whose rewards are all equal teach nothing: they are dropped and new prompts drawn, for
+        up to `algo.max_sampling_rounds` rounds; if still short, equal groups fill the batch."""
+        cfg, algo = self.cfg, self.cfg.algo
+        want, n = cfg.rl.prompts_per_step, cfg.rl.n
+        kept, fillers, named, errors, offset = [], [], [], Counter(), 0
+        for rounds in range(1, (algo.max_sampling_rounds if algo.dynamic_sampling else 1) + 1):
+            have = sum(b.batch_size[0] for b in kept) // n
+            batch, scored = self._generate_and_score(sampler.next(want - have), offset)
+            offset += batch.batch_size[0] // n
+            named.append(scored.named)
+            errors.update(scored.errors)
+            if not algo.dynamic_sampling:
+                kept.append(batch)
+                break
+            signal = (batch["scores"].view(-1, n).std(-1) > 0).repeat_interleave(n)
+            kept.append(batch[signal])
+            fillers.append(batch[~signal])
+            if have + int(signal.sum()) // n >= want:
+                break
+        batch = cat([b for b in kept + fillers if b.batch_size[0]], self.pad)[: want * n]
+        merged = {k: sum(d[k] for d in named if k in d) / sum(k in d for d in named) for d in named for k in d}
+        return batch, merged, dict(errors), rounds
+
+    def rl_step(self, sampler) -> dict[str, float]:
+        cfg, algo, timing = self.cfg, self.cfg.algo, {}
+        t0 = t = time.perf_counter()
+
+        batch, named, errors, rounds = self._collect(sampler)
+        mask = batch["response_mask"]
+        scores_t, lengths = batch["scores"].clone(), mask.sum(-1)
+        if algo.overlong_buffer:
+            # DAPO's soft overlong penalty: 0 until the buffer starts, then down to -1 at the limit.
+            start = cfg.rl.max_new_tokens - algo.overlong_buffer
+            batch["scores"] = batch["scores"] + ((start - lengths) / algo.overlong_buffer).clamp(-1, 0)
+        failed = batch["reward_failed"]
+        if cfg.reward.on_error == "drop_group" and failed.any():
             dropped = torch.isin(batch["group_ids"], batch["group_ids"][failed])
             batch["response_mask"] = batch["response_mask"] * (~dropped).float()[:, None]
-        timing["time/reward"], t = time.perf_counter() - t, time.perf_counter()
+        if algo.overlong_filter:
+            batch["response_mask"] = batch["response_mask"] * (~batch["truncated"]).float()[:, None]
+        timing["time/rollout"], t = time.perf_counter() - t, time.perf_counter()
 
         batch["old_logprobs"] = torch.cat(self.roles.actor.dp("logprobs", batch))
+        kl = None
         if self.roles.ref is not None:
             batch["ref_logprobs"] = torch.cat(self.roles.ref.dp("logprobs", batch))
+            kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], algo.kl_estimator) * batch["response_mask"]
+        if self.roles.critic is not None:
+            batch["values"] = torch.cat(self.roles.critic.dp("values", batch))
         timing["time/logprobs"], t = time.perf_counter() - t, time.perf_counter()
 
-        per_sample = adv_lib.grpo(scores_t, batch["group_ids"], norm_by_std=cfg.algo.norm_by_std)
-        batch["advantages"] = adv_lib.broadcast_to_tokens(per_sample, batch["response_mask"])
-        tokens = float(batch["response_mask"].sum())
-        if tokens == 0:
+        mask = batch["response_mask"]
+        adv, returns = adv_lib.compute(
+            algo.adv_estimator, scores=batch["scores"], group_ids=batch["group_ids"], mask=mask,
+            values=batch.get("values", None), kl=kl if algo.kl_mode == "reward" else None, kl_coef=self.kl.coef,
+            gamma=algo.gamma, lam=algo.lam, norm_by_std=algo.norm_by_std,
+        )
+        batch["advantages"] = adv * mask
+        if returns is not None:
+            batch["returns"] = returns
+        policy_loss = PolicyLoss(
+            kind=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high, aggregation=algo.loss_agg,
+            dual_clip=algo.dual_clip, kl_coef=self.kl.coef if (kl is not None and algo.kl_mode == "loss") else 0.0,
+            kl_estimator=algo.kl_estimator, entropy_coef=algo.entropy_coef,
+        )
+        updates: list[dict] = []
+        for _ in range(algo.epochs):
+            for mb in split(batch, algo.mini_batches):  # whole groups stay together
+                mb_mask = mb["response_mask"]
+                norm = normaliser(mb_mask, algo.loss_agg, cfg.rl.max_new_tokens)
+                if norm == 0:
+                    continue
+                m = self.roles.actor.dp("train_step", mb, policy_loss, norm)[0]
+                if self.roles.critic is not None:
+                    c = self.roles.critic.dp("train_step", mb, ValueLoss(algo.value_clip), float(mb_mask.sum()))[0]
+                    m.update({"critic/value_loss": c.pop("loss"), **c})
+                m["actor/policy_loss"] = m.pop("loss")
+                updates.append(m)
+        if not updates:
             raise RuntimeError("no response tokens left to train on (all groups dropped or empty responses)")
-        for _ in range(cfg.algo.epochs):
-            train = self.roles.actor.dp("train_step", batch, self.policy_loss, tokens)[0]
+        train = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
         timing["time/train"] = time.perf_counter() - t
 
+        if kl is not None:
+            measured = float(kl.sum() / mask.sum().clamp(min=1))
+            train["actor/kl_coef"] = self.kl.coef
+            train["actor/kl_rollout_batch"] = measured
+            self.kl.update(measured, batch.batch_size[0])
         timing["time/push"] = self.push_weights()
         timing["time/step"] = time.perf_counter() - t0
-        errors = {f"reward/errors/{k}": float(v) for k, v in scored.errors.items()}
-        errors["reward/failed_frac"] = float(failed.float().mean())
-        return {**self._rollout_metrics(batch, scores_t), **scored.named, **errors, **train, **timing}
+        metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **timing}
+        metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
+        metrics["reward/failed_frac"] = float(failed.float().mean())
+        metrics["rollout/sampling_rounds"] = float(rounds)
+        if self.roles.critic is not None:
+            metrics["critic/explained_var"] = self._explained_variance(batch)
+        return metrics
 
-    def _rollout_metrics(self, batch, scores: torch.Tensor) -> dict[str, float]:
+    @staticmethod
+    def _explained_variance(batch) -> float:
+        """1 - Var(returns - values) / Var(returns) over response tokens, values before the update."""
+        mask = batch["response_mask"].bool()
+        returns, values = batch["returns"][mask], batch["values"][mask]
+        var = returns.var()
+        return float(1 - (returns - values).var() / var) if var > 0 else 0.0
+
+    def _rollout_metrics(self, batch, scores: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
         mask = batch["response_mask"]
-        lengths = mask.sum(-1)
         grouped = scores.view(-1, self.cfg.rl.n)
         # Rollout engine vs trainer on the same tokens: kernels and precision differ; watch it.
         diff = (batch["rollout_logprobs"] - batch["old_logprobs"]) * mask
@@ -129,9 +211,7 @@ class Controller:
             "reward/groups_with_signal": float((grouped.std(-1) > 0).float().mean()) if self.cfg.rl.n > 1 else 0.0,
             "response/length_mean": float(lengths.float().mean()),
             "response/truncated_frac": float(batch["truncated"].float().mean()),
-            "rollout/logprob_abs_diff_mean": float(diff.abs().sum() / mask.sum()),
+            "rollout/logprob_abs_diff_mean": float(diff.abs().sum() / mask.sum().clamp(min=1)),
             "rollout/logprob_abs_diff_max": float(diff.abs().max()),
         }
-        if "ref_logprobs" in batch.keys():
-            out["actor/ref_logprob_diff_mean"] = float(((batch["old_logprobs"] - batch["ref_logprobs"]) * mask).sum() / mask.sum())
         return out

@@ -63,7 +63,7 @@ def _start_ray(cfg: RunConfig) -> None:
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    workers = cfg.actor.world_size * (2 if cfg.algo.kl_coef > 0 else 1)
+    workers = cfg.actor.world_size * (1 + cfg.algo.uses_reference + cfg.algo.uses_critic)
     need = workers * cfg.actor.num_cpus_per_worker + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     ray.init(
@@ -74,13 +74,13 @@ def _start_ray(cfg: RunConfig) -> None:
     )
 
 
-def _optim(cfg: RunConfig, stage) -> OptimConfig:
+def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
     return OptimConfig(
         lr=stage.lr,
         weight_decay=cfg.actor.weight_decay,
         betas=tuple(cfg.actor.betas),
         warmup_steps=stage.warmup_steps,
-        total_steps=stage.steps,
+        total_steps=total_steps,
         lr_schedule=stage.lr_schedule,
     )
 
@@ -139,7 +139,7 @@ def run(cfg: RunConfig) -> dict:
         rollout = rollout_cls.remote(ROLLOUT_ENGINES[cfg.rollout.engine], model_path, rollout_cfg)
         actor = TrainerGroup(cfg.actor.world_size, *group_args, trainable=True, name="actor", **res)
         ray.get(rollout.__ray_ready__.remote())
-        ctl = Controller(cfg, Roles(actor=actor, rollout=rollout, ref=None), tok, rewards)
+        ctl = Controller(cfg, Roles(actor=actor, rollout=rollout), tok, rewards)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
 
         summary: dict = {"model_path": model_path}
@@ -148,7 +148,7 @@ def run(cfg: RunConfig) -> dict:
         summary["accuracy_before_sft"] = acc["eval/accuracy"]
 
         if cfg.sft.steps:
-            actor.all("configure_optimizer", _optim(cfg, cfg.sft))
+            actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
             sampler = Sampler(train, cfg.seed)
             bar = stage_bar("sft", cfg.sft.steps)
             for step in range(1, cfg.sft.steps + 1):
@@ -162,21 +162,24 @@ def run(cfg: RunConfig) -> dict:
             log.log("sft", cfg.sft.steps, acc)
             actor.all("save", str(out / "checkpoints" / "sft"))
         summary["accuracy_after_sft"] = acc["eval/accuracy"]
-        print(f"[rlhf] held-out accuracy after SFT: {acc['eval/accuracy']:.3f}", flush=True)
+        print(f"[rlhf] held-out accuracy {'after SFT' if cfg.sft.steps else 'at start'}: {acc['eval/accuracy']:.3f}", flush=True)
 
         if cfg.rl.steps:
-            ref = None
-            if cfg.algo.kl_coef > 0:
-                ref_path = str(out / "checkpoints" / "sft") if cfg.sft.steps else model_path
-                ref = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], ref_path, engine_cfg,
-                                   trainable=False, name="ref", **res)
-                ctl.roles.ref = ref
-            actor.all("configure_optimizer", _optim(cfg, cfg.rl))
+            start_path = str(out / "checkpoints" / "sft") if cfg.sft.steps else model_path
+            rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
+            if cfg.algo.uses_reference:
+                ctl.roles.ref = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], start_path, engine_cfg,
+                                             trainable=False, name="ref", **res)
+            if cfg.algo.uses_critic:
+                ctl.roles.critic = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], start_path, engine_cfg,
+                                                trainable=True, name="critic", head="value", **res)
+                ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
+            actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
             for step in range(1, cfg.rl.steps + 1):
                 try:
-                    m = ctl.rl_step(sampler.next(cfg.rl.prompts_per_step))
+                    m = ctl.rl_step(sampler)
                 except RewardErrorRateExceeded as e:
                     report_reward_errors(bar.write)
                     saved = out / "checkpoints" / f"rl-stopped-at-step{step - 1}"
@@ -191,8 +194,9 @@ def run(cfg: RunConfig) -> dict:
                 if step % cfg.trainer.log_every == 0:
                     bar.write(
                         f"[{cfg.algo.name} {step}] "
-                        + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "rollout/logprob_abs_diff_max",
-                                  "time/generate", "time/train", "time/push", "time/step"])
+                        + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "critic/value_loss", "critic/explained_var",
+                                  "rollout/logprob_abs_diff_max",
+                                  "time/rollout", "time/train", "time/push", "time/step"])
                     )
             bar.close()
             acc = ctl.evaluate(held_out)

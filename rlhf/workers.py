@@ -30,7 +30,8 @@ class TrainerWorker:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def init(self, address: tuple[str, int], engine_spec: str, model_path: str, engine_cfg, trainable: bool) -> None:
+    def init(self, address: tuple[str, int], engine_spec: str, model_path: str, engine_cfg, trainable: bool,
+             head: str) -> None:
         os.environ.update(
             RANK=str(self.rank),
             WORLD_SIZE=str(self.world_size),
@@ -39,7 +40,7 @@ class TrainerWorker:
             MASTER_PORT=str(address[1]),
         )
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.engine = load_object(engine_spec)(model_path, engine_cfg, trainable)
+        self.engine = load_object(engine_spec)(model_path, engine_cfg, trainable, head)
 
     def configure_optimizer(self, cfg) -> None:
         self.engine.configure_optimizer(cfg)
@@ -47,8 +48,11 @@ class TrainerWorker:
     def logprobs(self, batch):
         return self.engine.logprobs(batch)
 
-    def train_step(self, batch, loss_fn, global_tokens: float):
-        return self.engine.train_step(batch, loss_fn, global_tokens)
+    def values(self, batch):
+        return self.engine.values(batch)
+
+    def train_step(self, batch, loss_fn, normaliser: float):
+        return self.engine.train_step(batch, loss_fn, normaliser)
 
     def export_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
         """Collective; rank 0 returns references to the packed weights in Ray's object store."""

@@ -15,6 +15,13 @@ def test_defaults_compose_and_are_typed():
     assert isinstance(cfg.rl.lr, float) and isinstance(cfg.actor.world_size, int)
 
 
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "dapo", "gspo", "ppo"])
+def test_every_algorithm_composes(algo):
+    cfg = load_config([f"algo={algo}"])
+    assert cfg.algo.name == algo
+    assert cfg.algo.uses_critic == (algo == "ppo")
+
+
 def test_overrides_apply():
     cfg = load_config(["sft.steps=7", "rl.steps=3", "trainer.output_dir=/tmp/x", "algo=grpo", "actor.engine=automodel"])
     assert (cfg.sft.steps, cfg.rl.steps, cfg.trainer.output_dir) == (7, 3, "/tmp/x")
@@ -34,6 +41,13 @@ def test_overrides_apply():
         (["model.path=/nonexistent/model"], ["model.path", "config.json"]),
         (["+new.key=1"], ["+new.key"]),
         (["rl.steps"], ["key=value"]),
+        (["algo.loss_agg=token_mean"], ["algo.loss_agg", "token-mean"]),
+        (["algo.adv_estimator=gea"], ["algo.adv_estimator", "gae"]),
+        (["algo.kl_mode=reward", "algo.kl_coef=0.1"], ["algo.kl_mode=reward", "reinforce_pp"]),
+        (["algo.dual_clip=0.5"], ["algo.dual_clip"]),
+        (["algo=ppo", "algo.mini_batches=3"], ["algo.mini_batches=3"]),
+        (["reward.on_error=ignore"], ["reward.on_error", "fallback"]),
+        (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
     ],
 )
 def test_bad_overrides_name_the_problem(override, must_name):

@@ -114,3 +114,49 @@ def test_vllm_logprobs_equal_trainer_after_push(stepped, roles, tiny_model, task
     stale_trainer = torch.cat(actor.dp("logprobs", stale))
     smask = stale["response_mask"].bool()
     assert (stale["rollout_logprobs"] - stale_trainer)[smask].abs().max() > 1e-3
+
+
+def test_critic_value_step_matches_plain_hf(roles, tiny_model, task):
+    """The critic (2 ranks, FSDP2, a value head) against an HF token-classification model doing
+    the same clipped value-loss step by hand."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from rlhf.algos.losses import ValueLoss
+
+    _, (train, _) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    probs = train[8:16]
+    batch = pack([tok(p.prompt).input_ids for p in probs],
+                 [tok(p.answer).input_ids + [tok.eos_token_id] for p in probs], tok.eos_token_id)
+    mask = batch["response_mask"]
+    g = torch.Generator().manual_seed(0)
+    batch["returns"] = torch.randn(mask.shape, generator=g) * mask
+    batch["values"] = torch.zeros(mask.shape)  # the zero-initialised head's values
+    engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0)
+    critic = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
+                          num_cpus=1, num_gpus=0, name="test-critic", head="value")
+    try:
+        assert torch.cat(critic.dp("values", batch)).abs().max() == 0
+        critic.all("configure_optimizer", OptimConfig(LR, 0.0, (0.9, 0.999), 0, 10, "constant"))
+        metrics = critic.dp("train_step", batch, ValueLoss(clip=0.2), float(mask.sum()))[0]
+        after = torch.cat(critic.dp("values", batch))
+    finally:
+        critic.shutdown()
+
+    config = AutoConfig.from_pretrained(tiny_model, num_labels=1, classifier_dropout=0.0)
+    ref = AutoModelForTokenClassification.from_pretrained(tiny_model, config=config, dtype=torch.float32)
+    with torch.no_grad():
+        ref.score.weight.zero_()
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=0.0)
+    v = torch.nn.functional.pad(ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, 0], (1, 0))
+    clipped = v.clamp(-0.2, 0.2)
+    loss = 0.5 * (torch.maximum((v - batch["returns"]) ** 2, (clipped - batch["returns"]) ** 2) * mask).sum() / mask.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        v_ref = torch.nn.functional.pad(
+            ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, 0], (1, 0))
+    assert abs(metrics["loss"] - loss.item()) < 1e-5
+    m = batch["attention_mask"].bool()
+    assert (after - v_ref)[m].abs().max() < 1e-5 and after[m].abs().max() > 1e-3

@@ -36,8 +36,17 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     return torch.nn.functional.pad(picked, (1, 0))
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Column t gets the entropy of the distribution that predicted token t (same layout)."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return torch.nn.functional.pad(-(lp.exp() * lp).sum(-1), (1, 0))
+
+
 class AutomodelEngine(TrainingEngine):
-    def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool):
+    """`head="lm"`: the policy (or a frozen reference); `head="value"`: a critic, the same
+    backbone with a scalar value head (initialised to zero, so every rank starts identical)."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm"):
         from nemo_automodel.components.distributed.config import DistributedSetup, FSDP2Config
         from nemo_automodel.components.distributed.init_utils import initialize_distributed
         from nemo_automodel.components.distributed.mesh import ParallelismSizes
@@ -53,7 +62,8 @@ class AutomodelEngine(TrainingEngine):
         torch.manual_seed(cfg.seed + self.rank)
 
         dtype = _dtype(cfg.dtype)
-        self.model = self._build_model(model_path, dtype, cuda)
+        self.head = head
+        self.model = self._build_model(model_path, dtype, cuda) if head == "lm" else self._build_critic(model_path, dtype)
         strategy = FSDP2Config(mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
         setup = DistributedSetup.build(strategy=strategy, parallelism_sizes=ParallelismSizes(dp_size=self.world_size))
         self.model = parallelize_model(self.model, setup.mesh_context)
@@ -72,6 +82,18 @@ class AutomodelEngine(TrainingEngine):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    def _build_critic(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        # Automodel has no value-head model class; HF's token-classification head is one.
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        config = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+        with torch.no_grad():
+            model.score.weight.zero_()
+            if getattr(model.score, "bias", None) is not None:
+                model.score.bias.zero_()
+        return model.to(self.device)
 
     def configure_optimizer(self, cfg: OptimConfig) -> None:
         from nemo_automodel.components.optim.optimizer import AdamWConfig, build_optimizer
@@ -93,12 +115,20 @@ class AutomodelEngine(TrainingEngine):
             wd_incr_style="constant",
         )
 
-    def _forward_logprobs(self, mb: TensorDict) -> torch.Tensor:
+    def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
         mb = mb.to(self.device)
-        out = self.model(
+        logits = self.model(
             input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"], use_cache=False
-        )
-        return token_logprobs(out.logits, mb["input_ids"])
+        ).logits
+        out = {}
+        if "values" in needs:
+            # V at column t values the state before token t (hidden state t-1): the log-prob layout.
+            out["values"] = torch.nn.functional.pad(logits[:, :-1, 0].float(), (1, 0))
+        if "logprobs" in needs:
+            out["logprobs"] = token_logprobs(logits, mb["input_ids"])
+        if "entropy" in needs:
+            out["entropy"] = token_entropy(logits)
+        return out
 
     def _micro_batches(self, batch: TensorDict) -> list[TensorDict]:
         # Every rank holds the same number of rows (the driver splits evenly), so every rank
@@ -107,22 +137,28 @@ class AutomodelEngine(TrainingEngine):
         return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
 
     @torch.no_grad()
-    def logprobs(self, batch: TensorDict) -> torch.Tensor:
+    def _infer(self, batch: TensorDict, key: str) -> torch.Tensor:
         self.model.eval()
-        return torch.cat([self._forward_logprobs(mb).cpu() for mb in self._micro_batches(batch)])
+        return torch.cat([self._forward(mb, frozenset({key}))[key].cpu() for mb in self._micro_batches(batch)])
 
-    def train_step(self, batch: TensorDict, loss_fn: LossFn, global_tokens: float) -> dict[str, float]:
+    def logprobs(self, batch: TensorDict) -> torch.Tensor:
+        return self._infer(batch, "logprobs")
+
+    def values(self, batch: TensorDict) -> torch.Tensor:
+        return self._infer(batch, "values")
+
+    def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
         if self.optimizer is None:
             raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # FSDP averages gradients over data-parallel ranks; scaling by world size turns that
         # average back into the sum of per-rank contributions, so the result is a global mean.
-        scale = self.world_size / max(global_tokens, 1.0)
+        scale = self.world_size / max(normaliser, 1e-12)
         totals: dict[str, torch.Tensor] = {}
         for mb in self._micro_batches(batch):
-            logprobs = self._forward_logprobs(mb)
-            loss_sum, stats = loss_fn(logprobs, mb.to(self.device))
+            out = self._forward(mb, loss_fn.needs)
+            loss_sum, stats = loss_fn(out, mb.to(self.device))
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.float().cpu()
@@ -138,12 +174,13 @@ class AutomodelEngine(TrainingEngine):
         summed = torch.stack([torch.as_tensor(totals[k]) for k in keys]) if keys else torch.zeros(0)
         if self.world_size > 1 and keys:
             dist.all_reduce(summed)
-        metrics = {k: float(v) / max(global_tokens, 1.0) for k, v in zip(keys, summed)}
+        metrics = {k: float(v) / max(normaliser, 1e-12) for k, v in zip(keys, summed)}
+        role = "actor" if self.head == "lm" else "critic"
         metrics.update(
             {
-                "actor/grad_norm": grad_norm,
-                "actor/lr": float(self.optimizer.param_groups[0]["lr"]),
-                "actor/skipped_step": float(skipped),
+                f"{role}/grad_norm": grad_norm,
+                f"{role}/lr": float(self.optimizer.param_groups[0]["lr"]),
+                f"{role}/skipped_step": float(skipped),
             }
         )
         return metrics
@@ -184,6 +221,6 @@ class AutomodelEngine(TrainingEngine):
             dist.barrier()
 
 
-def build_engine(model_path: str, cfg: EngineConfig, trainable: bool) -> TrainingEngine:
-    return AutomodelEngine(model_path, cfg, trainable)
+def build_engine(model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm") -> TrainingEngine:
+    return AutomodelEngine(model_path, cfg, trainable, head)
 

@@ -1,0 +1,78 @@
+"""The controller's sampling logic with a fake rollout engine (a Ray actor returning scripted
+responses): DAPO's dynamic sampling keeps only groups whose rewards differ, refilling them."""
+
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from rlhf.batch import pack
+from rlhf.config import load_config
+from rlhf.controller import Controller, Roles
+from rlhf.data.arithmetic import Problem
+from rlhf.data.sampler import Sampler
+from rewards.manager import RewardManager, RewardSpec
+
+
+class FakeTokenizer:
+    """Characters as token ids (eos = 0)."""
+
+    eos_token_id = pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
+
+    def batch_decode(self, seqs, skip_special_tokens=True):
+        return ["".join(chr(t) for t in s if t != 0) for s in seqs]
+
+
+class ScriptedRollout:
+    """For "a+b=": all n samples right when a is even (no signal), else half right."""
+
+    def generate(self, prompt_ids, sampling):
+        prompts, responses, groups = [], [], []
+        for g, ids in enumerate(prompt_ids):
+            text = "".join(map(chr, ids))
+            a, b = map(int, text[:-1].split("+"))
+            right, wrong = str(a + b), str(a + b + 1)
+            for k in range(sampling.n):
+                answer = right if a % 2 == 0 or k % 2 == 0 else wrong
+                prompts.append(list(ids))
+                responses.append([ord(c) for c in answer] + [0])
+                groups.append(g)
+        batch = pack(prompts, responses, 0)
+        batch["rollout_logprobs"] = torch.zeros(batch["input_ids"].shape)
+        batch["group_ids"] = torch.tensor(groups)
+        batch["truncated"] = torch.zeros(len(groups), dtype=torch.bool)
+        return batch
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    # the workers import this module (for the fake actor class) from the tests folder
+    ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("dynamic, rounds", [(True, 8), (False, 1)])
+def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
+    cfg = load_config(["algo=dapo", "rl.prompts_per_step=8", "rl.n=4", f"algo.dynamic_sampling={dynamic}",
+                       f"algo.max_sampling_rounds={rounds}"])
+    rewards = RewardManager([RewardSpec("exact_match")], fallback=0.0, timeout_s=10, num_workers=1, max_error_rate=0)
+    try:
+        rollout = ray.remote(ScriptedRollout).remote()
+        ctl = Controller(cfg, Roles(actor=None, rollout=rollout), FakeTokenizer(), rewards)
+        problems = [Problem(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
+        batch, _, errors, used = ctl._collect(Sampler(problems, seed=0))
+    finally:
+        rewards.close()
+    assert batch.batch_size[0] == 8 * 4 and errors == {}
+    groups = batch["group_ids"].view(8, 4)
+    assert (groups == groups[:, :1]).all() and groups[:, 0].unique().numel() == 8
+    has_signal = batch["scores"].view(8, 4).std(-1) > 0
+    if dynamic:  # half the prompts have signal: refill rounds find 8 such groups
+        assert has_signal.all() and used > 1
+    else:
+        assert not has_signal.all() and used == 1
