@@ -64,6 +64,11 @@ class AutomodelEngine(TrainingEngine):
         dtype = _dtype(cfg.dtype)
         self.head = head
         self.model = self._build_model(model_path, dtype, cuda) if head == "lm" else self._build_critic(model_path, dtype)
+        # Dropout would make the training forward disagree with the log-probs and values taken in
+        # eval mode (PPO's ratio would not start at 1): RL trains without it, as SFT here does.
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
         strategy = FSDP2Config(mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
         setup = DistributedSetup.build(strategy=strategy, parallelism_sizes=ParallelismSizes(dp_size=self.world_size))
         self.model = parallelize_model(self.model, setup.mesh_context)
@@ -87,7 +92,7 @@ class AutomodelEngine(TrainingEngine):
         # Automodel has no value-head model class; HF's token-classification head is one.
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        config = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0)
+        config = AutoConfig.from_pretrained(path, num_labels=1)
         model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
         with torch.no_grad():
             model.score.weight.zero_()
@@ -99,6 +104,7 @@ class AutomodelEngine(TrainingEngine):
         from nemo_automodel.components.optim.optimizer import AdamWConfig, build_optimizer
         from nemo_automodel.components.optim.scheduler import OptimizerParamScheduler
 
+        self._reshard()
         opt_cfg = AdamWConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
         (self.optimizer,) = build_optimizer(self.model, opt_cfg)
         self.scheduler = OptimizerParamScheduler(
@@ -136,10 +142,22 @@ class AutomodelEngine(TrainingEngine):
         n = math.ceil(batch.batch_size[0] / self.cfg.micro_batch_size)
         return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
 
+    def _reshard(self) -> None:
+        """Return every FSDP module to its sharded parameters. A no-grad forward leaves the modules
+        that do not reshard after forward (the root, by Automodel's default) holding unsharded
+        copies in place of the registered parameters; an optimizer built then would step those."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
     @torch.no_grad()
     def _infer(self, batch: TensorDict, key: str) -> torch.Tensor:
         self.model.eval()
-        return torch.cat([self._forward(mb, frozenset({key}))[key].cpu() for mb in self._micro_batches(batch)])
+        out = torch.cat([self._forward(mb, frozenset({key}))[key].cpu() for mb in self._micro_batches(batch)])
+        self._reshard()
+        return out
 
     def logprobs(self, batch: TensorDict) -> torch.Tensor:
         return self._infer(batch, "logprobs")
