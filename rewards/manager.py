@@ -147,7 +147,7 @@ class _Pool:
                         yield idx, "timeout", None, {}, f"reward call exceeded reward.timeout_s={timeout_s}"
 
     def close(self) -> None:
-        for proc, conn, *_ in self.workers:
+        for _, conn, *_ in self.workers:
             try:
                 conn.send(None)
             except OSError:
