@@ -18,9 +18,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
-ERROR_KINDS = ("exception", "timeout", "crashed", "non_finite", "bad_type")
-
-
 class RewardErrorRateExceeded(RuntimeError):
     pass
 
