@@ -38,10 +38,16 @@ def main() -> None:
         rl = [r for r in metrics if r["stage"] == "rl" and "reward/mean" in r]
         critic = ""
         if "critic/value_loss" in rl[0]:
-            first, last = rl[: len(rl) // 5 or 1], rl[-(len(rl) // 5 or 1):]
+            # windows: first 3 steps, the last 3 critic-only steps (if any), the last 5 steps
+            pre = [r for r in rl if r.get("actor/updated") == 0]
+            windows = [("steps 1-3", rl[:3])] + ([("end of critic pre-training", pre[-3:])] if pre else []) + [
+                ("last 5 steps", rl[-5:])]
             mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-            critic = (f"value loss {mean(first, 'critic/value_loss'):.3f} -> {mean(last, 'critic/value_loss'):.3f}, "
-                      f"explained var {mean(first, 'critic/explained_var'):.2f} -> {mean(last, 'critic/explained_var'):.2f}")
+            critic = "; ".join(
+                f"{name}: value loss {mean(rs, 'critic/value_loss'):.3f}, explained var "
+                f"{mean(rs, 'critic/explained_var'):+.2f} (between-prompt share {mean(rs, 'reward/between_prompt_var_share'):.2f})"
+                for name, rs in windows
+            )
         step_time = sorted(r["time/step"] for r in rl)[len(rl) // 2]
         rows.append((algo, evals, f"{step_time:.2f}s/step median, {wall:.0f}s wall", critic))
         print(algo, evals, flush=True)

@@ -69,3 +69,13 @@ class TrainingEngine(ABC):
     @abstractmethod
     def save(self, path: str) -> None:
         """Write an HF-format checkpoint folder (collective; rank 0 writes)."""
+
+    @abstractmethod
+    def save_state(self, path: str) -> None:
+        """Write what an exact resume needs: weights, optimizer, LR schedule and RNG state of every
+        rank, under folder `path` (collective; every rank writes its own shards)."""
+
+    @abstractmethod
+    def load_state(self, path: str) -> None:
+        """Restore a `save_state` folder into this engine, built with the same model, world size
+        and optimizer config (collective)."""

@@ -218,6 +218,13 @@ class RewardManager:
                 f"First failure:\n{first}"
             )
 
+    def state_dict(self) -> dict:
+        return {"rated_calls": self.rated_calls, "rated_failures": self.rated_failures, "errors": dict(self.errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rated_calls, self.rated_failures = state["rated_calls"], state["rated_failures"]
+        self.errors = Counter(state["errors"])
+
     def close(self) -> None:
         for pool in self.pools:
             pool.close()

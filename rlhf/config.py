@@ -111,6 +111,7 @@ class AlgoConfig:
     max_sampling_rounds: int
     overlong_buffer: int
     overlong_filter: bool
+    critic_pretrain_steps: int
 
     @property
     def uses_critic(self) -> bool:
@@ -165,6 +166,8 @@ class TrainerConfig:
     ray_address: Optional[str]
     num_cpus: Optional[int]
     log_every: int
+    save_every: int
+    resume: Optional[str]
 
 
 @dataclass
@@ -361,7 +364,8 @@ def validate(cfg: RunConfig) -> None:
     for path, value in positive.items():
         if value < 1:
             raise ConfigError(f"{path} must be at least 1, got {value}")
-    for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every}.items():
+    for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every,
+                        "trainer.save_every": cfg.trainer.save_every}.items():
         if value < 0:
             raise ConfigError(f"{path} must be 0 or more, got {value}")
     world = cfg.actor.world_size
@@ -371,6 +375,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"rl.prompts_per_step * rl.n = {cfg.rl.prompts_per_step * cfg.rl.n} samples must be divisible "
             f"by actor.world_size={world}"
+        )
+    if algo.critic_pretrain_steps and not algo.uses_critic:
+        raise ConfigError(
+            f"algo.critic_pretrain_steps={algo.critic_pretrain_steps} needs a critic (algo.adv_estimator=gae, "
+            f"e.g. algo=ppo); algo.adv_estimator={algo.adv_estimator} has none"
+        )
+    if algo.critic_pretrain_steps < 0 or (cfg.rl.steps and algo.critic_pretrain_steps >= cfg.rl.steps):
+        raise ConfigError(
+            f"algo.critic_pretrain_steps must be in [0, rl.steps={cfg.rl.steps}) so the actor trains at all, "
+            f"got {algo.critic_pretrain_steps}; raise rl.steps or lower algo.critic_pretrain_steps"
         )
     if cfg.algo.norm_by_std and cfg.rl.n < 2:
         raise ConfigError("algo.norm_by_std needs rl.n >= 2 samples per prompt (a group std of one sample is undefined)")

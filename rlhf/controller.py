@@ -3,6 +3,7 @@ on the role workers. It holds no model; the algorithm math runs here on small te
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import ray
 import torch
 
 from rlhf.algos import advantages as adv_lib
+from rlhf.algos.diagnostics import between_group_share, explained_variance
 from rlhf.algos.kl import KLController, kl_estimate
 from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
 from rlhf.batch import cat, pack, split
@@ -40,6 +42,14 @@ class Controller:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
+        self.draws = 0  # generation rounds so far: with the run's seed, it seeds the next one
+
+    def state_dict(self) -> dict:
+        return {"draws": self.draws, "kl": self.kl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.draws = state["draws"]
+        self.kl.load_state_dict(state["kl"])
 
     def prompt_ids(self, problems: list[Problem]) -> list[list[int]]:
         return [self.tok(p.prompt).input_ids for p in problems]
@@ -82,7 +92,9 @@ class Controller:
 
     def _generate_and_score(self, problems: list[Problem], group_offset: int):
         cfg = self.cfg
-        sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens)
+        self.draws += 1
+        sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
+                            seed=random.Random(f"{cfg.seed}:{self.draws}").randrange(2**30))
         batch = ray.get(self.roles.rollout.generate.remote(self.prompt_ids(problems), sampling))
         groups = batch["group_ids"].tolist()
         texts = self.decode(batch)
@@ -117,7 +129,9 @@ class Controller:
         merged = {k: sum(d[k] for d in named if k in d) / sum(k in d for d in named) for d in named for k in d}
         return batch, merged, dict(errors), rounds
 
-    def rl_step(self, sampler) -> dict[str, float]:
+    def rl_step(self, sampler, train_actor: bool = True) -> dict[str, float]:
+        """One RL step. With `train_actor=False` (critic pre-training) only the critic learns
+        from the batch; the policy, and so the rollout weights, stay as they are."""
         cfg, algo, timing = self.cfg, self.cfg.algo, {}
         t0 = t = time.perf_counter()
 
@@ -166,11 +180,13 @@ class Controller:
                 norm = normaliser(mb_mask, algo.loss_agg, cfg.rl.max_new_tokens)
                 if norm == 0:
                     continue
-                m = self.roles.actor.dp("train_step", mb, policy_loss, norm)[0]
+                m = {}
+                if train_actor:
+                    m = self.roles.actor.dp("train_step", mb, policy_loss, norm)[0]
+                    m["actor/policy_loss"] = m.pop("loss")
                 if self.roles.critic is not None:
                     c = self.roles.critic.dp("train_step", mb, ValueLoss(algo.value_clip), float(mb_mask.sum()))[0]
                     m.update({"critic/value_loss": c.pop("loss"), **c})
-                m["actor/policy_loss"] = m.pop("loss")
                 updates.append(m)
         if not updates:
             raise RuntimeError("no response tokens left to train on (all groups dropped or empty responses)")
@@ -182,23 +198,17 @@ class Controller:
             train["actor/kl_coef"] = self.kl.coef
             train["actor/kl_rollout_batch"] = measured
             self.kl.update(measured, batch.batch_size[0])
-        timing["time/push"] = self.push_weights()
+        timing["time/push"] = self.push_weights() if train_actor else 0.0
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **timing}
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)
+        metrics["actor/updated"] = float(train_actor)
         if self.roles.critic is not None:
-            metrics["critic/explained_var"] = self._explained_variance(batch)
+            # values from before this step's update: how well the critic predicted returns it had not seen
+            metrics["critic/explained_var"] = explained_variance(batch["returns"], batch["values"], mask)
         return metrics
-
-    @staticmethod
-    def _explained_variance(batch) -> float:
-        """1 - Var(returns - values) / Var(returns) over response tokens, values before the update."""
-        mask = batch["response_mask"].bool()
-        returns, values = batch["returns"][mask], batch["values"][mask]
-        var = returns.var()
-        return float(1 - (returns - values).var() / var) if var > 0 else 0.0
 
     def _rollout_metrics(self, batch, scores: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
         mask = batch["response_mask"]
@@ -209,6 +219,7 @@ class Controller:
             "reward/mean": float(scores.mean()),
             "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
             "reward/groups_with_signal": float((grouped.std(-1) > 0).float().mean()) if self.cfg.rl.n > 1 else 0.0,
+            "reward/between_prompt_var_share": between_group_share(scores, batch["group_ids"]),
             "response/length_mean": float(lengths.float().mean()),
             "response/truncated_frac": float(batch["truncated"].float().mean()),
             "rollout/logprob_abs_diff_mean": float(diff.abs().sum() / mask.sum().clamp(min=1)),

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(cfg)
+    except ConfigError as e:  # e.g. a trainer.resume state that does not fit this config
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

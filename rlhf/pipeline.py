@@ -17,6 +17,7 @@ from rlhf.config import RunConfig
 from rlhf.controller import Controller, Roles
 from rlhf.data.arithmetic import corpus, make_splits
 from rlhf.data.sampler import Sampler
+from rlhf import run_state
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.worker_group import TrainerGroup
@@ -87,6 +88,7 @@ def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
 
 def run(cfg: RunConfig) -> dict:
     start = time.time()
+    resume = run_state.check(cfg) if cfg.trainer.resume else None
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -143,11 +145,14 @@ def run(cfg: RunConfig) -> dict:
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
 
         summary: dict = {"model_path": model_path}
-        acc = ctl.evaluate(held_out)
-        log.log("sft", 0, acc)
-        summary["accuracy_before_sft"] = acc["eval/accuracy"]
+        if resume:
+            summary.update(resume["summary"], resumed_from=resume["path"])
+        else:
+            acc = ctl.evaluate(held_out)
+            log.log("sft", 0, acc)
+            summary["accuracy_before_sft"] = acc["eval/accuracy"]
 
-        if cfg.sft.steps:
+        if cfg.sft.steps and not resume:
             actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
             sampler = Sampler(train, cfg.seed)
             bar = stage_bar("sft", cfg.sft.steps)
@@ -161,11 +166,16 @@ def run(cfg: RunConfig) -> dict:
             acc = ctl.evaluate(held_out)
             log.log("sft", cfg.sft.steps, acc)
             actor.all("save", str(out / "checkpoints" / "sft"))
-        summary["accuracy_after_sft"] = acc["eval/accuracy"]
-        print(f"[rlhf] held-out accuracy {'after SFT' if cfg.sft.steps else 'at start'}: {acc['eval/accuracy']:.3f}", flush=True)
+        if not resume:
+            summary["accuracy_after_sft"] = acc["eval/accuracy"]
+            print(f"[rlhf] held-out accuracy {'after SFT' if cfg.sft.steps else 'at start'}: {acc['eval/accuracy']:.3f}",
+                  flush=True)
 
         if cfg.rl.steps:
-            start_path = str(out / "checkpoints" / "sft") if cfg.sft.steps else model_path
+            if resume:
+                start_path = resume["start_path"]
+            else:
+                start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
             rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
             if cfg.algo.uses_reference:
                 ctl.roles.ref = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], start_path, engine_cfg,
@@ -176,10 +186,21 @@ def run(cfg: RunConfig) -> dict:
                 ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
             actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)
+            groups = {"actor": actor, **({"critic": ctl.roles.critic} if ctl.roles.critic is not None else {})}
+            first = 1
+            if resume:
+                run_state.restore(resume, groups)
+                ctl.load_state_dict(resume["controller"])
+                sampler.load_state_dict(resume["sampler"])
+                rewards.load_state_dict(resume["rewards"])
+                ctl.push_weights()
+                first = resume["step"] + 1
+                print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
-            for step in range(1, cfg.rl.steps + 1):
+            bar.update(first - 1)
+            for step in range(first, cfg.rl.steps + 1):
                 try:
-                    m = ctl.rl_step(sampler)
+                    m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps)
                 except RewardErrorRateExceeded as e:
                     report_reward_errors(bar.write)
                     saved = out / "checkpoints" / f"rl-stopped-at-step{step - 1}"
@@ -189,6 +210,10 @@ def run(cfg: RunConfig) -> dict:
                 if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
                     m.update(ctl.evaluate(held_out))
                 log.log("rl", step, m)
+                if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
+                    driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
+                              "rewards": rewards.state_dict(), "summary": summary}
+                    bar.write(f"[rlhf] saved {run_state.save(out, step, cfg, groups, driver)}")
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
                 if step % cfg.trainer.log_every == 0:
@@ -202,6 +227,8 @@ def run(cfg: RunConfig) -> dict:
             acc = ctl.evaluate(held_out)
             log.log("rl", cfg.rl.steps, acc)
             actor.all("save", str(out / "checkpoints" / "rl"))
+            if ctl.roles.critic is not None:
+                ctl.roles.critic.all("save", str(out / "checkpoints" / "critic"))
         summary["accuracy_after_rl"] = acc["eval/accuracy"]
         summary["wall_time_s"] = round(time.time() - start, 1)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -61,6 +61,12 @@ class TrainerWorker:
     def save(self, path: str) -> None:
         self.engine.save(path)
 
+    def save_state(self, path: str) -> None:
+        self.engine.save_state(path)
+
+    def load_state(self, path: str) -> None:
+        self.engine.load_state(path)
+
 
 class RolloutWorker:
     """A rollout engine in its own process."""

@@ -16,6 +16,9 @@ class Sampling:
     temperature: float
     max_new_tokens: int
     top_p: float = 1.0
+    # Prompt i's samples are drawn with seed + i: what a batch holds depends on the seed and the
+    # prompts only, not on what the engine generated before, so a resumed run draws the same.
+    seed: int | None = None
 
 
 class RolloutEngine(ABC):

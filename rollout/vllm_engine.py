@@ -65,15 +65,21 @@ class VLLMRollout(RolloutEngine):
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0,
-            detokenize=False,
+        def params(seed):
+            return SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                logprobs=0,
+                detokenize=False,
+                seed=seed,
+            )
+
+        per_prompt = (
+            [params(sampling.seed + i) for i in range(len(prompt_ids))] if sampling.seed is not None else params(None)
         )
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], per_prompt, use_tqdm=False)
         prompts, responses, logprobs, groups, truncated = [], [], [], [], []
         for gid, out in enumerate(outs):
             for comp in out.outputs:

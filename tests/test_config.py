@@ -47,6 +47,8 @@ def test_overrides_apply():
         (["algo.dual_clip=0.5"], ["algo.dual_clip"]),
         (["algo=ppo", "algo.mini_batches=3"], ["algo.mini_batches=3"]),
         (["reward.on_error=ignore"], ["reward.on_error", "fallback"]),
+        (["algo.critic_pretrain_steps=2"], ["algo.critic_pretrain_steps", "gae"]),
+        (["algo=ppo", "rl.steps=10"], ["algo.critic_pretrain_steps", "rl.steps=10"]),
         (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
     ],
 )

@@ -93,6 +93,7 @@ class AutomodelEngine(TrainingEngine):
 
         config = AutoConfig.from_pretrained(path, num_labels=1)
         model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+        model.config.architectures = [type(model).__name__]  # a saved critic loads as what it is
         with torch.no_grad():
             model.score.weight.zero_()
             if getattr(model.score, "bias", None) is not None:
@@ -236,6 +237,48 @@ class AutomodelEngine(TrainingEngine):
                     shutil.copy(src, out / name)
         if self.world_size > 1:
             dist.barrier()
+
+
+    def save_state(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        self._reshard()
+        model_sd, optim_sd = get_state_dict(self.model, self._optimizers())
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        torch.save(self._local_state(), Path(path) / f"rank{self.rank}.pt")
+        if self.world_size > 1:
+            dist.barrier()
+
+    def load_state(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        local = Path(path) / f"rank{self.rank}.pt"
+        if not local.is_file():
+            raise FileNotFoundError(f"{local} is missing: the state was saved by fewer ranks than this run has")
+        self._reshard()
+        # get_state_dict creates the optimizer's (empty) moments, so DCP has tensors to load into.
+        model_sd, optim_sd = get_state_dict(self.model, self._optimizers())
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self._optimizers(), model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(local, weights_only=False)
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(extra["cuda_rng"])
+
+    def _optimizers(self) -> list:
+        return [self.optimizer] if self.optimizer is not None else []
+
+    def _local_state(self) -> dict:
+        return {
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        }
 
 
 def build_engine(model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm") -> TrainingEngine:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def _group_stats(scores: torch.Tensor, group_ids: torch.Tensor):
+def group_stats(scores: torch.Tensor, group_ids: torch.Tensor):
     """Per-sample group mean, unbiased group std and group size."""
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     sums = torch.zeros(len(counts)).index_add_(0, inverse, scores)
@@ -24,7 +24,7 @@ def grpo(scores: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True
     """GRPO: (r - group mean) / (group std + eps), std unbiased as in the paper and TRL. Without
     std division this is Dr.GRPO's advantage. A group of equal rewards gets 0."""
     scores = scores.float()
-    mean, std, _ = _group_stats(scores, group_ids)
+    mean, std, _ = group_stats(scores, group_ids)
     adv = scores - mean
     return adv / (std + eps) if norm_by_std else adv
 
@@ -32,7 +32,7 @@ def grpo(scores: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True
 def rloo(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """RLOO: r_i minus the mean of the other samples of its prompt (leave-one-out baseline)."""
     scores = scores.float()
-    mean, _, n = _group_stats(scores, group_ids)
+    mean, _, n = group_stats(scores, group_ids)
     if (n < 2).any():
         raise ValueError("RLOO needs at least 2 samples per prompt (rl.n >= 2)")
     return (scores - mean) * n / (n - 1)
@@ -106,7 +106,7 @@ def compute(estimator: str, *, scores, group_ids, mask, values=None, kl=None, kl
         per_sample = grpo(scores, group_ids, norm_by_std) if estimator == "grpo" else rloo(scores, group_ids)
         return broadcast_to_tokens(per_sample, mask), None
     if estimator == "reinforce_pp_baseline":
-        scores = scores.float() - _group_stats(scores.float(), group_ids)[0]
+        scores = scores.float() - group_stats(scores.float(), group_ids)[0]
         estimator = "reinforce_pp"
     rewards = token_rewards(scores, mask, kl, kl_coef)
     if estimator == "reinforce_pp":
