@@ -13,11 +13,11 @@ import ray
 
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
+from rlhf import run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller, Roles
 from rlhf.data.arithmetic import corpus, make_splits
 from rlhf.data.sampler import Sampler
-from rlhf import run_state
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.worker_group import TrainerGroup
