@@ -238,7 +238,6 @@ class AutomodelEngine(TrainingEngine):
         if self.world_size > 1:
             dist.barrier()
 
-
     def save_state(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
