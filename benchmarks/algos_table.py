@@ -8,11 +8,12 @@ SFT_CHECKPOINT is a `checkpoints/sft` folder of a default run (`bash scripts/run
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rlhf.metrics import read_metrics
 
 ALGOS = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "dapo", "gspo", "ppo"]
 
@@ -33,7 +34,7 @@ def main() -> None:
         if proc.returncode:
             rows.append((algo, "failed", proc.stderr[-300:]))
             continue
-        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_metrics(run_dir)
         evals = [(r["step"], r["eval/accuracy"]) for r in metrics if "eval/accuracy" in r]
         rl = [r for r in metrics if r["stage"] == "rl" and "reward/mean" in r]
         critic = ""

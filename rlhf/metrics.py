@@ -25,6 +25,16 @@ class MetricsLog:
         self._file.close()
 
 
+def read_metrics(output_dir) -> list[dict]:
+    """The rows a run wrote to `<output_dir>/metrics.jsonl`, in order."""
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def rl_steps(rows: list[dict]) -> dict[int, dict]:
+    """The RL step rows (those with rollout metrics; evaluation-only rows left out), by step."""
+    return {r["step"]: r for r in rows if r["stage"] == "rl" and "reward/mean" in r}
+
+
 def stage_bar(stage: str, total: int) -> tqdm:
     return tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, leave=True)
 

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from rlhf.metrics import read_metrics, rl_steps
+
 pytestmark = pytest.mark.gpu
 
 
@@ -47,8 +49,7 @@ def test_default_job_on_one_gpu(tmp_path):
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+    rl = list(rl_steps(read_metrics(out)).values())
     print(json.loads((out / "summary.json").read_text()))
     mean_gap = max(r["rollout/logprob_abs_diff_mean"] for r in rl)
     max_gap = max(r["rollout/logprob_abs_diff_max"] for r in rl)
@@ -72,11 +73,7 @@ def test_ppo_resume_on_one_gpu(tmp_path):
         proc = subprocess.run([*args, f"trainer.output_dir={out}", *extra], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-6000:]
 
-    def rows(out):
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        return {r["step"]: r for r in map(json.loads, lines) if r["stage"] == "rl" and "reward/mean" in r}
-
-    a, b = rows(full), rows(resumed)
+    a, b = rl_steps(read_metrics(full)), rl_steps(read_metrics(resumed))
     assert sorted(b) == [4, 5, 6]
     keys = ["reward/mean", "actor/policy_loss", "actor/grad_norm", "critic/value_loss", "critic/explained_var"]
     worst = {k: max(abs(a[s][k] - b[s][k]) for s in (4, 5, 6)) for k in keys}

@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rlhf.metrics import read_metrics
+
 pytestmark = pytest.mark.e2e
 
 
@@ -19,7 +21,7 @@ def test_main_runs_sft_then_grpo_and_writes_the_output_contract(tmp_path):
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert all("stage" in r and "step" in r for r in rows)
     sft = [r for r in rows if r["stage"] == "sft" and "sft/loss" in r]
     rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification
 
 from rlhf.config import load_config
+from rlhf.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +30,11 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "rlhf.main", *ARGS, *args], capture_output=True, text=True, timeout=900)
 
 
-def _rl_rows(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if r["stage"] == "rl" and "reward/mean" in r}
-
-
 def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     proc = _run(f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    a = _rl_rows(full)
+    a = rl_steps(read_metrics(full))
     assert sorted(a) == [1, 2, 3, 4]
     for r in a.values():
         assert r["critic/value_loss"] >= 0 and "critic/explained_var" in r and "critic/grad_norm" in r
@@ -58,7 +54,7 @@ def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path):
     proc = _run(f"trainer.output_dir={resumed}", f"trainer.resume={state}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "continuing at RL step 3" in proc.stdout
-    b = _rl_rows(resumed)
+    b = rl_steps(read_metrics(resumed))
     assert sorted(b) == [3, 4]  # no SFT, no steps 1-2 again
     for step in (3, 4):  # the comparison means something only if there was something to learn
         assert a[step]["reward/groups_with_signal"] > 0 and a[step]["actor/grad_norm"] > 0

@@ -1,13 +1,14 @@
 """Reward plugins used by real runs of `python -m rlhf.main`: one from an installed package's
 `rlhf.rewards` entry point, one by file path; a plugin failing too often stops the run cleanly."""
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rlhf.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +38,7 @@ def install_plugin_package(site: Path) -> None:
 
 
 def rl_rows(out: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+    return list(rl_steps(read_metrics(out)).values())
 
 
 def test_entry_point_plugin_from_an_installed_package(tmp_path):
