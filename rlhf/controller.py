@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import ray
 import torch
@@ -18,17 +17,9 @@ from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
 from rlhf.batch import cat, pack, split
 from rlhf.config import RunConfig
 from rlhf.data.arithmetic import Problem
-from rlhf.worker_group import TrainerGroup
+from rlhf.roles import Roles
 from rewards.manager import RewardManager
 from rollout.base import Sampling
-
-
-@dataclass
-class Roles:
-    actor: TrainerGroup
-    rollout: "ray.actor.ActorHandle"
-    ref: TrainerGroup | None = None
-    critic: TrainerGroup | None = None
 
 
 def _responses(batch) -> list[list[int]]:

@@ -11,20 +11,16 @@ from pathlib import Path
 
 import ray
 
-from engines import ENGINES
-from engines.base import EngineConfig, OptimConfig
+from engines.base import OptimConfig
 from rlhf import run_state
 from rlhf.config import RunConfig
-from rlhf.controller import Controller, Roles
+from rlhf.controller import Controller
 from rlhf.data.arithmetic import corpus, make_splits
 from rlhf.data.sampler import Sampler
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
-from rlhf.worker_group import TrainerGroup
-from rlhf.workers import RolloutWorker
+from rlhf.roles import start_roles, start_trainer
 from rewards.manager import RewardErrorRateExceeded, RewardManager
-from rollout import ROLLOUT_ENGINES
-from rollout.vllm_engine import VLLMConfig
 
 # Environment every role process gets (on any node of a cluster, not just this one).
 _ROLE_ENV = {
@@ -126,22 +122,9 @@ def run(cfg: RunConfig) -> dict:
 
     _start_ray(cfg)
     try:
-        engine_cfg = EngineConfig(cfg.actor.dtype, cfg.actor.micro_batch_size, cfg.actor.max_grad_norm, cfg.seed)
-        group_args = (ENGINES[cfg.actor.engine], model_path, engine_cfg)
-        res = dict(num_cpus=cfg.actor.num_cpus_per_worker, num_gpus=cfg.actor.num_gpus_per_worker)
-        rollout_cls = ray.remote(num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus)(RolloutWorker)
-        rollout_cfg = VLLMConfig(
-            dtype=cfg.rollout.dtype,
-            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            max_model_len=cfg.rollout.max_model_len,
-            kv_cache_bytes=cfg.rollout.kv_cache_bytes,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            seed=cfg.seed,
-        )
-        rollout = rollout_cls.remote(ROLLOUT_ENGINES[cfg.rollout.engine], model_path, rollout_cfg)
-        actor = TrainerGroup(cfg.actor.world_size, *group_args, trainable=True, name="actor", **res)
-        ray.get(rollout.__ray_ready__.remote())
-        ctl = Controller(cfg, Roles(actor=actor, rollout=rollout), tok, rewards)
+        roles = start_roles(cfg, model_path)
+        actor = roles.actor
+        ctl = Controller(cfg, roles, tok, rewards)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
 
         summary: dict = {"model_path": model_path}
@@ -178,11 +161,9 @@ def run(cfg: RunConfig) -> dict:
                 start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
             rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
             if cfg.algo.uses_reference:
-                ctl.roles.ref = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], start_path, engine_cfg,
-                                             trainable=False, name="ref", **res)
+                ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False)
             if cfg.algo.uses_critic:
-                ctl.roles.critic = TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], start_path, engine_cfg,
-                                                trainable=True, name="critic", head="value", **res)
+                ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value")
                 ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
             actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)

@@ -9,7 +9,8 @@ import torch
 
 from rlhf.batch import pack
 from rlhf.config import load_config
-from rlhf.controller import Controller, Roles
+from rlhf.controller import Controller
+from rlhf.roles import Roles
 from rlhf.data.arithmetic import Problem
 from rlhf.data.sampler import Sampler
 from rewards.manager import RewardManager, RewardSpec
