@@ -1,6 +1,8 @@
-"""The training-engine role: what the driver may ask of whatever trains the model.
+"""The engine roles: what the driver may ask of whatever holds a model in a trainer group.
 
-One engine instance lives in each rank of a trainer worker group. The driver never sees the
+`InferenceEngine` serves a frozen reference and the forward passes of every role;
+`TrainingEngine` adds the optimizer, so an actor or critic is one of each. One engine instance
+lives in each rank of a trainer worker group. The driver never sees the
 model, only these calls; algorithm code (losses) arrives as a picklable `loss_fn` (see
 `rlhf.algos.losses` for its contract), so engines know nothing of the algorithm.
 """
@@ -21,10 +23,12 @@ LossFn = Callable[[dict, TensorDict], tuple[torch.Tensor, dict[str, torch.Tensor
 
 @dataclass(frozen=True)
 class EngineConfig:
-    dtype: str  # parameter and compute dtype: float32 | bfloat16 | float16
+    dtype: str  # compute dtype: float32 | bfloat16 | float16 (master weights and optimizer stay float32)
     micro_batch_size: int
     max_grad_norm: float
     seed: int
+    tp_size: int = 1  # tensor-parallel ranks per model replica
+    ep_size: int = 1  # expert-parallel ranks (MoE models)
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,13 @@ class OptimConfig:
     lr_schedule: str  # constant | cosine | linear
 
 
-class TrainingEngine(ABC):
-    @abstractmethod
-    def configure_optimizer(self, cfg: OptimConfig) -> None:
-        """Start a fresh optimizer and LR schedule (at the start of each training stage)."""
+class InferenceEngine(ABC):
+    """Forward passes and weight export. Ranks form data-parallel groups (each group holds one
+    model replica, split by tensor or expert parallelism): every rank of a group must get the
+    same rows, and `dp_rank` says which shard of a batch a rank is given."""
+
+    dp_rank: int
+    dp_size: int
 
     @abstractmethod
     def logprobs(self, batch: TensorDict) -> torch.Tensor:
@@ -53,6 +60,18 @@ class TrainingEngine(ABC):
         """A critic's per-token values in the batch layout ([B, T], column t = V(tokens < t))."""
 
     @abstractmethod
+    def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full tensors under Hugging Face names, one at a time, on this engine's device, cast to
+        `dtype` if given. A collective: every rank must iterate it to the end (the full tensors
+        are gathered from the shards as they are produced), and every rank gets every tensor."""
+
+
+class TrainingEngine(InferenceEngine):
+    @abstractmethod
+    def configure_optimizer(self, cfg: OptimConfig) -> None:
+        """Start a fresh optimizer and LR schedule (at the start of each training stage)."""
+
+    @abstractmethod
     def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
         """One optimizer step over this rank's shard of the batch.
 
@@ -60,11 +79,6 @@ class TrainingEngine(ABC):
         number of loss tokens): the loss is divided by it, so the step does not depend on how
         the batch was split into ranks and micro-batches.
         """
-
-    @abstractmethod
-    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full tensors under Hugging Face names (a collective: every rank must call it;
-        only rank 0 yields)."""
 
     @abstractmethod
     def save(self, path: str) -> None:

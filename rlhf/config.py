@@ -40,13 +40,25 @@ class TaskConfig:
 
 
 @dataclass
-class ActorConfig:
+class EngineGroupConfig:
+    """What every trainer group (actor, reference, critic) is: an engine over some ranks."""
+
     engine: str
     world_size: int
+    tp_size: int
+    ep_size: int
     num_cpus_per_worker: float
     num_gpus_per_worker: float
     dtype: str
     micro_batch_size: int
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.tp_size
+
+
+@dataclass
+class ActorConfig(EngineGroupConfig):
     max_grad_norm: float
     weight_decay: float
     betas: list[float]
@@ -55,13 +67,18 @@ class ActorConfig:
 @dataclass
 class RolloutConfig:
     engine: str
+    num_engines: int
     dtype: str
     tensor_parallel_size: int
     max_model_len: int
     kv_cache_bytes: int
     gpu_memory_utilization: float
+    enforce_eager: Optional[bool]
+    max_num_seqs: Optional[int]
+    max_num_batched_tokens: Optional[int]
     num_cpus: float
     num_gpus: float
+    weight_transport: str
     bucket_bytes: int
 
 
@@ -80,6 +97,8 @@ class RLConfig:
     prompts_per_step: int
     n: int
     temperature: float
+    top_p: float
+    top_k: int
     max_new_tokens: int
     lr: float
     warmup_steps: int
@@ -123,7 +142,12 @@ class AlgoConfig:
 
 
 @dataclass
-class CriticConfig:
+class RefConfig(EngineGroupConfig):
+    pass
+
+
+@dataclass
+class CriticConfig(EngineGroupConfig):
     lr: float
     warmup_steps: int
     lr_schedule: str
@@ -180,6 +204,7 @@ class RunConfig:
     sft: SFTConfig
     rl: RLConfig
     algo: AlgoConfig
+    ref: RefConfig
     critic: CriticConfig
     reward: RewardConfig
     eval: EvalConfig
@@ -307,17 +332,80 @@ def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
         raise ConfigError(f"{path}={value!r} is not one of {', '.join(options)}.{hint}")
 
 
+def _trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
+    """The trainer groups this run starts."""
+    groups = {"actor": cfg.actor}
+    if cfg.algo.uses_reference:
+        groups["ref"] = cfg.ref
+    if cfg.algo.uses_critic:
+        groups["critic"] = cfg.critic
+    return groups
+
+
+def _check_layout(cfg: RunConfig) -> None:
+    """Engines, parallel sizes and GPUs of every trainer group, before any process starts."""
+    from engines import ENGINES
+
+    r = cfg.rollout
+    _choice("rollout.weight_transport", r.weight_transport, ["auto", "cuda_ipc", "object_store"])
+    if r.num_engines < 1:
+        raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
+    if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
+        raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
+    if r.num_gpus > 1 and r.num_gpus != r.tensor_parallel_size:
+        raise ConfigError(
+            f"rollout.num_gpus={r.num_gpus:g}: an engine takes a share of one GPU, or rollout.tensor_parallel_size GPUs"
+        )
+    for key in ("max_num_seqs", "max_num_batched_tokens"):
+        if getattr(r, key) is not None and getattr(r, key) < 1:
+            raise ConfigError(f"rollout.{key} must be at least 1 (or null for vLLM's default), got {getattr(r, key)}")
+    if not 0 < cfg.rl.top_p <= 1 or cfg.rl.top_k < 0:
+        raise ConfigError(f"rl.top_p must be in (0, 1] and rl.top_k >= 0 (0: off), got {cfg.rl.top_p} and {cfg.rl.top_k}")
+    gpus_needed = r.num_engines * r.num_gpus
+    for name, g in _trainer_groups(cfg).items():
+        _choice(f"{name}.engine", g.engine, ENGINES)
+        _choice(f"{name}.dtype", g.dtype, ["float32", "bfloat16", "float16"])
+        for key in ("world_size", "tp_size", "ep_size", "micro_batch_size"):
+            if getattr(g, key) < 1:
+                raise ConfigError(f"{name}.{key} must be at least 1, got {getattr(g, key)}")
+        if g.world_size % g.tp_size:
+            raise ConfigError(
+                f"{name}.world_size={g.world_size} is not divisible by {name}.tp_size={g.tp_size}: the ranks form "
+                f"world_size / tp_size data-parallel groups of tp_size ranks each; make world_size a multiple of tp_size"
+            )
+        if g.world_size % g.ep_size:
+            raise ConfigError(
+                f"{name}.world_size={g.world_size} is not divisible by {name}.ep_size={g.ep_size}: experts are split "
+                f"over ep_size ranks of the world; make world_size a multiple of ep_size"
+            )
+        if g.num_cpus_per_worker < 0 or g.num_gpus_per_worker < 0:
+            raise ConfigError(f"{name}.num_cpus_per_worker and {name}.num_gpus_per_worker must be 0 or more")
+        if g.num_gpus_per_worker > 1:
+            raise ConfigError(
+                f"{name}.num_gpus_per_worker={g.num_gpus_per_worker}: each rank drives one GPU (or a share of one); "
+                f"use at most 1 and raise {name}.world_size instead"
+            )
+        gpus_needed += g.world_size * g.num_gpus_per_worker
+    if gpus_needed and cfg.trainer.ray_address is None:
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus_needed > have + 1e-9:
+            raise ConfigError(
+                f"the roles ask for {gpus_needed:g} GPUs (world_size x num_gpus_per_worker of each trainer group, plus "
+                f"rollout.num_gpus) but this machine has {have}; lower the sizes or the GPU shares"
+            )
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks: everything that can be known wrong before a process starts."""
-    from engines import ENGINES
     from rewards.registry import RewardResolutionError, resolve
     from rollout import ROLLOUT_ENGINES
 
-    _choice("actor.engine", cfg.actor.engine, ENGINES)
+    _check_layout(cfg)
     _choice("rollout.engine", cfg.rollout.engine, ROLLOUT_ENGINES)
     _choice("task.name", cfg.task.name, ["arithmetic"])
-    for path, value in [("actor.dtype", cfg.actor.dtype), ("rollout.dtype", cfg.rollout.dtype)]:
-        _choice(path, value, ["float32", "bfloat16", "float16"])
+    _choice("rollout.dtype", cfg.rollout.dtype, ["float32", "bfloat16", "float16"])
     for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule),
                         ("critic.lr_schedule", cfg.critic.lr_schedule)]:
         _choice(path, value, ["constant", "cosine", "linear"])
@@ -343,11 +431,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
     if cfg.rl.prompts_per_step % algo.mini_batches:
         raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
-    if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % cfg.actor.world_size:
-        raise ConfigError("each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n samples) must divide evenly over actor.world_size")
+    for name, group in _trainer_groups(cfg).items():
+        if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % group.dp_size:
+            raise ConfigError(
+                f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = "
+                f"{cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n} samples) must divide evenly over "
+                f"{name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size)"
+            )
     positive = {
-        "actor.world_size": cfg.actor.world_size,
-        "actor.micro_batch_size": cfg.actor.micro_batch_size,
         "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
         "rollout.bucket_bytes": cfg.rollout.bucket_bytes,
         "sft.batch_size": cfg.sft.batch_size,
@@ -368,14 +459,9 @@ def validate(cfg: RunConfig) -> None:
                         "trainer.save_every": cfg.trainer.save_every}.items():
         if value < 0:
             raise ConfigError(f"{path} must be 0 or more, got {value}")
-    world = cfg.actor.world_size
-    if cfg.sft.batch_size % world:
-        raise ConfigError(f"sft.batch_size={cfg.sft.batch_size} must be divisible by actor.world_size={world}")
-    if (cfg.rl.prompts_per_step * cfg.rl.n) % world:
-        raise ConfigError(
-            f"rl.prompts_per_step * rl.n = {cfg.rl.prompts_per_step * cfg.rl.n} samples must be divisible "
-            f"by actor.world_size={world}"
-        )
+    dp = cfg.actor.dp_size
+    if cfg.sft.batch_size % dp:
+        raise ConfigError(f"sft.batch_size={cfg.sft.batch_size} must be divisible by the actor's {dp} data-parallel ranks (actor.world_size / actor.tp_size)")
     if algo.critic_pretrain_steps and not algo.uses_critic:
         raise ConfigError(
             f"algo.critic_pretrain_steps={algo.critic_pretrain_steps} needs a critic (algo.adv_estimator=gae, "

@@ -7,7 +7,6 @@ import random
 import time
 from collections import Counter
 
-import ray
 import torch
 
 from rlhf.algos import advantages as adv_lib
@@ -48,17 +47,16 @@ class Controller:
     def decode(self, batch) -> list[str]:
         return self.tok.batch_decode(_responses(batch), skip_special_tokens=True)
 
-    def push_weights(self) -> float:
+    def sync_weights(self) -> float:
         t = time.perf_counter()
-        per_rank = self.roles.actor.all("export_buckets", self.cfg.rollout.bucket_bytes)
-        ray.get(self.roles.rollout.update_weights.remote(per_rank[0]))
+        self.roles.sync_weights()
         return time.perf_counter() - t
 
     def evaluate(self, problems: list[Problem]) -> dict[str, float]:
         """Greedy decoding through the rollout engine, scored by the run's reward function."""
         t = time.perf_counter()
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
-        batch = ray.get(self.roles.rollout.generate.remote(self.prompt_ids(problems), sampling))
+        batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
         texts = self.decode(batch)
         scores = self.rewards.score(
             [p.prompt for p in problems], texts, [p.answer for p in problems], count_towards_limit=False
@@ -86,7 +84,7 @@ class Controller:
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
                             seed=random.Random(f"{cfg.seed}:{self.draws}").randrange(2**30))
-        batch = ray.get(self.roles.rollout.generate.remote(self.prompt_ids(problems), sampling))
+        batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
         groups = batch["group_ids"].tolist()
         texts = self.decode(batch)
         scored = self.rewards.score([problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups])
@@ -189,7 +187,7 @@ class Controller:
             train["actor/kl_coef"] = self.kl.coef
             train["actor/kl_rollout_batch"] = measured
             self.kl.update(measured, batch.batch_size[0])
-        timing["time/push"] = self.push_weights() if train_actor else 0.0
+        timing["time/push"] = self.sync_weights() if train_actor else 0.0
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **timing}
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})

@@ -60,8 +60,8 @@ def _start_ray(cfg: RunConfig) -> None:
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    workers = cfg.actor.world_size * (1 + cfg.algo.uses_reference + cfg.algo.uses_critic)
-    need = workers * cfg.actor.num_cpus_per_worker + cfg.rollout.num_cpus
+    groups = [cfg.actor] + [cfg.ref] * cfg.algo.uses_reference + [cfg.critic] * cfg.algo.uses_critic
+    need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     ray.init(
         num_cpus=cfg.trainer.num_cpus or max(int(need + 0.999), 1),
@@ -122,7 +122,7 @@ def run(cfg: RunConfig) -> dict:
 
     _start_ray(cfg)
     try:
-        roles = start_roles(cfg, model_path)
+        roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         actor = roles.actor
         ctl = Controller(cfg, roles, tok, rewards)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
@@ -145,7 +145,7 @@ def run(cfg: RunConfig) -> dict:
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
             bar.close()
-            ctl.push_weights()
+            ctl.sync_weights()
             acc = ctl.evaluate(held_out)
             log.log("sft", cfg.sft.steps, acc)
             actor.all("save", str(out / "checkpoints" / "sft"))
@@ -174,7 +174,7 @@ def run(cfg: RunConfig) -> dict:
                 ctl.load_state_dict(resume["controller"])
                 sampler.load_state_dict(resume["sampler"])
                 rewards.load_state_dict(resume["rewards"])
-                ctl.push_weights()
+                ctl.sync_weights()
                 first = resume["step"] + 1
                 print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)

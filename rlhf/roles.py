@@ -16,44 +16,59 @@ from rlhf.config import RunConfig
 from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
+from rollout.group import RolloutGroup
 from rollout.vllm_engine import VLLMConfig
+from weight_sync import choose_transport, cuda_available
 
 
 @dataclass
 class Roles:
     actor: TrainerGroup
-    rollout: "ray.actor.ActorHandle"
+    rollout: RolloutGroup
     ref: TrainerGroup | None = None
     critic: TrainerGroup | None = None
 
-
-def _engine_cfg(cfg: RunConfig) -> EngineConfig:
-    return EngineConfig(cfg.actor.dtype, cfg.actor.micro_batch_size, cfg.actor.max_grad_norm, cfg.seed)
+    def sync_weights(self) -> int:
+        """Push the actor's weights into every rollout engine; bytes sent."""
+        return self.actor.all("sync_weights")[0]
 
 
 def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm") -> TrainerGroup:
-    """A trainer group for role `name` (actor, ref or critic)."""
-    return TrainerGroup(cfg.actor.world_size, ENGINES[cfg.actor.engine], model_path, _engine_cfg(cfg), trainable=trainable,
-                        num_cpus=cfg.actor.num_cpus_per_worker, num_gpus=cfg.actor.num_gpus_per_worker, name=name,
-                        head=head)
+    """The trainer group for role `name` (actor, ref or critic), laid out by its config section."""
+    group = getattr(cfg, name)
+    engine_cfg = EngineConfig(dtype=group.dtype, micro_batch_size=group.micro_batch_size,
+                              max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed, tp_size=group.tp_size,
+                              ep_size=group.ep_size)
+    return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
+                        num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head)
 
 
-def start_rollout(cfg: RunConfig, model_path: str) -> "ray.actor.ActorHandle":
+def start_rollout(cfg: RunConfig, model_path: str, transport: str) -> list:
+    """`rollout.num_engines` vLLM engines, each a Ray actor with its own copy of the model."""
+    r = cfg.rollout
     rollout_cfg = VLLMConfig(
-        dtype=cfg.rollout.dtype,
-        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-        max_model_len=cfg.rollout.max_model_len,
-        kv_cache_bytes=cfg.rollout.kv_cache_bytes,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        dtype=r.dtype,
+        tensor_parallel_size=r.tensor_parallel_size,
+        max_model_len=r.max_model_len,
+        kv_cache_bytes=r.kv_cache_bytes,
+        gpu_memory_utilization=r.gpu_memory_utilization,
         seed=cfg.seed,
+        enforce_eager=r.enforce_eager,
+        max_num_seqs=r.max_num_seqs,
+        max_num_batched_tokens=r.max_num_batched_tokens,
+        weight_transport=transport,
     )
-    cls = ray.remote(num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus)(RolloutWorker)
-    return cls.remote(ROLLOUT_ENGINES[cfg.rollout.engine], model_path, rollout_cfg)
+    cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
+    return [cls.options(name=f"rollout-{i}").remote(ROLLOUT_ENGINES[r.engine], model_path, rollout_cfg)
+            for i in range(r.num_engines)]
 
 
-def start_roles(cfg: RunConfig, model_path: str) -> Roles:
-    """The actor and the rollout engine, started together (both load `model_path`)."""
-    rollout = start_rollout(cfg, model_path)
+def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
+    """The actor and the rollout engines, started together (both load `model_path`), and the
+    weight transport between them."""
+    transport = choose_transport(cfg.rollout.weight_transport, cuda=cfg.rollout.num_gpus > 0 and cuda_available())
+    engines = start_rollout(cfg, model_path, transport)
     actor = start_trainer(cfg, "actor", model_path, trainable=True)
-    ray.get(rollout.__ray_ready__.remote())
-    return Roles(actor=actor, rollout=rollout)
+    ray.get([e.__ray_ready__.remote() for e in engines])
+    actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
+    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id))

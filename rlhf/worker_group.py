@@ -17,16 +17,24 @@ class TrainerGroup:
         self.workers = [cls.options(name=f"{name}-{r}").remote(r, world_size) for r in range(world_size)]
         # Rank 0's node and a free port there is the rendezvous; ranks may sit on any node.
         address = ray.get(self.workers[0].free_address.remote())
-        ray.get([w.init.remote(address, engine_spec, model_path, engine_cfg, trainable, head) for w in self.workers])
+        layouts = ray.get([w.init.remote(address, engine_spec, model_path, engine_cfg, trainable, head)
+                           for w in self.workers])
+        # Ranks that share a data-parallel rank (a tensor- or expert-parallel group) get the same
+        # rows; one of them answers for the group.
+        self.dp_size = layouts[0][1]
+        self.dp_ranks = [dp_rank for dp_rank, _ in layouts]
+        self.answering = [self.dp_ranks.index(d) for d in range(self.dp_size)]
 
     def all(self, method: str, *args):
         """Call `method` with the same arguments on every rank; return the results in rank order."""
         return ray.get([getattr(w, method).remote(*args) for w in self.workers])
 
     def dp(self, method: str, batch: TensorDict, *args):
-        """Split `batch` evenly across ranks (data parallel) and call `method` on each shard."""
-        shards = split(batch, self.world_size)
-        return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)])
+        """Split `batch` evenly across data-parallel ranks and call `method` on each rank with its
+        shard; return one result per data-parallel rank, in order."""
+        shards = split(batch, self.dp_size)
+        results = ray.get([getattr(w, method).remote(shards[d], *args) for w, d in zip(self.workers, self.dp_ranks)])
+        return [results[r] for r in self.answering]
 
     def shutdown(self) -> None:
         for w in self.workers:

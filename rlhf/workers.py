@@ -9,7 +9,7 @@ import socket
 import ray
 import torch
 
-from rollout.bridge import Bucket, pack_buckets
+from weight_sync import TRANSPORTS
 
 
 def load_object(spec: str):
@@ -31,7 +31,7 @@ class TrainerWorker:
         return ray.util.get_node_ip_address(), port
 
     def init(self, address: tuple[str, int], engine_spec: str, model_path: str, engine_cfg, trainable: bool,
-             head: str) -> None:
+             head: str) -> tuple[int, int]:
         os.environ.update(
             RANK=str(self.rank),
             WORLD_SIZE=str(self.world_size),
@@ -41,6 +41,7 @@ class TrainerWorker:
         )
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.engine = load_object(engine_spec)(model_path, engine_cfg, trainable, head)
+        return self.engine.dp_rank, self.engine.dp_size
 
     def configure_optimizer(self, cfg) -> None:
         self.engine.configure_optimizer(cfg)
@@ -54,9 +55,14 @@ class TrainerWorker:
     def train_step(self, batch, loss_fn, normaliser: float):
         return self.engine.train_step(batch, loss_fn, normaliser)
 
-    def export_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
-        """Collective; rank 0 returns references to the packed weights in Ray's object store."""
-        return [ray.put(b) for b in pack_buckets(self.engine.export_weights(), bucket_bytes)]
+    def connect_rollout(self, transport: str, receivers: list, bucket_bytes: int, dtype: str) -> None:
+        """Become a sender of `transport` to the rollout engines `receivers` (Ray actor handles)."""
+        self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes)
+        self.push_dtype = getattr(torch, dtype)
+
+    def sync_weights(self) -> int:
+        """Collective: push the current weights into every rollout engine; bytes sent (rank 0)."""
+        return self.sender.send(self.engine.export_weights(self.push_dtype))
 
     def save(self, path: str) -> None:
         self.engine.save(path)
@@ -69,14 +75,22 @@ class TrainerWorker:
 
 
 class RolloutWorker:
-    """A rollout engine in its own process."""
+    """A rollout engine in its own process, with the receiving end of the weight transport."""
 
     def __init__(self, engine_spec: str, model_path: str, cfg):
         self.engine = load_object(engine_spec)(model_path, cfg)
+        self.receiver = load_object(TRANSPORTS[cfg.weight_transport][1])(self.engine)
 
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
 
-    def update_weights(self, bucket_refs: list[ray.ObjectRef]) -> int:
-        buckets: list[Bucket] = ray.get(bucket_refs)
-        return self.engine.update_weights(buckets)
+    def begin_weight_update(self) -> None:
+        self.receiver.begin()
+
+    def receive_weights(self, payload) -> None:
+        self.receiver.receive(payload)
+
+    def finish_weight_update(self) -> int:
+        loaded = self.receiver.finish()
+        self.engine.weights_updated()
+        return loaded

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from tensordict import TensorDict
 
-from rollout.bridge import Bucket
-
 
 @dataclass(frozen=True)
 class Sampling:
@@ -16,6 +14,7 @@ class Sampling:
     temperature: float
     max_new_tokens: int
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
     # Prompt i's samples are drawn with seed + i: what a batch holds depends on the seed and the
     # prompts only, not on what the engine generated before, so a resumed run draws the same.
     seed: int | None = None
@@ -27,6 +26,11 @@ class RolloutEngine(ABC):
         """n samples per prompt, in the batch layout of `rlhf.batch`, with `rollout_logprobs`
         and `group_ids` (the prompt's index); samples of one prompt are adjacent."""
 
+    @property
     @abstractmethod
-    def update_weights(self, buckets: list[Bucket]) -> None:
-        """Load full HF-named weights (packed in buckets) into the live engine."""
+    def weight_names(self) -> list[str]:
+        """The HF names a weight push must carry, every one of them (see `weight_sync`)."""
+
+    @abstractmethod
+    def weights_updated(self) -> None:
+        """Called after every complete push: drop anything computed with the old weights."""

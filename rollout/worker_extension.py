@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from rollout.bridge import Bucket, unpack_bucket
+from weight_sync.buckets import Bucket, unpack_bucket
 
 
-class WeightReceiver:
+class BucketLoader:
     def load_buckets(self, buckets: list[Bucket]) -> int:
         """Load HF-named full tensors in place; vLLM re-shards them for its own TP."""
         names = []

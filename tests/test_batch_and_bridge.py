@@ -2,7 +2,7 @@ import torch
 
 from rlhf.batch import pack, scatter_response_values, split
 from rlhf.data.sampler import Sampler
-from rollout.bridge import pack_buckets, unpack_bucket
+from weight_sync.buckets import pack_buckets, unpack_bucket
 
 
 def test_pack_layout():

@@ -1,5 +1,6 @@
-"""The real roles under Ray: the Automodel trainer group (2 gloo ranks, FSDP2) and the vLLM
-rollout engine, checked against a plain Hugging Face model in this process."""
+"""The real roles under Ray: the Automodel trainer group (2 gloo ranks, FSDP2) and two vLLM
+rollout engines fed by the object-store weight transport, checked against a plain Hugging Face
+model in this process."""
 
 import copy
 
@@ -16,7 +17,9 @@ from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.base import Sampling
+from rollout.group import RolloutGroup
 from rollout.vllm_engine import VLLMConfig
+from weight_sync.buckets import pack_buckets
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +35,18 @@ def hf_logprobs(model, batch):
 
 @pytest.fixture(scope="module")
 def roles(tiny_model):
-    ray.init(num_cpus=6, include_dashboard=False)  # actor (2) + rollout (1) + critic (2) + spare
+    ray.init(num_cpus=7, include_dashboard=False)  # actor (2) + rollout (2) + critic (2) + spare
     try:
         engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0)
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
                              num_cpus=1, num_gpus=0, name="test-actor")
-        rollout = ray.remote(num_cpus=1)(RolloutWorker).remote(
-            ROLLOUT_ENGINES["vllm"], tiny_model, VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0)
-        )
-        yield actor, rollout
+        vllm_cfg = VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0, enforce_eager=None, max_num_seqs=None,
+                              max_num_batched_tokens=None, weight_transport="object_store")
+        engines = [ray.remote(num_cpus=1)(RolloutWorker).remote(ROLLOUT_ENGINES["vllm"], tiny_model, vllm_cfg)
+                   for _ in range(2)]
+        # small buckets: several per push
+        actor.all("connect_rollout", "object_store", engines, 1 << 16, "float32")
+        yield actor, engines
     finally:
         ray.shutdown()
 
@@ -94,26 +100,64 @@ def test_saved_checkpoint_loads_with_plain_hf(stepped, roles, tmp_path):
 
 
 def test_vllm_logprobs_equal_trainer_after_push(stepped, roles, tiny_model, task):
-    actor, rollout = roles
+    """Two trainer ranks push into two vLLM engines; both then score like the trainer."""
+    actor, engines = roles
     _, _, ref, *_ = stepped
     _, (_, held_out) = task
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [tok(p.prompt).input_ids for p in held_out[:16]]
-    stale = ray.get(rollout.generate.remote(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6)))
+    group = RolloutGroup(engines, tok.eos_token_id)
+    stale = group.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6, seed=1))
 
-    per_rank = actor.all("export_buckets", 1 << 16)  # small buckets: several per push
-    assert len(per_rank[0]) > 1 and all(not r for r in per_rank[1:])
-    assert ray.get(rollout.update_weights.remote(per_rank[0])) > 0
+    sent = actor.all("sync_weights")
+    assert sent[0] > 1 << 16 and sent[1:] == [0]  # several buckets, all from rank 0
 
-    batch = ray.get(rollout.generate.remote(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6)))
+    batch = group.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6, seed=2))
     mask = batch["response_mask"].bool()
     trainer = torch.cat(actor.dp("logprobs", batch))
-    assert (batch["rollout_logprobs"] - trainer)[mask].abs().max() < 1e-5
+    for rows in (slice(0, 32), slice(32, 64)):  # engine 0's prompts, engine 1's prompts
+        assert (batch["rollout_logprobs"] - trainer)[rows][mask[rows]].abs().max() < 1e-5
     assert (batch["rollout_logprobs"] - hf_logprobs(ref, batch))[mask].abs().max() < 1e-5
     # before the push vLLM held the old weights: its log-probs were not the trainer's
     stale_trainer = torch.cat(actor.dp("logprobs", stale))
     smask = stale["response_mask"].bool()
     assert (stale["rollout_logprobs"] - stale_trainer)[smask].abs().max() > 1e-3
+
+
+def test_two_engines_sample_what_one_does(roles, tiny_model, task):
+    """Seeds are global to the round: spreading prompts over engines changes no sample."""
+    _, engines = roles
+    _, (_, held_out) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [tok(p.prompt).input_ids for p in held_out[16:28]]
+    sampling = Sampling(n=4, temperature=1.0, max_new_tokens=6, seed=123)
+    one = RolloutGroup(engines[:1], tok.eos_token_id).generate(prompts, sampling)
+    two = RolloutGroup(engines, tok.eos_token_id).generate(prompts, sampling)
+    width = min(one["input_ids"].shape[1], two["input_ids"].shape[1])
+    assert torch.equal(one["group_ids"], two["group_ids"])
+    assert torch.equal(one["response_mask"][:, :width], two["response_mask"][:, :width])
+    assert torch.equal((one["input_ids"] * one["attention_mask"])[:, :width], (two["input_ids"] * two["attention_mask"])[:, :width])
+    # and the samples are not all the same (the seeds differ per prompt)
+    assert len({tuple(r.tolist()) for r in one["input_ids"]}) > len(prompts)
+
+
+def test_push_with_missing_or_misnamed_tensor_fails(roles, tiny_model):
+    """A push must carry every weight under its real name, or it fails before serving."""
+    from safetensors.torch import load_file
+
+    _, engines = roles
+    weights = load_file(f"{tiny_model}/model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    misnamed = [(n.replace(name, "model.layers.0.mlp.upp_proj.weight"), t) for n, t in weights.items()]
+    ray.get(engines[0].begin_weight_update.remote())
+    with pytest.raises(ray.exceptions.RayTaskError, match="upp_proj"):
+        for bucket in pack_buckets(misnamed, 1 << 30):
+            ray.get(engines[0].receive_weights.remote(bucket))
+    ray.get(engines[0].begin_weight_update.remote())
+    for bucket in pack_buckets([(n, t) for n, t in weights.items() if n != name], 1 << 30):
+        ray.get(engines[0].receive_weights.remote(bucket))
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"missing 2 of 51 tensors"):
+        ray.get(engines[0].finish_weight_update.remote())  # the dropped one and the tied head
 
 
 def test_critic_value_step_matches_plain_hf(roles, tiny_model, task):

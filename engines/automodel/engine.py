@@ -8,6 +8,7 @@ MoE models); on CPU, where that builder needs a GPU, the same HF model class is 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from collections.abc import Iterator
@@ -18,32 +19,22 @@ import torch.distributed as dist
 from tensordict import TensorDict
 
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
+from engines.ops import token_entropy, token_logprobs, token_values
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
-
-
 
 
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Column t gets log p(input_ids[t] | < t); column 0 gets 0 (no prediction for it)."""
-    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(picked, (1, 0))
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Column t gets the entropy of the distribution that predicted token t (same layout)."""
-    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return torch.nn.functional.pad(-(lp.exp() * lp).sum(-1), (1, 0))
-
-
 class AutomodelEngine(TrainingEngine):
     """`head="lm"`: the policy (or a frozen reference); `head="value"`: a critic, the same
-    backbone with a scalar value head (initialised to zero, so every rank starts identical)."""
+    backbone with a scalar value head (initialised to zero, so every rank starts identical).
+
+    Weights and optimizer state are float32 (master weights); `cfg.dtype` is the compute dtype:
+    FSDP2 casts the parameters for forward and backward and reduces gradients in float32, and a
+    one-rank world (where Automodel applies no FSDP) computes under autocast instead."""
 
     def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm"):
         from nemo_automodel.components.distributed.config import DistributedSetup, FSDP2Config
@@ -62,16 +53,31 @@ class AutomodelEngine(TrainingEngine):
 
         dtype = _dtype(cfg.dtype)
         self.head = head
-        self.model = self._build_model(model_path, dtype, cuda) if head == "lm" else self._build_critic(model_path, dtype)
+        self.compute_dtype = dtype
+        master = torch.float32 if trainable else dtype  # a frozen reference needs no master copy
+        self.model = self._build_model(model_path, master, cuda) if head == "lm" else self._build_critic(model_path, master)
         # Dropout would make the training forward disagree with the log-probs and values taken in
         # eval mode (PPO's ratio would not start at 1): RL trains without it, as SFT here does.
         for module in self.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         strategy = FSDP2Config(mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
-        setup = DistributedSetup.build(strategy=strategy, parallelism_sizes=ParallelismSizes(dp_size=self.world_size))
+        sizes = ParallelismSizes(tp_size=cfg.tp_size, ep_size=cfg.ep_size)
+        setup = DistributedSetup.build(strategy=strategy, parallelism_sizes=sizes)
+        mesh = setup.mesh_context.device_mesh
         self.model = parallelize_model(self.model, setup.mesh_context)
         self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+        # The ranks of one tensor-parallel group hold one replica and see the same rows; losses,
+        # metrics and gradients are averaged over the data-parallel axis only.
+        dp_mesh = mesh["dp"]
+        self.dp_rank, self.dp_size = dp_mesh.get_local_rank(), dp_mesh.size()
+        self.dp_group = dp_mesh.get_group() if self.dp_size > 1 else None
+        from nemo_automodel.components.distributed.fsdp2 import fsdp2_sharding_enabled
+
+        sharded = fsdp2_sharding_enabled(mesh)
+        self._autocast = (
+            torch.autocast(self.device.type, dtype=dtype) if not sharded and dtype != torch.float32 else None
+        )
 
         self.optimizer = self.scheduler = None
         if not trainable:
@@ -123,13 +129,14 @@ class AutomodelEngine(TrainingEngine):
 
     def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
         mb = mb.to(self.device)
-        logits = self.model(
-            input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"], use_cache=False
-        ).logits
+        with self._autocast or contextlib.nullcontext():
+            logits = self.model(
+                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
+                use_cache=False,
+            ).logits
         out = {}
         if "values" in needs:
-            # V at column t values the state before token t (hidden state t-1): the log-prob layout.
-            out["values"] = torch.nn.functional.pad(logits[:, :-1, 0].float(), (1, 0))
+            out["values"] = token_values(logits)
         if "logprobs" in needs:
             out["logprobs"] = token_logprobs(logits, mb["input_ids"])
         if "entropy" in needs:
@@ -137,8 +144,8 @@ class AutomodelEngine(TrainingEngine):
         return out
 
     def _micro_batches(self, batch: TensorDict) -> list[TensorDict]:
-        # Every rank holds the same number of rows (the driver splits evenly), so every rank
-        # runs the same number of forwards: FSDP's collectives stay in step.
+        # Every data-parallel shard has the same number of rows (the driver splits evenly), so
+        # every rank runs the same number of forwards: FSDP's collectives stay in step.
         n = math.ceil(batch.batch_size[0] / self.cfg.micro_batch_size)
         return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
 
@@ -170,16 +177,16 @@ class AutomodelEngine(TrainingEngine):
             raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        # FSDP averages gradients over data-parallel ranks; scaling by world size turns that
+        # FSDP averages gradients over data-parallel ranks; scaling by their number turns that
         # average back into the sum of per-rank contributions, so the result is a global mean.
-        scale = self.world_size / max(normaliser, 1e-12)
+        scale = self.dp_size / max(normaliser, 1e-12)
         totals: dict[str, torch.Tensor] = {}
         for mb in self._micro_batches(batch):
             out = self._forward(mb, loss_fn.needs)
             loss_sum, stats = loss_fn(out, mb.to(self.device))
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
-                totals[k] = totals.get(k, 0.0) + v.float().cpu()
+                totals[k] = totals.get(k, 0.0) + v.detach().float()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -189,9 +196,11 @@ class AutomodelEngine(TrainingEngine):
             self.optimizer.step()
         self.scheduler.step(1)
         keys = sorted(totals)
-        summed = torch.stack([torch.as_tensor(totals[k]) for k in keys]) if keys else torch.zeros(0)
-        if self.world_size > 1 and keys:
-            dist.all_reduce(summed)
+        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
+        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys]) if keys else None
+        if self.dp_group is not None and keys:
+            dist.all_reduce(summed, group=self.dp_group)
+        summed = summed.cpu() if keys else []
         metrics = {k: float(v) / max(normaliser, 1e-12) for k, v in zip(keys, summed)}
         role = "actor" if self.head == "lm" else "critic"
         metrics.update(
@@ -214,8 +223,25 @@ class AutomodelEngine(TrainingEngine):
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
         return sd
 
-    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self._full_state_dict().items()
+    def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        from torch.distributed.tensor import DTensor
+
+        self._reshard()
+        adapter = getattr(self.model, "state_dict_adapter", None)
+        embed, sent = None, set()
+        for fqn, tensor in self.model.state_dict().items():
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            full = full.detach().to(dtype) if dtype is not None else full.detach()
+            # Automodel's own model classes (MoE above all) name and lay out some weights their
+            # own way; their state-dict adapter turns each into its Hugging Face tensors.
+            for name, hf in adapter.convert_single_tensor_to_hf(fqn, full) if adapter else [(fqn, full)]:
+                if name == "model.embed_tokens.weight":
+                    embed = hf
+                sent.add(name)
+                yield name, hf
+        # vLLM keeps its own copy of a tied head: send it explicitly or it goes stale.
+        if self.tied and embed is not None and "lm_head.weight" not in sent:
+            yield "lm_head.weight", embed
 
     def save(self, path: str) -> None:
         from safetensors.torch import save_file

@@ -1,0 +1,96 @@
+"""The two ends of a weight push, and the check that a push was whole."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+class WeightSyncError(RuntimeError):
+    """A push that would leave the rollout engine serving stale or wrong weights."""
+
+
+class WeightSender(ABC):
+    """Trainer side, on every rank of the trainer group: `send` is a collective (every rank
+    iterates the full tensors, which are gathered from the shards as they are produced)."""
+
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int):
+        self.rank, self.receivers, self.bucket_bytes = rank, receivers, bucket_bytes
+
+    @abstractmethod
+    def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+        """Push every tensor to every receiver; return the bytes sent (on rank 0)."""
+
+
+class WeightReceiver(ABC):
+    """Rollout side, in the rollout engine's process. A push is `begin`, any number of `receive`
+    calls with the transport's payloads, then `finish`, which fails unless every expected tensor
+    arrived: a missing tensor would otherwise leave old weights serving silently."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.expected = set(engine.weight_names)
+        self.received: set[str] = set()
+
+    def begin(self) -> None:
+        self.received = set()
+        self._begin()
+
+    def receive(self, payload) -> None:
+        names = self._names(payload)
+        unknown = sorted(set(names) - self.expected)
+        if unknown:
+            raise WeightSyncError(
+                f"weight push carries {len(unknown)} tensor name(s) the rollout model does not have, e.g. "
+                f"{unknown[:3]}; the trainer and rollout models differ (or the name mapping is wrong)"
+            )
+        self._receive(payload)
+        self.received.update(names)
+
+    def finish(self) -> int:
+        missing = sorted(self.expected - self.received)
+        if missing:
+            raise WeightSyncError(
+                f"weight push is missing {len(missing)} of {len(self.expected)} tensors, e.g. {missing[:3]}; the "
+                f"rollout engine would keep serving their old values"
+            )
+        self._finish()
+        return len(self.received)
+
+    @abstractmethod
+    def _names(self, payload) -> list[str]: ...
+
+    def _begin(self) -> None:
+        pass
+
+    @abstractmethod
+    def _receive(self, payload) -> None: ...
+
+    @abstractmethod
+    def _finish(self) -> None: ...
+
+
+def checkpoint_weight_names(model_path: str, tied: bool) -> list[str]:
+    """The tensor names of an HF checkpoint folder, read from its safetensors headers (or index);
+    with tied embeddings, plus `lm_head.weight`, which the trainer sends explicitly."""
+    from safetensors import safe_open
+
+    folder = Path(model_path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = set(json.loads(index.read_text())["weight_map"])
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise WeightSyncError(f"{folder} has no safetensors files: cannot tell which weights a push must carry")
+        names = set()
+        for f in files:
+            with safe_open(str(f), "pt") as h:
+                names.update(h.keys())
+    if tied:
+        names.add("lm_head.weight")
+    return sorted(names)
