@@ -1,0 +1,82 @@
+"""The reference workload's model: a random Qwen2 of Qwen2.5-0.5B's shape, built from a config.
+
+Benchmarks compare systems on this model without any download: its weights are random
+(`from_config` under a fixed seed, saved in bf16) and its tokenizer is the project's tiny
+byte-level BPE trained on the built-in arithmetic task, so the prompts are the built-in task's.
+The model's vocabulary (151,936) is far larger than the tokenizer's (257 tokens): a random
+model mostly samples ids the tokenizer does not know, and decoding drops them. That is intended;
+rewards on this workload must not depend on the decoded text making sense.
+
+    python benchmarks/reference_model.py OUT_DIR [--shape qwen2.5-0.5b|tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rlhf.config import load_config
+from rlhf.data.arithmetic import Problem, corpus, make_splits
+from rlhf.data.tiny_model import build_tokenizer
+
+SEED = 0
+SHAPES = {
+    # Qwen2.5-0.5B's config.json, less its weights.
+    "qwen2.5-0.5b": {
+        "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "intermediate_size": 4864, "vocab_size": 151936, "max_position_embeddings": 32768,
+    },
+    # Small enough to run the scripts on a CPU; head_dim 64 as above (vLLM's CPU attention has
+    # no kernel for some smaller ones). Its vocabulary is still larger than the tokenizer's,
+    # but a quarter of the samples are known tokens, so even 8-token responses get rewards that vary.
+    "tiny": {
+        "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 512, "vocab_size": 1024, "max_position_embeddings": 32768,
+    },
+}
+
+
+def task_problems() -> tuple[list[Problem], list[Problem]]:
+    """The built-in task's train and held-out problems, as the default config makes them."""
+    cfg = load_config([])
+    return make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error)
+
+
+def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b") -> str:
+    """Write the HF folder (config, bf16 safetensors, generation config, tokenizer); return its path."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is not one of {', '.join(SHAPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, held_out = task_problems()
+    tok = build_tokenizer(corpus(train + held_out), out)
+    eos = tok.eos_token_id
+    config = Qwen2Config(
+        **SHAPES[shape],
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        rms_norm_eps=1e-6,
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        dtype="bfloat16",
+    )
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
+    # Only the special ids: no sampling defaults that vLLM would silently apply.
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
+    args = parser.parse_args()
+    print(build(args.out_dir, args.shape))
+
+
+if __name__ == "__main__":
+    main()
