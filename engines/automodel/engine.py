@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict
+from torch.distributed.tensor import DTensor
 
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
+from engines.grads import clip_grad_norm
 from engines.ops import token_entropy, token_logprobs, token_values
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
@@ -37,10 +39,17 @@ class AutomodelEngine(TrainingEngine):
     one-rank world (where Automodel applies no FSDP) computes under autocast instead."""
 
     def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm"):
-        from nemo_automodel.components.distributed.config import DistributedSetup, FSDP2Config
-        from nemo_automodel.components.distributed.init_utils import initialize_distributed
+        from nemo_automodel.components.distributed.config import (
+            DistributedSetup,
+            FSDP2Config,
+        )
+        from nemo_automodel.components.distributed.init_utils import (
+            initialize_distributed,
+        )
         from nemo_automodel.components.distributed.mesh import ParallelismSizes
-        from nemo_automodel.components.distributed.model_parallelizer import parallelize_model
+        from nemo_automodel.components.distributed.model_parallelizer import (
+            parallelize_model,
+        )
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         self.cfg = cfg
@@ -107,7 +116,10 @@ class AutomodelEngine(TrainingEngine):
         return model.to(self.device)
 
     def configure_optimizer(self, cfg: OptimConfig) -> None:
-        from nemo_automodel.components.optim.optimizer import AdamWConfig, build_optimizer
+        from nemo_automodel.components.optim.optimizer import (
+            AdamWConfig,
+            build_optimizer,
+        )
         from nemo_automodel.components.optim.scheduler import OptimizerParamScheduler
 
         self._reshard()
@@ -134,6 +146,10 @@ class AutomodelEngine(TrainingEngine):
                 input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
                 use_cache=False,
             ).logits
+        if isinstance(logits, DTensor):
+            # Tensor parallel leaves the logits sharded over the vocabulary; gathering them is
+            # simple and differentiable (a vocab-parallel log-softmax would move less).
+            logits = logits.full_tensor()
         out = {}
         if "values" in needs:
             out["values"] = token_values(logits)
@@ -187,10 +203,7 @@ class AutomodelEngine(TrainingEngine):
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
+        grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.max_grad_norm)
         skipped = not math.isfinite(grad_norm)
         if not skipped:
             self.optimizer.step()
@@ -213,7 +226,10 @@ class AutomodelEngine(TrainingEngine):
         return metrics
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank != 0:
@@ -224,8 +240,6 @@ class AutomodelEngine(TrainingEngine):
         return sd
 
     def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        from torch.distributed.tensor import DTensor
-
         self._reshard()
         adapter = getattr(self.model, "state_dict_adapter", None)
         embed, sent = None, set()
@@ -277,7 +291,10 @@ class AutomodelEngine(TrainingEngine):
 
     def load_state(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,
+            set_state_dict,
+        )
 
         local = Path(path) / f"rank{self.rank}.pt"
         if not local.is_file():

@@ -1,0 +1,95 @@
+"""Parallel layouts of the Automodel engine (2 gloo ranks on CPU) against a plain HF model trained
+by a loop written here: data parallel (FSDP2) and tensor parallel must both be the same model."""
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engines import ENGINES
+from engines.base import EngineConfig, OptimConfig
+from rlhf.algos.losses import SFTLoss
+from rlhf.batch import pack
+from rlhf.worker_group import TrainerGroup
+
+pytestmark = pytest.mark.e2e
+
+# AdamW turns gradients of any size into steps of ~lr, so where a gradient is ~0 (k_proj.bias has an
+# exact gradient of 0: softmax ignores a shift shared by all keys) rounding noise moves a weight by
+# up to ~lr per step in any implementation. At lr 5e-4 that noise stays under the 1e-5 tolerance
+# while every weight moves by ~1e-3.
+LR, STEPS = 5e-4, 5
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=3, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _batches(tiny_model, task):
+    _, (train, _) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    out = []
+    for s in range(STEPS):
+        probs = train[8 * s: 8 * s + 8]
+        out.append(pack([tok(p.prompt).input_ids for p in probs],
+                        [tok(p.answer).input_ids + [tok.eos_token_id] for p in probs], tok.eos_token_id))
+    return out
+
+
+def _hf_logprobs(model, batch):
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (1, 0))
+
+
+@pytest.fixture(scope="module")
+def plain_hf(tiny_model, task):
+    """The reference: one process, plain HF model, AdamW, the SFT loss written out."""
+    batches = _batches(tiny_model, task)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    first = _hf_logprobs(model, batches[0])
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    losses, norms = [], []
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        loss = -(lp * batch["response_mask"][:, 1:]).sum() / batch["response_mask"].sum()
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+        opt.step()
+        losses.append(float(loss))
+    return batches, first, losses, norms, {k: v.detach() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("tp", [1, 2], ids=["dp2", "tp2"])
+def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, tmp_path):
+    batches, first, losses, norms, weights = plain_hf
+    cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, tp_size=tp, ep_size=1)
+    group = TrainerGroup(2, ENGINES["automodel"], tiny_model, cfg, trainable=True, num_cpus=1, num_gpus=0,
+                         name=f"layout-tp{tp}")
+    try:
+        assert group.dp_size == 2 // tp
+        ours = torch.cat(group.dp("logprobs", batches[0]))
+        mask = batches[0]["attention_mask"].bool()
+        assert (ours - first)[mask].abs().max() < 1e-5
+        group.all("configure_optimizer", OptimConfig(LR, 0.0, (0.9, 0.999), 0, STEPS, "constant"))
+        got = [group.dp("train_step", b, SFTLoss(), float(b["response_mask"].sum()))[0] for b in batches]
+        group.all("save", str(tmp_path / "ckpt"))
+    finally:
+        group.shutdown()
+    for m, loss, norm in zip(got, losses, norms):
+        assert abs(m["loss"] - loss) < 1e-5 and abs(m["actor/grad_norm"] - norm) < 1e-4 * max(1.0, norm)
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    worst = {k: float((saved[k] - weights[k]).abs().max()) for k in saved}
+    print(f"tp={tp}: max |weight - plain HF| after {STEPS} AdamW steps {max(worst.values()):.2e}; "
+          f"max |loss diff| {max(abs(m['loss'] - x) for m, x in zip(got, losses)):.2e}")
+    assert max(worst.values()) < 1e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    # the steps moved every kind of weight, norms included
+    start = load_file(f"{tiny_model}/model.safetensors")
+    assert all(float((saved[k] - start[k]).abs().max()) > 1e-4 for k in saved)
