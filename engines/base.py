@@ -81,6 +81,11 @@ class TrainingEngine(InferenceEngine):
         """
 
     @abstractmethod
+    def last_logprobs(self) -> torch.Tensor:
+        """The log-probs of the last `train_step`'s forward passes (before its update), for this
+        rank's rows in the batch layout: an on-policy step's old log-probs, at no extra cost."""
+
+    @abstractmethod
     def save(self, path: str) -> None:
         """Write an HF-format checkpoint folder (collective; rank 0 writes)."""
 

@@ -139,7 +139,10 @@ class Controller:
             batch["response_mask"] = batch["response_mask"] * (~batch["truncated"]).float()[:, None]
         timing["time/rollout"], t = time.perf_counter() - t, time.perf_counter()
 
-        batch["old_logprobs"] = torch.cat(self.roles.actor.dp("logprobs", batch))
+        # One update per batch and no reference: the training forward gives the old log-probs.
+        on_policy = train_actor and algo.epochs * algo.mini_batches == 1 and self.roles.ref is None
+        if not on_policy:
+            batch["old_logprobs"] = torch.cat(self.roles.actor.dp("logprobs", batch))
         kl = None
         if self.roles.ref is not None:
             batch["ref_logprobs"] = torch.cat(self.roles.ref.dp("logprobs", batch))
@@ -160,7 +163,7 @@ class Controller:
         policy_loss = PolicyLoss(
             kind=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high, aggregation=algo.loss_agg,
             dual_clip=algo.dual_clip, kl_coef=self.kl.coef if (kl is not None and algo.kl_mode == "loss") else 0.0,
-            kl_estimator=algo.kl_estimator, entropy_coef=algo.entropy_coef,
+            kl_estimator=algo.kl_estimator, entropy_coef=algo.entropy_coef, on_policy=on_policy,
         )
         updates: list[dict] = []
         for _ in range(algo.epochs):
@@ -180,6 +183,8 @@ class Controller:
         if not updates:
             raise RuntimeError("no response tokens left to train on (all groups dropped or empty responses)")
         train = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+        if on_policy:
+            batch["old_logprobs"] = torch.cat(self.roles.actor.per_dp("last_logprobs"))
         timing["time/train"] = time.perf_counter() - t
 
         if kl is not None:

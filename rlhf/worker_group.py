@@ -36,6 +36,11 @@ class TrainerGroup:
         results = ray.get([getattr(w, method).remote(shards[d], *args) for w, d in zip(self.workers, self.dp_ranks)])
         return [results[r] for r in self.answering]
 
+    def per_dp(self, method: str, *args):
+        """Call `method` on every rank; return one result per data-parallel rank, in order."""
+        results = self.all(method, *args)
+        return [results[r] for r in self.answering]
+
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)

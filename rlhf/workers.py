@@ -55,6 +55,9 @@ class TrainerWorker:
     def train_step(self, batch, loss_fn, normaliser: float):
         return self.engine.train_step(batch, loss_fn, normaliser)
 
+    def last_logprobs(self):
+        return self.engine.last_logprobs()
+
     def connect_rollout(self, transport: str, receivers: list, bucket_bytes: int, dtype: str) -> None:
         """Become a sender of `transport` to the rollout engines `receivers` (Ray actor handles)."""
         self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes)

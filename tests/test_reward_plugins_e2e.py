@@ -49,6 +49,9 @@ def test_entry_point_plugin_from_an_installed_package(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = rl_rows(tmp_path / "run")
     assert len(rows) == 2 and all(r["reward/plugin_seen"] == 1.0 for r in rows)
+    # GRPO with one update per batch takes its old log-probs from the training forward: they are
+    # still the rows vLLM sampled, in order (fp32 vLLM and trainer agree to ~1e-6)
+    assert all(r["rollout/logprob_abs_diff_max"] < 1e-4 for r in rows)
 
 
 def test_file_path_plugin_with_failures_is_counted_and_the_run_goes_on(tmp_path):

@@ -197,8 +197,11 @@ class AutomodelEngine(TrainingEngine):
         # average back into the sum of per-rank contributions, so the result is a global mean.
         scale = self.dp_size / max(normaliser, 1e-12)
         totals: dict[str, torch.Tensor] = {}
+        self._last_logprobs = []
         for mb in self._micro_batches(batch):
             out = self._forward(mb, loss_fn.needs)
+            if "logprobs" in out:
+                self._last_logprobs.append(out["logprobs"].detach().cpu())
             loss_sum, stats = loss_fn(out, mb.to(self.device))
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
@@ -224,6 +227,9 @@ class AutomodelEngine(TrainingEngine):
             }
         )
         return metrics
+
+    def last_logprobs(self) -> torch.Tensor:
+        return torch.cat(self._last_logprobs)
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import (

@@ -73,6 +73,9 @@ class PolicyLoss:
     kl_coef: float = 0.0  # > 0: KL to the reference as a loss term (kl_mode: loss)
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+    # One update per rollout batch: the policy before the update is the one computing this
+    # forward, so the old log-probs are this forward's, detached (no extra forward pass).
+    on_policy: bool = False
 
     @property
     def needs(self):
@@ -82,7 +85,8 @@ class PolicyLoss:
         mask = batch["response_mask"]
         logprobs = out["logprobs"]
         adv = batch["advantages"]
-        log_ratio = (logprobs - batch["old_logprobs"]) * mask
+        old = logprobs.detach() if self.on_policy else batch["old_logprobs"]
+        log_ratio = (logprobs - old) * mask
         if self.kind == "gspo":
             lengths = mask.sum(-1, keepdim=True).clamp(min=1)
             seq_log_ratio = log_ratio.sum(-1, keepdim=True) / lengths
