@@ -1,11 +1,35 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool), from the repo root, after the kit is unpacked:
-#   python3 .device/kit/a/setup.py --all && . /tmp/kit/env.sh && bash benchmarks/gpu_check.sh
-# Runs the GPU-marked tests (the CUDA engine path, the whole job on one GPU) and prints a table.
+# On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
+# .device/trl:   bash benchmarks/gpu_check.sh one|two|tests
+#   one:   the reference workload on one GPU, ours then TRL 1.16 (benchmarks/vs_trl), same card
+#   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
+#   tests: the GPU-marked tests (tests/test_gpu.py)
+# Logs and summaries go to $OUT; a table is printed last.
 set -uo pipefail
-export PYTHONPATH=$PWD:$PWD/.device/pylib:${PYTHONPATH:-}  # .device/pylib: pytest, carried
+python3 .device/kit/b/setup.py >/dev/null && python3 .device/kit/a/setup.py --all >/dev/null && . /tmp/kit/env.sh
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
 work=${RLHF_WORK:-/tmp/rlhf-work}
 export TMPDIR=$work/tmp RAY_TMPDIR=$work/ray VLLM_CACHE_ROOT=$work/vllm TORCHINDUCTOR_CACHE_DIR=$work/inductor
-mkdir -p "$TMPDIR" "$RAY_TMPDIR" "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -60
+mkdir -p "$TMPDIR" "$RAY_TMPDIR" "$VLLM_CACHE_ROOT" "$TORCHINDUCTOR_CACHE_DIR" "${OUT:=/tmp/out}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
+model=/tmp/ref-0.5b
+[ -f $model/config.json ] || python3 benchmarks/reference_model.py $model >/dev/null
+ref() {  # name, overrides...
+  local name=$1; shift
+  timeout 420 python3 benchmarks/reference_workload.py "$work/$name" --model $model --steps 7 "$@" \
+    > "$OUT/$name.log" 2>&1; echo "$name rc=$?" >> "$OUT/table.txt"
+  cp "$work/$name/summary.json" "$OUT/$name.json" 2>/dev/null; tail -3 "$OUT/$name.log" >> "$OUT/table.txt"
+}
+case ${1:-one} in
+  one)
+    ref ours_1gpu
+    python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
+    PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout 420 python3 benchmarks/vs_trl/run_trl.py --model $model --steps 7 \
+      > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt" ;;
+  two)
+    ref ours_dp2 actor.world_size=2
+    ref ours_tp2 actor.world_size=2 actor.tp_size=2 ;;
+  tests)
+    python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
+esac
+cat "$OUT/table.txt" 2>/dev/null

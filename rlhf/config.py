@@ -332,7 +332,7 @@ def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
         raise ConfigError(f"{path}={value!r} is not one of {', '.join(options)}.{hint}")
 
 
-def _trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
+def trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
     """The trainer groups this run starts."""
     groups = {"actor": cfg.actor}
     if cfg.algo.uses_reference:
@@ -352,17 +352,18 @@ def _check_layout(cfg: RunConfig) -> None:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
     if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
         raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
-    if r.num_gpus > 1 and r.num_gpus != r.tensor_parallel_size:
+    if r.num_gpus > 1 or (r.num_gpus and r.tensor_parallel_size > 1):
         raise ConfigError(
-            f"rollout.num_gpus={r.num_gpus:g}: an engine takes a share of one GPU, or rollout.tensor_parallel_size GPUs"
+            f"rollout.num_gpus={r.num_gpus:g} with rollout.tensor_parallel_size={r.tensor_parallel_size}: a rollout "
+            f"engine on GPU takes a share of one GPU (vLLM tensor parallel across GPUs is not supported yet); use "
+            f"rollout.num_engines for more GPUs"
         )
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(r, key) is not None and getattr(r, key) < 1:
             raise ConfigError(f"rollout.{key} must be at least 1 (or null for vLLM's default), got {getattr(r, key)}")
     if not 0 < cfg.rl.top_p <= 1 or cfg.rl.top_k < 0:
         raise ConfigError(f"rl.top_p must be in (0, 1] and rl.top_k >= 0 (0: off), got {cfg.rl.top_p} and {cfg.rl.top_k}")
-    gpus_needed = r.num_engines * r.num_gpus
-    for name, g in _trainer_groups(cfg).items():
+    for name, g in trainer_groups(cfg).items():
         _choice(f"{name}.engine", g.engine, ENGINES)
         _choice(f"{name}.dtype", g.dtype, ["float32", "bfloat16", "float16"])
         for key in ("world_size", "tp_size", "ep_size", "micro_batch_size"):
@@ -385,15 +386,29 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"{name}.num_gpus_per_worker={g.num_gpus_per_worker}: each rank drives one GPU (or a share of one); "
                 f"use at most 1 and raise {name}.world_size instead"
             )
-        gpus_needed += g.world_size * g.num_gpus_per_worker
+    # Colocated placement: GPU i holds rank i of every trainer group and rollout engine i.
+    shares: dict[int, float] = {}
+    for g in trainer_groups(cfg).values():
+        for i in range(g.world_size):
+            shares[i] = shares.get(i, 0.0) + g.num_gpus_per_worker
+    for i in range(r.num_engines):
+        shares[i] = shares.get(i, 0.0) + r.num_gpus
+    crowded = {i: s for i, s in shares.items() if s > 1 + 1e-9}
+    if crowded:
+        i, s = next(iter(crowded.items()))
+        raise ConfigError(
+            f"GPU {i} would hold {s:g} GPUs of work: rank {i} of each trainer group and rollout engine {i} share it; "
+            f"lower num_gpus_per_worker / rollout.num_gpus so each GPU's shares add up to at most 1"
+        )
+    gpus_needed = len([s for s in shares.values() if s > 0])
     if gpus_needed and cfg.trainer.ray_address is None:
         import torch
 
         have = torch.cuda.device_count()
         if gpus_needed > have + 1e-9:
             raise ConfigError(
-                f"the roles ask for {gpus_needed:g} GPUs (world_size x num_gpus_per_worker of each trainer group, plus "
-                f"rollout.num_gpus) but this machine has {have}; lower the sizes or the GPU shares"
+                f"the roles need {gpus_needed} GPUs (GPU i holds rank i of every trainer group that asks for GPUs and "
+                f"rollout engine i) but this machine has {have}; lower the world sizes or rollout.num_engines"
             )
 
 
@@ -431,7 +446,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
     if cfg.rl.prompts_per_step % algo.mini_batches:
         raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
-    for name, group in _trainer_groups(cfg).items():
+    for name, group in trainer_groups(cfg).items():
         if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % group.dp_size:
             raise ConfigError(
                 f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = "

@@ -47,10 +47,11 @@ class Controller:
     def decode(self, batch) -> list[str]:
         return self.tok.batch_decode(_responses(batch), skip_special_tokens=True)
 
-    def sync_weights(self) -> float:
+    def sync_weights(self) -> dict[str, float]:
         t = time.perf_counter()
-        self.roles.sync_weights()
-        return time.perf_counter() - t
+        sent = self.roles.sync_weights()
+        elapsed = time.perf_counter() - t
+        return {"time/push": elapsed, "weight_sync/gb_per_s": sent / 1e9 / max(elapsed, 1e-9)}
 
     def evaluate(self, problems: list[Problem]) -> dict[str, float]:
         """Greedy decoding through the rollout engine, scored by the run's reward function."""
@@ -192,7 +193,7 @@ class Controller:
             train["actor/kl_coef"] = self.kl.coef
             train["actor/kl_rollout_batch"] = measured
             self.kl.update(measured, batch.batch_size[0])
-        timing["time/push"] = self.sync_weights() if train_actor else 0.0
+        timing.update(self.sync_weights() if train_actor else {"time/push": 0.0})
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **timing}
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})

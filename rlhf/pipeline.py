@@ -161,9 +161,11 @@ def run(cfg: RunConfig) -> dict:
                 start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
             rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
             if cfg.algo.uses_reference:
-                ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False)
+                ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False,
+                                              placement=ctl.roles.placement)
             if cfg.algo.uses_critic:
-                ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value")
+                ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value",
+                                                 placement=ctl.roles.placement)
                 ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
             actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)

@@ -12,7 +12,8 @@ import ray
 
 from engines import ENGINES
 from engines.base import EngineConfig
-from rlhf.config import RunConfig
+from rlhf.config import RunConfig, trainer_groups
+from rlhf.placement import Placement
 from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
@@ -25,25 +26,45 @@ from weight_sync import choose_transport, cuda_available
 class Roles:
     actor: TrainerGroup
     rollout: RolloutGroup
+    placement: Placement | None = None
     ref: TrainerGroup | None = None
     critic: TrainerGroup | None = None
 
     def sync_weights(self) -> int:
         """Push the actor's weights into every rollout engine; bytes sent."""
-        return self.actor.all("sync_weights")[0]
+        sent, skipped = self.actor.all("sync_weights")[0]
+        if skipped and not self._told:
+            print(f"[rlhf] weight sync: {len(skipped)} trainer tensor(s) have no place in the rollout model and "
+                  f"are not sent: {', '.join(skipped[:5])}", flush=True)
+            self._told = True
+        return sent
+
+    _told = False
 
 
-def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm") -> TrainerGroup:
+def plan_placement(cfg: RunConfig) -> Placement:
+    """Colocated: rank i of every trainer group and rollout engine i on GPU i."""
+    slots = [(r, g.num_cpus_per_worker) for g in trainer_groups(cfg).values() if g.num_gpus_per_worker
+             for r in range(g.world_size)]
+    if cfg.rollout.num_gpus:
+        slots += [(e, cfg.rollout.num_cpus) for e in range(cfg.rollout.num_engines)]
+    return Placement(slots)
+
+
+def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm",
+                  placement: Placement | None = None) -> TrainerGroup:
     """The trainer group for role `name` (actor, ref or critic), laid out by its config section."""
     group = getattr(cfg, name)
     engine_cfg = EngineConfig(dtype=group.dtype, micro_batch_size=group.micro_batch_size,
                               max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed, tp_size=group.tp_size,
                               ep_size=group.ep_size)
+    where = placement if placement is not None and group.num_gpus_per_worker else None
     return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
-                        num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head)
+                        num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head,
+                        options=[where.options(r) if where else {} for r in range(group.world_size)])
 
 
-def start_rollout(cfg: RunConfig, model_path: str, transport: str) -> list:
+def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement) -> list:
     """`rollout.num_engines` vLLM engines, each a Ray actor with its own copy of the model."""
     r = cfg.rollout
     rollout_cfg = VLLMConfig(
@@ -59,16 +80,17 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str) -> list:
         weight_transport=transport,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
-    return [cls.options(name=f"rollout-{i}").remote(ROLLOUT_ENGINES[r.engine], model_path, rollout_cfg)
-            for i in range(r.num_engines)]
+    return [cls.options(name=f"rollout-{i}", **(placement.options(i) if r.num_gpus else {}))
+            .remote(ROLLOUT_ENGINES[r.engine], model_path, rollout_cfg) for i in range(r.num_engines)]
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     """The actor and the rollout engines, started together (both load `model_path`), and the
     weight transport between them."""
     transport = choose_transport(cfg.rollout.weight_transport, cuda=cfg.rollout.num_gpus > 0 and cuda_available())
-    engines = start_rollout(cfg, model_path, transport)
-    actor = start_trainer(cfg, "actor", model_path, trainable=True)
+    placement = plan_placement(cfg)
+    engines = start_rollout(cfg, model_path, transport, placement)
+    actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
     ray.get([e.__ray_ready__.remote() for e in engines])
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id))
+    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement)

@@ -11,10 +11,12 @@ from rlhf.workers import TrainerWorker
 
 class TrainerGroup:
     def __init__(self, world_size: int, engine_spec: str, model_path: str, engine_cfg, trainable: bool,
-                 num_cpus: float, num_gpus: float, name: str, head: str = "lm"):
+                 num_cpus: float, num_gpus: float, name: str, head: str = "lm", options: list[dict] | None = None):
+        """`options`: extra Ray actor options per rank (e.g. where to run it)."""
         cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TrainerWorker)
         self.world_size = world_size
-        self.workers = [cls.options(name=f"{name}-{r}").remote(r, world_size) for r in range(world_size)]
+        options = options or [{}] * world_size
+        self.workers = [cls.options(name=f"{name}-{r}", **options[r]).remote(r, world_size) for r in range(world_size)]
         # Rank 0's node and a free port there is the rendezvous; ranks may sit on any node.
         address = ray.get(self.workers[0].free_address.remote())
         layouts = ray.get([w.init.remote(address, engine_spec, model_path, engine_cfg, trainable, head)

@@ -60,12 +60,14 @@ class TrainerWorker:
 
     def connect_rollout(self, transport: str, receivers: list, bucket_bytes: int, dtype: str) -> None:
         """Become a sender of `transport` to the rollout engines `receivers` (Ray actor handles)."""
-        self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes)
+        names = ray.get(receivers[0].weight_names.remote())
+        self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes, names)
         self.push_dtype = getattr(torch, dtype)
 
-    def sync_weights(self) -> int:
-        """Collective: push the current weights into every rollout engine; bytes sent (rank 0)."""
-        return self.sender.send(self.engine.export_weights(self.push_dtype))
+    def sync_weights(self) -> tuple[int, list[str]]:
+        """Collective: push the current weights into every rollout engine. Returns the bytes sent
+        (on rank 0) and the trainer tensors the rollout model has no place for."""
+        return self.sender.push(self.engine.export_weights(self.push_dtype)), sorted(self.sender.skipped)
 
     def save(self, path: str) -> None:
         self.engine.save(path)
@@ -86,6 +88,9 @@ class RolloutWorker:
 
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
+
+    def weight_names(self) -> list[str]:
+        return self.engine.weight_names
 
     def begin_weight_update(self) -> None:
         self.receiver.begin()

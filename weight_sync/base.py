@@ -16,14 +16,31 @@ class WeightSyncError(RuntimeError):
 
 class WeightSender(ABC):
     """Trainer side, on every rank of the trainer group: `send` is a collective (every rank
-    iterates the full tensors, which are gathered from the shards as they are produced)."""
+    iterates the full tensors, which are gathered from the shards as they are produced).
 
-    def __init__(self, rank: int, receivers: list, bucket_bytes: int):
+    Only tensors the rollout model has (`names`) travel: a trainer may hold extra state (a
+    buffer, a tied copy) that a checkpoint does not. A misnamed weight is therefore not sent,
+    and the receiver's completeness check reports the name it did not get."""
+
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str]):
         self.rank, self.receivers, self.bucket_bytes = rank, receivers, bucket_bytes
+        self.names = set(names)
+        self.skipped: set[str] = set()
+
+    def wanted(self, weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            if name in self.names:
+                yield name, tensor
+            else:
+                self.skipped.add(name)
+
+    def push(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+        """Push every wanted tensor to every receiver; return the bytes sent (on rank 0)."""
+        return self.send(self.wanted(weights))
 
     @abstractmethod
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
-        """Push every tensor to every receiver; return the bytes sent (on rank 0)."""
+        """The transport: move these tensors to every receiver; the bytes sent (on rank 0)."""
 
 
 class WeightReceiver(ABC):

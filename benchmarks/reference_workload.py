@@ -1,0 +1,66 @@
+"""The reference workload through the product, one command: build the Qwen2.5-0.5B-shaped
+random model if missing, run `python -m rlhf.main` on it, print the median step and phases.
+
+    python benchmarks/reference_workload.py OUT_DIR [--model DIR] [--steps 8] [key=value ...]
+
+64 prompts x 8 samples x 256 new tokens per step, lr 1e-6, no reference model, the length reward
+(benchmarks/reference_rewards.py), bf16 compute with fp32 master weights, bf16 vLLM, one trainer
+rank and one vLLM engine sharing one GPU unless overrides say otherwise (e.g. actor.world_size=2
+on two GPUs). Medians are over steps 3..N (the first two include CUDA-graph and allocator warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORKLOAD = [
+    "sft.steps=0", "rl.prompts_per_step=64", "rl.n=8", "rl.max_new_tokens=256", "rl.lr=1e-6",
+    "rl.temperature=1.0", "rollout.max_model_len=512", "eval.max_new_tokens=8", "task.num_eval=64",
+    "reward.fn=benchmarks/reference_rewards.py:length_reward", "actor.dtype=bfloat16", "rollout.dtype=bfloat16",
+    "actor.micro_batch_size=32", "actor.world_size=1", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
+]
+PHASES = ["time/step", "time/rollout", "time/logprobs", "time/train", "time/push"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--model", default=None, help="the model folder (built there if missing)")
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--steps", type=int, default=8)
+    args, overrides = ap.parse_known_args()
+    from benchmarks.reference_model import build
+
+    out = Path(args.out)
+    model = Path(args.model or out / "model")
+    if not (model / "config.json").is_file():
+        build(model, args.shape)
+    run = out / "run"
+    cmd = [sys.executable, "-m", "rlhf.main", f"model.path={model}", f"rl.steps={args.steps}", *WORKLOAD, *overrides,
+           f"trainer.output_dir={run}"]
+    print(" ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode:
+        return proc.returncode
+    from rlhf.metrics import read_metrics, rl_steps
+
+    rows = [r for s, r in sorted(rl_steps(read_metrics(run)).items()) if s >= 3] or list(rl_steps(read_metrics(run)).values())
+    med = {k: statistics.median(r[k] for r in rows) for k in PHASES + ["rollout/logprob_abs_diff_mean"] if k in rows[0]}
+    tokens = statistics.median(r["response/length_mean"] for r in rows) * 64 * 8
+    med["gen_tokens_per_s"] = tokens / med["time/rollout"]
+    (out / "summary.json").write_text(json.dumps({"overrides": overrides, "median_steps_3_on": med}, indent=2))
+    print("| " + " | ".join(med) + " |\n| " + " | ".join("---" for _ in med) + " |\n| "
+          + " | ".join(f"{v:.4g}" for v in med.values()) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
