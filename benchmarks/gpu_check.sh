@@ -2,6 +2,7 @@
 # On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
 # .device/trl:   bash benchmarks/gpu_check.sh one|two|tests
 #   one:   the reference workload on one GPU, ours then TRL 1.16 (benchmarks/vs_trl), same card
+#   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 # Logs and summaries go to $OUT; a table is printed last.
@@ -21,6 +22,9 @@ ref() {  # name, overrides...
   cp "$work/$name/summary.json" "$OUT/$name.json" 2>/dev/null; tail -3 "$OUT/$name.log" >> "$OUT/table.txt"
 }
 case ${1:-one} in
+  ours)
+    timeout 300 python3 benchmarks/rollout_throughput.py $model > "$OUT/rollout_bench.log" 2>&1; tail -7 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
+    ref ours_1gpu ;;
   one)
     ref ours_1gpu
     python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null

@@ -26,6 +26,7 @@ WORKLOAD = [
     "rl.temperature=1.0", "rollout.max_model_len=512", "eval.max_new_tokens=8", "task.num_eval=64",
     "reward.fn=benchmarks/reference_rewards.py:length_reward", "actor.dtype=bfloat16", "rollout.dtype=bfloat16",
     "actor.micro_batch_size=32", "actor.world_size=1", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
+    "rollout.gpu_memory_utilization=0.3",
 ]
 PHASES = ["time/step", "time/rollout", "time/logprobs", "time/train", "time/push"]
 

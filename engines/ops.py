@@ -1,7 +1,7 @@
 """Per-token quantities every engine computes the same way, in the batch layout of `rlhf.batch`
 (column t holds the value for token t, predicted from the tokens before it; column 0 is 0).
 
-Both are taken in float32 whatever the compute dtype: the rollout-vs-trainer gap and PPO's
+They are taken in float32 whatever the compute dtype: the rollout-vs-trainer gap and PPO's
 ratios are differences of log-probs, and bf16 log-softmax alone moves them by ~1e-2.
 """
 
@@ -9,12 +9,50 @@ from __future__ import annotations
 
 import torch
 
+_CHUNK_BYTES = 1 << 28  # float32 working set per chunk of rows (256 MiB)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log softmax(logits)[target] row by row in float32 chunks, forward and backward.
+
+    A whole micro-batch's float32 log-softmax (rows x a 150k vocabulary) would take several times
+    the memory of the bf16 logits it comes from; here only one chunk is ever in float32, and
+    backward keeps just the logits and one logsumexp per row."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rows = max(1, _CHUNK_BYTES // (4 * logits.shape[-1]))
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for s in range(0, logits.shape[0], rows):
+            chunk = logits[s:s + rows].float()
+            lse[s:s + rows] = torch.logsumexp(chunk, -1)
+            out[s:s + rows] = chunk.gather(-1, target[s:s + rows, None]).squeeze(-1) - lse[s:s + rows]
+        ctx.save_for_backward(logits, target, lse)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, target, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[0], ctx.rows):
+            e = s + ctx.rows
+            # d log p[target] / d logits = onehot(target) - softmax(logits)
+            g = (logits[s:e].float() - lse[s:e, None]).exp_().neg_()
+            g.scatter_add_(-1, target[s:e, None], torch.ones_like(lse[s:e, None]))
+            grad[s:e] = g.mul_(grad_out[s:e, None])
+        return grad, None
+
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Column t gets log p(input_ids[t] | < t); column 0 gets 0 (no prediction for it)."""
-    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(picked, (1, 0))
+    b, t, v = logits.shape
+    # Row (i, t) of the logits predicts token t + 1; the last row of each sequence predicts
+    # nothing and is dropped (computing it costs less than copying the logits without it).
+    target = torch.roll(input_ids, -1, dims=1).reshape(-1)
+    picked = _ChunkedLogprobs.apply(logits.reshape(b * t, v), target).view(b, t)
+    return torch.nn.functional.pad(picked[:, :-1], (1, 0))
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

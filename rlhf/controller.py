@@ -33,6 +33,7 @@ class Controller:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
         self.draws = 0  # generation rounds so far: with the run's seed, it seeds the next one
+        self.timing: dict[str, float] = {}  # the current step's phase times
 
     def state_dict(self) -> dict:
         return {"draws": self.draws, "kl": self.kl.state_dict()}
@@ -85,14 +86,23 @@ class Controller:
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
                             seed=random.Random(f"{cfg.seed}:{self.draws}").randrange(2**30))
+        t = time.perf_counter()
         batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
+        self._add_timing({"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
+        t = time.perf_counter()
         groups = batch["group_ids"].tolist()
         texts = self.decode(batch)
         scored = self.rewards.score([problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups])
+        self._add_timing({"time/reward": time.perf_counter() - t})
         batch["scores"] = torch.tensor(scored.rewards, dtype=torch.float32)
         batch["reward_failed"] = torch.tensor(scored.failed)
         batch["group_ids"] = batch["group_ids"] + group_offset
         return batch, scored
+
+    def _add_timing(self, phases: dict[str, float]) -> None:
+        """Phase times of this step's generation rounds, summed over rounds."""
+        for k, v in phases.items():
+            self.timing[k] = self.timing.get(k, 0.0) + v
 
     def _collect(self, sampler) -> tuple:
         """Generate and score `rl.prompts_per_step` groups. With dynamic sampling (DAPO), groups
@@ -123,6 +133,7 @@ class Controller:
         """One RL step. With `train_actor=False` (critic pre-training) only the critic learns
         from the batch; the policy, and so the rollout weights, stay as they are."""
         cfg, algo, timing = self.cfg, self.cfg.algo, {}
+        self.timing = {}
         t0 = t = time.perf_counter()
 
         batch, named, errors, rounds = self._collect(sampler)
@@ -195,7 +206,7 @@ class Controller:
             self.kl.update(measured, batch.batch_size[0])
         timing.update(self.sync_weights() if train_actor else {"time/push": 0.0})
         timing["time/step"] = time.perf_counter() - t0
-        metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **timing}
+        metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **self.timing, **timing}
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)

@@ -40,6 +40,8 @@ class TrainerWorker:
             MASTER_PORT=str(address[1]),
         )
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        # Micro-batches of varying length fragment the caching allocator; growable segments don't.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.engine = load_object(engine_spec)(model_path, engine_cfg, trainable, head)
         return self.engine.dp_rank, self.engine.dp_size
 
@@ -88,6 +90,9 @@ class RolloutWorker:
 
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
+
+    def timing(self) -> dict[str, float]:
+        return self.engine.timing
 
     def weight_names(self) -> list[str]:
         return self.engine.weight_names

@@ -26,6 +26,8 @@ class RolloutEngine(ABC):
         """n samples per prompt, in the batch layout of `rlhf.batch`, with `rollout_logprobs`
         and `group_ids` (the prompt's index); samples of one prompt are adjacent."""
 
+    timing: dict[str, float] = {}  # the last generate call's phases, in seconds (metrics)
+
     @property
     @abstractmethod
     def weight_names(self) -> list[str]:

@@ -16,6 +16,7 @@ from rollout.base import Sampling
 class RolloutGroup:
     def __init__(self, workers: list, pad_id: int):
         self.workers, self.pad_id = workers, pad_id
+        self.timing: dict[str, float] = {}
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
         chunks = [c.tolist() for c in torch.arange(len(prompt_ids)).tensor_split(len(self.workers)) if len(c)]
@@ -26,6 +27,9 @@ class RolloutGroup:
             part = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + idx[0])
             calls.append(worker.generate.remote([prompt_ids[i] for i in idx], part))
         batches = ray.get(calls)
+        # the slowest engine's phases: what the step waited for
+        timings = self.all("timing")
+        self.timing = {k: max(t.get(k, 0.0) for t in timings) for k in timings[0]}
         for batch, idx in zip(batches, chunks):
             batch["group_ids"] = batch["group_ids"] + idx[0]
         return batches[0] if len(batches) == 1 else cat(batches, self.pad_id)

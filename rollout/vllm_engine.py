@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +96,10 @@ class VLLMRollout(RolloutEngine):
         per_prompt = (
             [params(sampling.seed + i) for i in range(len(prompt_ids))] if sampling.seed is not None else params(None)
         )
+        t = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], per_prompt, use_tqdm=False)
+        self.timing = {"time/vllm_generate": time.perf_counter() - t}
+        t = time.perf_counter()
         prompts, responses, logprobs, groups, truncated = [], [], [], [], []
         for gid, out in enumerate(outs):
             for comp in out.outputs:
@@ -109,6 +113,7 @@ class VLLMRollout(RolloutEngine):
         batch["rollout_logprobs"] = scatter_response_values(batch, logprobs)
         batch["group_ids"] = torch.tensor(groups)
         batch["truncated"] = torch.tensor(truncated)
+        self.timing["time/rollout_postprocess"] = time.perf_counter() - t
         return batch
 
     @property

@@ -32,6 +32,9 @@ class FakeTokenizer:
 class ScriptedRollout:
     """For "a+b=": all n samples right when a is even (no signal), else half right."""
 
+    def timing(self):
+        return {}
+
     def generate(self, prompt_ids, sampling):
         prompts, responses, groups = [], [], []
         for g, ids in enumerate(prompt_ids):

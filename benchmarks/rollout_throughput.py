@@ -1,0 +1,89 @@
+"""Generation throughput through our rollout engine against bare vLLM on the same requests, in one
+process on one GPU (the same `LLM` object, so only our code around it differs).
+
+    python benchmarks/rollout_throughput.py MODEL_DIR [--prompts 64] [--n 8] [--tokens 256] [--repeat 3]
+
+Rows: bare `LLM.generate` with one unseeded SamplingParams; bare with one seeded SamplingParams per
+prompt (what reproducible sampling costs inside vLLM); ours (`VLLMRollout.generate`, seeded per
+prompt, building the batch with log-probs); ours unseeded. Median over `--repeat` runs after a
+warm-up; output tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from benchmarks.reference_model import task_problems
+    from rollout.base import Sampling
+    from rollout.vllm_engine import VLLMConfig, VLLMRollout
+
+    cuda = torch.cuda.is_available()
+    engine = VLLMRollout(args.model, VLLMConfig(
+        dtype="bfloat16" if cuda else "float32", tensor_parallel_size=1, max_model_len=64 + args.tokens,
+        kv_cache_bytes=1 << 30, gpu_memory_utilization=args.gpu_memory_utilization, seed=0, enforce_eager=None,
+        max_num_seqs=None, max_num_batched_tokens=None, weight_transport="object_store"))
+    tok = AutoTokenizer.from_pretrained(args.model)
+    train, _ = task_problems()
+    prompts = [tok(p.prompt).input_ids for p in train[: args.prompts]]
+    requests = [{"prompt_token_ids": p} for p in prompts]
+
+    def params(seed):
+        return SamplingParams(n=args.n, temperature=1.0, max_tokens=args.tokens, logprobs=0, detokenize=False, seed=seed)
+
+    def bare(seeded: bool):
+        outs = engine.llm.generate(requests, [params(7 + i) for i in range(len(prompts))] if seeded else params(None),
+                                   use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+    def ours(seeded: bool):
+        batch = engine.generate(prompts, Sampling(n=args.n, temperature=1.0, max_new_tokens=args.tokens,
+                                                  seed=7 if seeded else None))
+        return int(batch["response_mask"].sum())
+
+    cases = {"bare vLLM, unseeded": lambda: bare(False), "bare vLLM, seeded per prompt": lambda: bare(True),
+             "ours, seeded per prompt": lambda: ours(True), "ours, unseeded": lambda: ours(False)}
+    for fn in cases.values():
+        fn()  # warm-up (CUDA graphs, allocator)
+    rows = {}
+    for name, fn in cases.items():
+        runs = []
+        for _ in range(args.repeat):
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            tokens = fn()
+            if cuda:
+                torch.cuda.synchronize()
+            runs.append((time.perf_counter() - t, tokens))
+        secs = statistics.median(r[0] for r in runs)
+        rows[name] = (secs, statistics.median(r[1] for r in runs) / secs)
+    base = rows["bare vLLM, unseeded"][1]
+    print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
+    print("| case | seconds | output tokens/s | vs bare unseeded |\n| --- | --- | --- | --- |")
+    for name, (secs, tps) in rows.items():
+        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {tps / base:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
