@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: Optional[str]
+    trust_remote_code: bool
     cache_dir: str
     arch: dict
 
@@ -131,6 +132,13 @@ class AlgoConfig:
     overlong_buffer: int
     overlong_filter: bool
     critic_pretrain_steps: int
+    log_ratio_clamp: Optional[float]
+    seq_log_ratio_clamp: Optional[float]
+    kl_clamp: Optional[float]
+    rollout_correction: Optional[str]
+    tis_cap: float
+    mis_low: float
+    mis_high: float
 
     @property
     def uses_critic(self) -> bool:
@@ -192,6 +200,7 @@ class TrainerConfig:
     log_every: int
     save_every: int
     resume: Optional[str]
+    max_consecutive_skips: int
 
 
 @dataclass
@@ -424,7 +433,7 @@ def validate(cfg: RunConfig) -> None:
     for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule),
                         ("critic.lr_schedule", cfg.critic.lr_schedule)]:
         _choice(path, value, ["constant", "cosine", "linear"])
-    from rlhf.algos.advantages import ESTIMATORS
+    from rlhf.algos.advantages import ESTIMATORS, GROUP_ESTIMATORS
     from rlhf.algos.losses import AGGREGATIONS
 
     algo = cfg.algo
@@ -440,8 +449,25 @@ def validate(cfg: RunConfig) -> None:
         )
     if algo.dual_clip is not None and algo.dual_clip <= 1:
         raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {algo.dual_clip}")
-    if algo.adv_estimator == "rloo" and cfg.rl.n < 2:
-        raise ConfigError("algo.adv_estimator=rloo needs rl.n >= 2 samples per prompt")
+    if algo.adv_estimator in GROUP_ESTIMATORS and cfg.rl.n < 2:
+        raise ConfigError(
+            f"algo.adv_estimator={algo.adv_estimator} compares the samples of each prompt, so it needs rl.n >= 2 "
+            f"(with rl.n={cfg.rl.n} every advantage is 0 and nothing learns); raise rl.n, or use "
+            f"algo.adv_estimator=reinforce_pp or gae (algo=reinforce_pp, algo=ppo)"
+        )
+    for path, value in [("algo.log_ratio_clamp", algo.log_ratio_clamp), ("algo.seq_log_ratio_clamp", algo.seq_log_ratio_clamp),
+                        ("algo.kl_clamp", algo.kl_clamp)]:
+        if value is not None and value <= 0:
+            raise ConfigError(f"{path} must be > 0 (or null: no clamp), got {value}")
+    if algo.rollout_correction is not None:
+        _choice("algo.rollout_correction", algo.rollout_correction, ["tis", "mis"])
+    if algo.tis_cap < 1:
+        raise ConfigError(f"algo.tis_cap must be >= 1 (a cap below 1 shrinks every on-policy token's weight), got {algo.tis_cap}")
+    if not 0 < algo.mis_low <= 1 <= algo.mis_high:
+        raise ConfigError(
+            f"algo.mis_low and algo.mis_high must satisfy 0 < mis_low <= 1 <= mis_high (a sequence whose rollout and "
+            f"trainer agree has ratio 1 and must be kept), got [{algo.mis_low}, {algo.mis_high}]"
+        )
     if algo.overlong_buffer < 0 or algo.overlong_buffer >= cfg.rl.max_new_tokens:
         raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
     if cfg.rl.prompts_per_step % algo.mini_batches:

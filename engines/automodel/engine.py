@@ -207,17 +207,19 @@ class AutomodelEngine(TrainingEngine):
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float()
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.max_grad_norm)
-        skipped = not math.isfinite(grad_norm)
+        keys = sorted(totals)  # "loss" is always among them
+        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
+        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys])
+        if self.dp_group is not None:
+            dist.all_reduce(summed, group=self.dp_group)
+        sums = {k: float(v) for k, v in zip(keys, summed.cpu())}
+        # A non-finite loss or gradient norm (the same on every rank, both are global) skips the
+        # update: the weights and optimizer moments stay as they were.
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"]))
         if not skipped:
             self.optimizer.step()
         self.scheduler.step(1)
-        keys = sorted(totals)
-        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
-        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys]) if keys else None
-        if self.dp_group is not None and keys:
-            dist.all_reduce(summed, group=self.dp_group)
-        summed = summed.cpu() if keys else []
-        metrics = {k: float(v) / max(normaliser, 1e-12) for k, v in zip(keys, summed)}
+        metrics = loss_fn.reduce(sums, normaliser)
         role = "actor" if self.head == "lm" else "critic"
         metrics.update(
             {
