@@ -95,7 +95,7 @@ def run(cfg: RunConfig) -> dict:
     model_path = cfg.model.path or ensure_tiny_model(cfg.model.cache_dir, corpus(train + held_out), cfg.model.arch, cfg.seed)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     if tok.eos_token_id is None:
         raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
     _check_lengths(cfg, tok, train + held_out)
@@ -179,6 +179,11 @@ def run(cfg: RunConfig) -> dict:
                 ctl.sync_weights()
                 first = resume["step"] + 1
                 print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
+            def save_state(step: int) -> Path:
+                driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
+                          "rewards": rewards.state_dict(), "summary": summary}
+                return run_state.save(out, step, cfg, groups, driver)
+
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
             bar.update(first - 1)
             for step in range(first, cfg.rl.steps + 1):
@@ -193,10 +198,20 @@ def run(cfg: RunConfig) -> dict:
                 if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
                     m.update(ctl.evaluate(held_out))
                 log.log("rl", step, m)
+                saved = None
                 if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
-                    driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
-                              "rewards": rewards.state_dict(), "summary": summary}
-                    bar.write(f"[rlhf] saved {run_state.save(out, step, cfg, groups, driver)}")
+                    saved = save_state(step)
+                    bar.write(f"[rlhf] saved {saved}")
+                if ctl.skip_limit_reached():
+                    saved = saved or save_state(step)
+                    raise JobError(
+                        f"the last {ctl.skipped_in_a_row} optimizer updates (up to RL step {step}) were all skipped for "
+                        f"a non-finite loss or gradient norm (trainer.max_consecutive_skips="
+                        f"{cfg.trainer.max_consecutive_skips}); the weights are those of the last finite update. The state "
+                        f"is saved in {saved} (continue with trainer.resume={saved}). Common causes: a learning rate "
+                        f"too high (rl.lr), clamps switched off (algo.log_ratio_clamp, algo.kl_clamp), or a model in "
+                        f"float16 (actor.dtype)."
+                    )
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
                 if step % cfg.trainer.log_every == 0:

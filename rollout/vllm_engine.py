@@ -27,6 +27,7 @@ class VLLMConfig:
     max_num_seqs: int | None  # None: vLLM's default
     max_num_batched_tokens: int | None
     weight_transport: str  # the weight_sync transport that feeds this engine
+    trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
 
 
 class _DropRepeatedNoise(logging.Filter):
@@ -56,6 +57,8 @@ class VLLMRollout(RolloutEngine):
             worker_extension_cls="rollout.worker_extension.BucketLoader",
             # Raw log-probs of the model's distribution, i.e. what the trainer computes.
             logprobs_mode="raw_logprobs",
+            trust_remote_code=cfg.trust_remote_code,
+            load_format="safetensors",  # never unpickle weights
         )
         if cfg.max_num_seqs is not None:
             kwargs["max_num_seqs"] = cfg.max_num_seqs

@@ -97,17 +97,20 @@ class AutomodelEngine(TrainingEngine):
         if cuda:
             from nemo_automodel import NeMoAutoModelForCausalLM
 
-            return NeMoAutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+            return NeMoAutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
+                                                            trust_remote_code=self.cfg.trust_remote_code)
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                    trust_remote_code=self.cfg.trust_remote_code)
 
     def _build_critic(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
         # Automodel has no value-head model class; HF's token-classification head is one.
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        config = AutoConfig.from_pretrained(path, num_labels=1)
-        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.cfg.trust_remote_code)
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                                trust_remote_code=self.cfg.trust_remote_code)
         model.config.architectures = [type(model).__name__]  # a saved critic loads as what it is
         with torch.no_grad():
             model.score.weight.zero_()
@@ -313,7 +316,7 @@ class AutomodelEngine(TrainingEngine):
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=path)
         set_state_dict(self.model, self._optimizers(), model_state_dict=state["model"], optim_state_dict=state["optim"])
-        extra = torch.load(local, weights_only=False)
+        extra = torch.load(local, weights_only=True)  # tensors and numbers only: no code can run
         if self.scheduler is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
+from rlhf.algos import AGGREGATIONS
 from rlhf.algos.kl import clamp_kl, kl_estimate
 from rlhf.algos.rollout_correction import tis_weights
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 def token_weights(mask: torch.Tensor, mode: str) -> torch.Tensor:
