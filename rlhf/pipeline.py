@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def run(cfg: RunConfig) -> dict:
                     f.write(f"--- {kind}\n{tb}\n")
 
     _start_ray(cfg)
+    roles = None
     try:
         roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         actor = roles.actor
@@ -236,7 +238,46 @@ def run(cfg: RunConfig) -> dict:
             flush=True,
         )
         return summary
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+        # A rank whose peer died may fail first (a broken collective): look for the dead one.
+        dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(roles)
+        if dead is None:
+            raise
+        raise JobError(_role_died(dead, roles, out)) from e
     finally:
         log.close()
         rewards.close()
-        ray.shutdown()
+        ray.shutdown()  # takes every other role process down with it
+
+
+def _role_groups(roles) -> dict:
+    if roles is None:
+        return {}
+    return {"actor": roles.actor, "ref": roles.ref, "critic": roles.critic, "rollout": roles.rollout}
+
+
+def _find_dead(roles) -> "ray.exceptions.RayActorError | None":
+    for group in _role_groups(roles).values():
+        for worker in group.workers if group is not None else []:
+            try:
+                ray.get(worker.__ray_ready__.remote(), timeout=10)
+            except ray.exceptions.RayActorError as e:
+                return e
+            except ray.exceptions.GetTimeoutError:  # alive, busy (e.g. waiting on the dead peer)
+                continue
+    return None
+
+
+def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path) -> str:
+    """Which role process died, and where the run can continue from."""
+    who = "a role process"
+    for name, group in _role_groups(roles).items():
+        for rank, worker in enumerate(group.workers if group is not None else []):
+            if worker._actor_id.hex() == e.actor_id:
+                who = f"rollout engine {rank}" if name == "rollout" else f"trainer role {name!r} rank {rank}"
+    pid = re.search(r"\bpid: (\d+)", str(e))
+    state = run_state.latest(out)
+    where = (f"The last complete state is {state}: continue with the same overrides plus trainer.resume={state}."
+             if state else "No state was saved (trainer.save_every=0), so the run cannot be resumed.")
+    return (f"{who}{f' (pid {pid.group(1)})' if pid else ''} died, so the run stopped and every role process was shut "
+            f"down. {where}\nRay's report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
