@@ -9,6 +9,7 @@ case) also end to end as `python -m rlhf.main <overrides>`: a fresh interpreter,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from bad_configs import CASES, make_fixtures, resolve  # noqa: E402
 
 def main() -> None:
     n_cli = int(sys.argv[1]) if len(sys.argv) > 1 else len(CASES)
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp())
     make_fixtures(tmp)
     t = time.perf_counter()
@@ -57,6 +59,8 @@ def main() -> None:
     if cli_times:
         summary += (f" End to end (`python -m rlhf.main <overrides>`, a fresh interpreter, to exit code 2): "
                     f"median {cli_times[len(cli_times) // 2]:.2f} s, max {cli_times[-1]:.2f} s over {len(cli_times)} cases.")
+    summary += (f" Load average of the machine ({os.cpu_count()} cores): {load_before:.1f} at the start, "
+                f"{os.getloadavg()[0]:.1f} at the end.")
     print(summary)
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "config-errors.md").write_text(HEADER.format(n=len(rows), summary=summary) + "\n".join(rows) + "\n")
@@ -72,8 +76,8 @@ pickle `.bin`, no tokenizer, code in `auto_map`).
 
 {summary}
 
-Measured on the project's shared 2-core CPU machine while other jobs ran on it, so the end-to-end
-times include waiting for a core.
+Measured on the project's shared CPU machine while other jobs ran on it (see the load average),
+so the times include waiting for a core.
 
 | overrides | error | in-process | `python -m rlhf.main` |
 | --- | --- | --- | --- |

@@ -7,8 +7,8 @@ lists them in `needs`. `loss_sum` is a sum over the micro-batch's tokens of per-
 times aggregation weights (`token_weights`); the engine divides it by the normaliser the
 driver computed for the whole mini-batch (`normaliser`), and hands the stats, summed over
 micro-batches and ranks, to `reduce` (which divides each by the normaliser or, for token
-means, by the summed token count). Splitting a batch into
-micro-batches or data-parallel ranks therefore never changes the loss or its gradient.
+means, by the summed token count). Splitting a batch into micro-batches or data-parallel ranks
+therefore never changes the loss, its gradient or its metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from tensordict import TensorDict
 from rlhf.algos import AGGREGATIONS
 from rlhf.algos.kl import clamp_kl, kl_estimate
 from rlhf.algos.rollout_correction import tis_weights
-
 
 
 def token_weights(mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -149,8 +148,8 @@ class PolicyLoss(Loss):
         if self.dual_clip is not None:
             per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * self.dual_clip), per_token)
         if self.tis_cap is not None:
-            weights, _ = tis_weights(batch["old_logprobs"], batch["rollout_logprobs"], mask, self.tis_cap)
-            per_token = per_token * weights
+            is_weights, _ = tis_weights(batch["old_logprobs"], batch["rollout_logprobs"], mask, self.tis_cap)
+            per_token = per_token * is_weights
         weights = token_weights(mask, self.aggregation)
         stats["actor/pg_loss"] = (per_token * weights).sum().detach()
         stats["actor/clip_frac"] = ((clipped > unclipped).float() * mask).sum().detach()
