@@ -224,3 +224,23 @@ def test_tis_multiplies_each_policy_gradient_term(mode):
             per_token[i, t] = w * max(-a * r, -a * min(max(r, 0.8), 1.28))
     ref = aggregate_loop(per_token, mask, mode)
     assert abs(total.item() / normaliser(mask, mode, L_MAX) - ref) < 1e-5
+
+
+def test_tis_on_policy_weighs_by_the_training_forward_against_the_rollout():
+    """With one update per batch the old log-probs are the training forward's own: every ratio is
+    1, and each token's policy-gradient term is -A * min(exp(logprob - rollout), cap)."""
+    b = batch(32)
+    g = torch.Generator().manual_seed(32)
+    lp = b["old_logprobs"] + torch.randn(B, T, generator=g) * 0.3
+    b["rollout_logprobs"] = lp + torch.randn(B, T, generator=g) * 0.8
+    del b["old_logprobs"]
+    total, stats = PolicyLoss("ppo_clip", 0.2, 0.28, tis_cap=2.0, on_policy=True)({"logprobs": lp}, b)
+    mask = b["response_mask"]
+    per_token = torch.zeros(B, T)
+    for i in range(B):
+        for t in rows(mask, i):
+            w = min(math.exp(lp[i, t].item() - b["rollout_logprobs"][i, t].item()), 2.0)
+            per_token[i, t] = -b["advantages"][i, t].item() * w
+    ref = aggregate_loop(per_token, mask, "token-mean")
+    assert abs(total.item() / normaliser(mask, "token-mean", L_MAX) - ref) < 1e-5
+    assert stats["actor/clip_frac"].item() == 0

@@ -148,7 +148,7 @@ class PolicyLoss(Loss):
         if self.dual_clip is not None:
             per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * self.dual_clip), per_token)
         if self.tis_cap is not None:
-            is_weights, _ = tis_weights(batch["old_logprobs"], batch["rollout_logprobs"], mask, self.tis_cap)
+            is_weights, _ = tis_weights(old, batch["rollout_logprobs"], mask, self.tis_cap)
             per_token = per_token * is_weights
         weights = token_weights(mask, self.aggregation)
         stats["actor/pg_loss"] = (per_token * weights).sum().detach()
