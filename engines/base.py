@@ -27,6 +27,7 @@ class EngineConfig:
     micro_batch_size: int
     max_grad_norm: float
     seed: int
+    trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
     tp_size: int = 1  # tensor-parallel ranks per model replica
     ep_size: int = 1  # expert-parallel ranks (MoE models)
 

@@ -111,7 +111,7 @@ def reward_model(prompts, responses, ground_truths, extras, *, path: str, max_le
 
     if path not in _REWARD_MODELS:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
         _REWARD_MODELS[path] = (tok, model)
     tok, model = _REWARD_MODELS[path]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: Optional[str]
+    trust_remote_code: bool
     cache_dir: str
     arch: dict
 
@@ -79,6 +80,7 @@ class RolloutConfig:
     num_cpus: float
     num_gpus: float
     weight_transport: str
+    seed_per_prompt: bool
     bucket_bytes: int
 
 
@@ -131,6 +133,13 @@ class AlgoConfig:
     overlong_buffer: int
     overlong_filter: bool
     critic_pretrain_steps: int
+    log_ratio_clamp: Optional[float]
+    seq_log_ratio_clamp: Optional[float]
+    kl_clamp: Optional[float]
+    rollout_correction: Optional[str]
+    tis_cap: float
+    mis_low: float
+    mis_high: float
 
     @property
     def uses_critic(self) -> bool:
@@ -192,6 +201,7 @@ class TrainerConfig:
     log_every: int
     save_every: int
     resume: Optional[str]
+    max_consecutive_skips: int
 
 
 @dataclass
@@ -415,6 +425,7 @@ def _check_layout(cfg: RunConfig) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks: everything that can be known wrong before a process starts."""
     from rewards.registry import RewardResolutionError, resolve
+    from rlhf.algos import AGGREGATIONS, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES, ROLLOUT_CORRECTIONS
     from rollout import ROLLOUT_ENGINES
 
     _check_layout(cfg)
@@ -424,35 +435,6 @@ def validate(cfg: RunConfig) -> None:
     for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule),
                         ("critic.lr_schedule", cfg.critic.lr_schedule)]:
         _choice(path, value, ["constant", "cosine", "linear"])
-    from rlhf.algos.advantages import ESTIMATORS
-    from rlhf.algos.losses import AGGREGATIONS
-
-    algo = cfg.algo
-    _choice("algo.kl_estimator", algo.kl_estimator, ["k1", "k2", "k3"])
-    _choice("algo.kl_mode", algo.kl_mode, ["loss", "reward"])
-    _choice("algo.adv_estimator", algo.adv_estimator, ESTIMATORS)
-    _choice("algo.policy_loss", algo.policy_loss, ["ppo_clip", "gspo"])
-    _choice("algo.loss_agg", algo.loss_agg, AGGREGATIONS)
-    if algo.kl_mode == "reward" and algo.adv_estimator in ("grpo", "rloo") and algo.uses_reference:
-        raise ConfigError(
-            f"algo.kl_mode=reward needs token-level advantages (reinforce_pp, reinforce_pp_baseline or gae), "
-            f"not algo.adv_estimator={algo.adv_estimator}; use algo.kl_mode=loss"
-        )
-    if algo.dual_clip is not None and algo.dual_clip <= 1:
-        raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {algo.dual_clip}")
-    if algo.adv_estimator == "rloo" and cfg.rl.n < 2:
-        raise ConfigError("algo.adv_estimator=rloo needs rl.n >= 2 samples per prompt")
-    if algo.overlong_buffer < 0 or algo.overlong_buffer >= cfg.rl.max_new_tokens:
-        raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
-    if cfg.rl.prompts_per_step % algo.mini_batches:
-        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
-    for name, group in trainer_groups(cfg).items():
-        if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % group.dp_size:
-            raise ConfigError(
-                f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = "
-                f"{cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n} samples) must divide evenly over "
-                f"{name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size)"
-            )
     positive = {
         "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
         "rollout.bucket_bytes": cfg.rollout.bucket_bytes,
@@ -467,9 +449,53 @@ def validate(cfg: RunConfig) -> None:
         "task.num_eval": cfg.task.num_eval,
         "trainer.log_every": cfg.trainer.log_every,
     }
-    for path, value in positive.items():
+    for path, value in positive.items():  # first: the checks below divide by some of these
         if value < 1:
             raise ConfigError(f"{path} must be at least 1, got {value}")
+
+    algo = cfg.algo
+    _choice("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS)
+    _choice("algo.kl_mode", algo.kl_mode, ["loss", "reward"])
+    _choice("algo.adv_estimator", algo.adv_estimator, ESTIMATORS)
+    _choice("algo.policy_loss", algo.policy_loss, POLICY_LOSSES)
+    _choice("algo.loss_agg", algo.loss_agg, AGGREGATIONS)
+    if algo.kl_mode == "reward" and algo.adv_estimator in ("grpo", "rloo") and algo.uses_reference:
+        raise ConfigError(
+            f"algo.kl_mode=reward needs token-level advantages (reinforce_pp, reinforce_pp_baseline or gae), "
+            f"not algo.adv_estimator={algo.adv_estimator}; use algo.kl_mode=loss"
+        )
+    if algo.dual_clip is not None and algo.dual_clip <= 1:
+        raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {algo.dual_clip}")
+    if algo.adv_estimator in GROUP_ESTIMATORS and cfg.rl.n < 2:
+        raise ConfigError(
+            f"algo.adv_estimator={algo.adv_estimator} compares the samples of each prompt, so it needs rl.n >= 2 "
+            f"(with rl.n={cfg.rl.n} every advantage is 0 and nothing learns); raise rl.n, or use "
+            f"algo.adv_estimator=reinforce_pp or gae (algo=reinforce_pp, algo=ppo)"
+        )
+    for path, value in [("algo.log_ratio_clamp", algo.log_ratio_clamp), ("algo.seq_log_ratio_clamp", algo.seq_log_ratio_clamp),
+                        ("algo.kl_clamp", algo.kl_clamp)]:
+        if value is not None and value <= 0:
+            raise ConfigError(f"{path} must be > 0 (or null: no clamp), got {value}")
+    if algo.rollout_correction is not None:
+        _choice("algo.rollout_correction", algo.rollout_correction, ROLLOUT_CORRECTIONS)
+    if algo.tis_cap < 1:
+        raise ConfigError(f"algo.tis_cap must be >= 1 (a cap below 1 shrinks every on-policy token's weight), got {algo.tis_cap}")
+    if not 0 < algo.mis_low <= 1 <= algo.mis_high:
+        raise ConfigError(
+            f"algo.mis_low and algo.mis_high must satisfy 0 < mis_low <= 1 <= mis_high (a sequence whose rollout and "
+            f"trainer agree has ratio 1 and must be kept), got [{algo.mis_low}, {algo.mis_high}]"
+        )
+    if algo.overlong_buffer < 0 or algo.overlong_buffer >= cfg.rl.max_new_tokens:
+        raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
+    if cfg.rl.prompts_per_step % algo.mini_batches:
+        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
+    for name, group in trainer_groups(cfg).items():
+        if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % group.dp_size:
+            raise ConfigError(
+                f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = "
+                f"{cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n} samples) must divide evenly over "
+                f"{name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size)"
+            )
     for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every,
                         "trainer.save_every": cfg.trainer.save_every}.items():
         if value < 0:
@@ -491,11 +517,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("algo.norm_by_std needs rl.n >= 2 samples per prompt (a group std of one sample is undefined)")
     if cfg.rl.temperature <= 0:
         raise ConfigError(f"rl.temperature must be > 0 for sampling, got {cfg.rl.temperature}")
-    if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
-        raise ConfigError(
-            f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no config.json there); "
-            f"point it at a folder written by save_pretrained, or leave it null for the embedded model"
-        )
+    if cfg.model.path is not None:
+        _check_model_folder(cfg.model.path, cfg.model.trust_remote_code)
+    _check_ranges(cfg)
     reward = cfg.reward
     if (reward.fn is None) == (not reward.fns):
         raise ConfigError("set exactly one of reward.fn (one function) and reward.fns (several, with weights)")
@@ -507,3 +531,84 @@ def validate(cfg: RunConfig) -> None:
             resolve(spec.name)
         except RewardResolutionError as e:
             raise ConfigError(str(e)) from e
+    if cfg.trainer.resume:
+        from rlhf import run_state
+
+        run_state.check(cfg)
+
+
+def _check_model_folder(path: str, trust_remote_code: bool) -> None:
+    """A local HF folder with config, tokenizer and safetensors weights (nothing is unpickled)."""
+    import json
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model.path={path!r} is not a Hugging Face model folder (no config.json there); "
+            f"point it at a folder written by save_pretrained, or leave it null for the embedded model"
+        )
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        found = f" (found {', '.join(pickled)}: pickle files, which can run code when loaded)" if pickled else ""
+        raise ConfigError(
+            f"model.path={path!r} has no *.safetensors weights{found}; weights are loaded only from safetensors. "
+            f"Convert them: AutoModelForCausalLM.from_pretrained(path).save_pretrained(path, safe_serialization=True)"
+        )
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise ConfigError(
+            f"model.path={path!r} has no tokenizer (tokenizer.json or tokenizer_config.json); save one there with "
+            f"tokenizer.save_pretrained(path)"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model.path={path!r}: config.json is not valid JSON ({e})") from e
+    if "auto_map" in config and not trust_remote_code:
+        raise ConfigError(
+            f"model.path={path!r} needs Python code shipped with the model (config.json has auto_map: "
+            f"{sorted(config['auto_map'])}); read that code, then set model.trust_remote_code=true to run it"
+        )
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Values that have a type but no meaning outside a range."""
+    algo, actor, rollout = cfg.algo, cfg.actor, cfg.rollout
+    longest = max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens)
+    checks = [
+        ("sft.lr", cfg.sft.lr, cfg.sft.lr > 0, "> 0"),
+        ("rl.lr", cfg.rl.lr, cfg.rl.lr > 0, "> 0"),
+        ("critic.lr", cfg.critic.lr, cfg.critic.lr > 0, "> 0"),
+        ("sft.warmup_steps", cfg.sft.warmup_steps, cfg.sft.warmup_steps >= 0, ">= 0"),
+        ("rl.warmup_steps", cfg.rl.warmup_steps, cfg.rl.warmup_steps >= 0, ">= 0"),
+        ("critic.warmup_steps", cfg.critic.warmup_steps, cfg.critic.warmup_steps >= 0, ">= 0"),
+        ("algo.clip_low", algo.clip_low, 0 < algo.clip_low < 1, "in (0, 1) (the ratio is clipped at 1 - clip_low)"),
+        ("algo.clip_high", algo.clip_high, algo.clip_high > 0, "> 0"),
+        ("algo.gamma", algo.gamma, 0 <= algo.gamma <= 1, "in [0, 1]"),
+        ("algo.lam", algo.lam, 0 <= algo.lam <= 1, "in [0, 1]"),
+        ("algo.kl_coef", algo.kl_coef, algo.kl_coef >= 0, ">= 0 (0: no reference model)"),
+        ("algo.kl_target", algo.kl_target, algo.kl_target is None or algo.kl_target > 0, "> 0 or null"),
+        ("algo.kl_horizon", algo.kl_horizon, algo.kl_horizon >= 1, ">= 1"),
+        ("algo.entropy_coef", algo.entropy_coef, algo.entropy_coef >= 0, ">= 0 (a bonus for entropy)"),
+        ("algo.value_clip", algo.value_clip, algo.value_clip is None or algo.value_clip > 0, "> 0 or null"),
+        ("actor.max_grad_norm", actor.max_grad_norm, actor.max_grad_norm > 0, "> 0"),
+        ("actor.weight_decay", actor.weight_decay, actor.weight_decay >= 0, ">= 0"),
+        ("actor.betas", actor.betas, len(actor.betas) == 2 and all(0 <= b < 1 for b in actor.betas),
+         "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+        ("rollout.num_cpus", rollout.num_cpus, rollout.num_cpus >= 0, ">= 0"),
+        ("rollout.num_gpus", rollout.num_gpus, rollout.num_gpus >= 0, ">= 0"),
+        ("rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0 < rollout.gpu_memory_utilization <= 1,
+         "in (0, 1]"),
+        ("rollout.kv_cache_bytes", rollout.kv_cache_bytes, rollout.kv_cache_bytes > 0, "> 0"),
+        ("rollout.max_model_len", rollout.max_model_len, rollout.max_model_len > longest,
+         f"> {longest}, the longer of rl.max_new_tokens and eval.max_new_tokens (prompt and response must fit)"),
+        ("task.max_operand", cfg.task.max_operand, cfg.task.max_operand >= 1, ">= 1"),
+        ("task.ops", cfg.task.ops, bool(cfg.task.ops) and set(cfg.task.ops) <= set("+-"), 'one or both of "+-"'),
+        ("task.demo_carry_error", cfg.task.demo_carry_error, 0 <= cfg.task.demo_carry_error <= 1, "in [0, 1]"),
+        ("trainer.max_consecutive_skips", cfg.trainer.max_consecutive_skips, cfg.trainer.max_consecutive_skips >= 0,
+         ">= 0 (0: never stop)"),
+        ("trainer.num_cpus", cfg.trainer.num_cpus, cfg.trainer.num_cpus is None or cfg.trainer.num_cpus >= 1,
+         ">= 1 or null"),
+    ]
+    for path, value, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"{path} must be {want}, got {value!r}")

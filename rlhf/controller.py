@@ -11,8 +11,9 @@ import torch
 
 from rlhf.algos import advantages as adv_lib
 from rlhf.algos.diagnostics import between_group_share, explained_variance
-from rlhf.algos.kl import KLController, kl_estimate
+from rlhf.algos.kl import KLController, clamp_kl, kl_estimate
 from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
+from rlhf.algos.rollout_correction import mis_keep, mismatch_metrics, tis_weights
 from rlhf.batch import cat, pack, split
 from rlhf.config import RunConfig
 from rlhf.data.arithmetic import Problem
@@ -34,13 +35,33 @@ class Controller:
         self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
         self.draws = 0  # generation rounds so far: with the run's seed, it seeds the next one
         self.timing: dict[str, float] = {}  # the current step's phase times
+        # optimizer updates skipped for a non-finite loss or gradient norm: in all, and in a row
+        self.skipped, self.skipped_in_a_row = 0, 0
 
     def state_dict(self) -> dict:
-        return {"draws": self.draws, "kl": self.kl.state_dict()}
+        return {"draws": self.draws, "kl": self.kl.state_dict(), "skipped": self.skipped,
+                "skipped_in_a_row": self.skipped_in_a_row}
 
     def load_state_dict(self, state: dict) -> None:
         self.draws = state["draws"]
         self.kl.load_state_dict(state["kl"])
+        self.skipped, self.skipped_in_a_row = state.get("skipped", 0), state.get("skipped_in_a_row", 0)
+
+    def count_skips(self, updates: list[dict]) -> int:
+        """Count the updates (actor or critic) whose step the engine skipped; returns this step's."""
+        now = 0
+        for u in updates:
+            if u.get("actor/skipped_step", 0.0) or u.get("critic/skipped_step", 0.0):
+                now += 1
+                self.skipped_in_a_row += 1
+            else:
+                self.skipped_in_a_row = 0
+        self.skipped += now
+        return now
+
+    def skip_limit_reached(self) -> bool:
+        limit = self.cfg.trainer.max_consecutive_skips
+        return limit > 0 and self.skipped_in_a_row >= limit
 
     def prompt_ids(self, problems: list[Problem]) -> list[list[int]]:
         return [self.tok(p.prompt).input_ids for p in problems]
@@ -85,6 +106,7 @@ class Controller:
         cfg = self.cfg
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
+                            top_p=cfg.rl.top_p, top_k=cfg.rl.top_k, seed_per_prompt=cfg.rollout.seed_per_prompt,
                             seed=random.Random(f"{cfg.seed}:{self.draws}").randrange(2**30))
         t = time.perf_counter()
         batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
@@ -151,17 +173,30 @@ class Controller:
             batch["response_mask"] = batch["response_mask"] * (~batch["truncated"]).float()[:, None]
         timing["time/rollout"], t = time.perf_counter() - t, time.perf_counter()
 
-        # One update per batch and no reference: the training forward gives the old log-probs.
-        on_policy = train_actor and algo.epochs * algo.mini_batches == 1 and self.roles.ref is None
+        # One update per batch and no reference: the training forward gives the old log-probs
+        # (masked importance sampling needs them before the update, so it takes the extra forward).
+        on_policy = (train_actor and algo.epochs * algo.mini_batches == 1 and self.roles.ref is None
+                     and algo.rollout_correction != "mis")
         if not on_policy:
             batch["old_logprobs"] = torch.cat(self.roles.actor.dp("logprobs", batch))
-        kl = None
+        kl, correction = None, {}
         if self.roles.ref is not None:
             batch["ref_logprobs"] = torch.cat(self.roles.ref.dp("logprobs", batch))
-            kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], algo.kl_estimator) * batch["response_mask"]
+            kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], algo.kl_estimator, algo.log_ratio_clamp)
+            kl, bites = clamp_kl(kl, algo.kl_clamp)
+            kl = kl * batch["response_mask"]
+            correction["actor/kl_rollout_batch_clamp_frac"] = float(
+                (bites * batch["response_mask"]).sum() / batch["response_mask"].sum().clamp(min=1))
         if self.roles.critic is not None:
             batch["values"] = torch.cat(self.roles.critic.dp("values", batch))
         timing["time/logprobs"], t = time.perf_counter() - t, time.perf_counter()
+
+        response_mask = batch["response_mask"]  # before masked importance sampling drops any sequence
+        if algo.rollout_correction == "mis":
+            keep = mis_keep(batch["old_logprobs"], batch["rollout_logprobs"], response_mask, algo.mis_low, algo.mis_high)
+            has = response_mask.sum(-1) > 0
+            correction["rollout/mis_masked_frac"] = float((has & ~keep).sum() / has.sum().clamp(min=1))
+            batch["response_mask"] = response_mask * keep.float()[:, None]
 
         mask = batch["response_mask"]
         adv, returns = adv_lib.compute(
@@ -176,6 +211,8 @@ class Controller:
             kind=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high, aggregation=algo.loss_agg,
             dual_clip=algo.dual_clip, kl_coef=self.kl.coef if (kl is not None and algo.kl_mode == "loss") else 0.0,
             kl_estimator=algo.kl_estimator, entropy_coef=algo.entropy_coef, on_policy=on_policy,
+            log_ratio_clamp=algo.log_ratio_clamp, seq_log_ratio_clamp=algo.seq_log_ratio_clamp, kl_clamp=algo.kl_clamp,
+            tis_cap=algo.tis_cap if algo.rollout_correction == "tis" else None,
         )
         updates: list[dict] = []
         for _ in range(algo.epochs):
@@ -197,6 +234,12 @@ class Controller:
         train = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
         if on_policy:
             batch["old_logprobs"] = torch.cat(self.roles.actor.per_dp("last_logprobs"))
+        correction.update(mismatch_metrics(batch["rollout_logprobs"], batch["old_logprobs"], response_mask))
+        if algo.rollout_correction == "tis":
+            _, truncated = tis_weights(batch["old_logprobs"], batch["rollout_logprobs"], mask, algo.tis_cap)
+            correction["rollout/tis_truncated_frac"] = float(truncated.sum() / mask.sum().clamp(min=1))
+        train["train/skipped_updates"] = float(self.count_skips(updates))
+        train["train/skipped_updates_total"] = float(self.skipped)
         timing["time/train"] = time.perf_counter() - t
 
         if kl is not None:
@@ -206,7 +249,8 @@ class Controller:
             self.kl.update(measured, batch.batch_size[0])
         timing.update(self.sync_weights() if train_actor else {"time/push": 0.0})
         timing["time/step"] = time.perf_counter() - t0
-        metrics = {**self._rollout_metrics(batch, scores_t, lengths), **named, **train, **self.timing, **timing}
+        metrics = {**self._rollout_metrics(batch, scores_t, lengths), **correction, **named, **train, **self.timing,
+                   **timing}
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def run(cfg: RunConfig) -> dict:
     model_path = cfg.model.path or ensure_tiny_model(cfg.model.cache_dir, corpus(train + held_out), cfg.model.arch, cfg.seed)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     if tok.eos_token_id is None:
         raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
     _check_lengths(cfg, tok, train + held_out)
@@ -121,6 +122,7 @@ def run(cfg: RunConfig) -> dict:
                     f.write(f"--- {kind}\n{tb}\n")
 
     _start_ray(cfg)
+    roles = None
     try:
         roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         actor = roles.actor
@@ -179,6 +181,11 @@ def run(cfg: RunConfig) -> dict:
                 ctl.sync_weights()
                 first = resume["step"] + 1
                 print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
+            def save_state(step: int) -> Path:
+                driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
+                          "rewards": rewards.state_dict(), "summary": summary}
+                return run_state.save(out, step, cfg, groups, driver)
+
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
             bar.update(first - 1)
             for step in range(first, cfg.rl.steps + 1):
@@ -193,10 +200,20 @@ def run(cfg: RunConfig) -> dict:
                 if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
                     m.update(ctl.evaluate(held_out))
                 log.log("rl", step, m)
+                saved = None
                 if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
-                    driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
-                              "rewards": rewards.state_dict(), "summary": summary}
-                    bar.write(f"[rlhf] saved {run_state.save(out, step, cfg, groups, driver)}")
+                    saved = save_state(step)
+                    bar.write(f"[rlhf] saved {saved}")
+                if ctl.skip_limit_reached():
+                    saved = saved or save_state(step)
+                    raise JobError(
+                        f"the last {ctl.skipped_in_a_row} optimizer updates (up to RL step {step}) were all skipped for "
+                        f"a non-finite loss or gradient norm (trainer.max_consecutive_skips="
+                        f"{cfg.trainer.max_consecutive_skips}); the weights are those of the last finite update. The state "
+                        f"is saved in {saved} (continue with trainer.resume={saved}). Common causes: a learning rate "
+                        f"too high (rl.lr), clamps switched off (algo.log_ratio_clamp, algo.kl_clamp), or a model in "
+                        f"float16 (actor.dtype)."
+                    )
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
                 if step % cfg.trainer.log_every == 0:
@@ -221,7 +238,46 @@ def run(cfg: RunConfig) -> dict:
             flush=True,
         )
         return summary
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+        # A rank whose peer died may fail first (a broken collective): look for the dead one.
+        dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(roles)
+        if dead is None:
+            raise
+        raise JobError(_role_died(dead, roles, out)) from e
     finally:
         log.close()
         rewards.close()
-        ray.shutdown()
+        ray.shutdown()  # takes every other role process down with it
+
+
+def _role_groups(roles) -> dict:
+    if roles is None:
+        return {}
+    return {"actor": roles.actor, "ref": roles.ref, "critic": roles.critic, "rollout": roles.rollout}
+
+
+def _find_dead(roles) -> "ray.exceptions.RayActorError | None":
+    for group in _role_groups(roles).values():
+        for worker in group.workers if group is not None else []:
+            try:
+                ray.get(worker.__ray_ready__.remote(), timeout=10)
+            except ray.exceptions.RayActorError as e:
+                return e
+            except ray.exceptions.GetTimeoutError:  # alive, busy (e.g. waiting on the dead peer)
+                continue
+    return None
+
+
+def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path) -> str:
+    """Which role process died, and where the run can continue from."""
+    who = "a role process"
+    for name, group in _role_groups(roles).items():
+        for rank, worker in enumerate(group.workers if group is not None else []):
+            if worker._actor_id.hex() == e.actor_id:
+                who = f"rollout engine {rank}" if name == "rollout" else f"trainer role {name!r} rank {rank}"
+    pid = re.search(r"\bpid: (\d+)", str(e))
+    state = run_state.latest(out)
+    where = (f"The last complete state is {state}: continue with the same overrides plus trainer.resume={state}."
+             if state else "No state was saved (trainer.save_every=0), so the run cannot be resumed.")
+    return (f"{who}{f' (pid {pid.group(1)})' if pid else ''} died, so the run stopped and every role process was shut "
+            f"down. {where}\nRay's report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

@@ -56,8 +56,8 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
     """The trainer group for role `name` (actor, ref or critic), laid out by its config section."""
     group = getattr(cfg, name)
     engine_cfg = EngineConfig(dtype=group.dtype, micro_batch_size=group.micro_batch_size,
-                              max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed, tp_size=group.tp_size,
-                              ep_size=group.ep_size)
+                              max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed,
+                              trust_remote_code=cfg.model.trust_remote_code, tp_size=group.tp_size, ep_size=group.ep_size)
     where = placement if placement is not None and group.num_gpus_per_worker else None
     return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
                         num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head,
@@ -78,6 +78,7 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         max_num_seqs=r.max_num_seqs,
         max_num_batched_tokens=r.max_num_batched_tokens,
         weight_transport=transport,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
     return [cls.options(name=f"rollout-{i}", **(placement.options(i) if r.num_gpus else {}))

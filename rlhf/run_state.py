@@ -76,6 +76,12 @@ def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Pa
     return path
 
 
+def latest(out: Path) -> Path | None:
+    """The newest complete state folder of a run (one whose driver.json was written), if any."""
+    states = [p for p in (Path(out) / "checkpoints").glob(f"{PREFIX}*") if (p / "driver.json").is_file()]
+    return max(states, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+
+
 def restore(state: dict, groups: dict) -> None:
     """Load every trainer group's shards (after their optimizers are configured)."""
     for name, group in groups.items():

@@ -18,6 +18,10 @@ class Sampling:
     # Prompt i's samples are drawn with seed + i: what a batch holds depends on the seed and the
     # prompts only, not on what the engine generated before, so a resumed run draws the same.
     seed: int | None = None
+    # False: the engine's generator is reseeded with `seed` instead (vLLM samples unseeded requests
+    # in one batched kernel, ~27% faster on an H100); the samples then also depend on how the
+    # prompts were split over engines.
+    seed_per_prompt: bool = True
 
 
 class RolloutEngine(ABC):

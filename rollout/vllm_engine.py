@@ -28,6 +28,7 @@ class VLLMConfig:
     max_num_seqs: int | None  # None: vLLM's default
     max_num_batched_tokens: int | None
     weight_transport: str  # the weight_sync transport that feeds this engine
+    trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
 
 
 class _DropRepeatedNoise(logging.Filter):
@@ -57,6 +58,8 @@ class VLLMRollout(RolloutEngine):
             worker_extension_cls="rollout.worker_extension.BucketLoader",
             # Raw log-probs of the model's distribution, i.e. what the trainer computes.
             logprobs_mode="raw_logprobs",
+            trust_remote_code=cfg.trust_remote_code,
+            load_format="safetensors",  # never unpickle weights
         )
         if cfg.max_num_seqs is not None:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
@@ -93,9 +96,12 @@ class VLLMRollout(RolloutEngine):
                 seed=seed,
             )
 
-        per_prompt = (
-            [params(sampling.seed + i) for i in range(len(prompt_ids))] if sampling.seed is not None else params(None)
-        )
+        if sampling.seed is not None and sampling.seed_per_prompt:
+            per_prompt = [params(sampling.seed + i) for i in range(len(prompt_ids))]
+        else:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            per_prompt = params(None)
         t = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], per_prompt, use_tqdm=False)
         self.timing = {"time/vllm_generate": time.perf_counter() - t}

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from bad_configs import CASES, make_fixtures, resolve
 from rlhf.config import ConfigError, load_config
 
 
@@ -27,34 +28,21 @@ def test_overrides_apply():
     assert (cfg.sft.steps, cfg.rl.steps, cfg.trainer.output_dir) == (7, 3, "/tmp/x")
 
 
-@pytest.mark.parametrize(
-    "override, must_name",
-    [
-        (["trainer.outptu_dir=x"], ["trainer.outptu_dir", "trainer.output_dir"]),
-        (["rl.stepz=3"], ["rl.stepz", "rl.steps"]),
-        (["algo=grpoo"], ["grpoo", "grpo"]),
-        (["actor.engine=automodl"], ["automodl", "automodel"]),
-        (["rl.steps=many"], ["rl.steps", "integer"]),
-        (["sft.batch_size=3"], ["sft.batch_size", "actor.world_size"]),
-        (["reward.fn=exact_mach"], ["exact_mach", "exact_match"]),
-        (["reward.fn=no_such_module_xyz:f"], ["no_such_module_xyz"]),
-        (["model.path=/nonexistent/model"], ["model.path", "config.json"]),
-        (["+new.key=1"], ["+new.key"]),
-        (["rl.steps"], ["key=value"]),
-        (["algo.loss_agg=token_mean"], ["algo.loss_agg", "token-mean"]),
-        (["algo.adv_estimator=gea"], ["algo.adv_estimator", "gae"]),
-        (["algo.kl_mode=reward", "algo.kl_coef=0.1"], ["algo.kl_mode=reward", "reinforce_pp"]),
-        (["algo.dual_clip=0.5"], ["algo.dual_clip"]),
-        (["algo=ppo", "algo.mini_batches=3"], ["algo.mini_batches=3"]),
-        (["reward.on_error=ignore"], ["reward.on_error", "fallback"]),
-        (["algo.critic_pretrain_steps=2"], ["algo.critic_pretrain_steps", "gae"]),
-        (["algo=ppo", "rl.steps=10"], ["algo.critic_pretrain_steps", "rl.steps=10"]),
-        (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
-    ],
-)
-def test_bad_overrides_name_the_problem(override, must_name):
-    with pytest.raises(ConfigError) as e:
-        load_config(override)
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("models")
+    make_fixtures(tmp)
+    return tmp
+
+
+def test_there_are_at_least_30_distinct_bad_configs():
+    assert len({tuple(o) for o, _ in CASES}) == len(CASES) >= 30
+
+
+@pytest.mark.parametrize("override, must_name", CASES, ids=[" ".join(o) for o, _ in CASES])
+def test_bad_config_fails_naming_the_problem_and_the_fix(override, must_name, fixtures):
+    with pytest.raises(ConfigError) as e:  # its time to fail: benchmarks/config_errors.py
+        load_config(resolve(override, fixtures))
     for word in must_name:
         assert word in str(e.value)
 

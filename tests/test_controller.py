@@ -81,3 +81,20 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
         assert has_signal.all() and used > 1
     else:
         assert not has_signal.all() and used == 1
+
+
+def test_skipped_updates_are_counted_and_stop_the_run_after_the_limit():
+    ctl = Controller(load_config(["trainer.max_consecutive_skips=3"]), Roles(actor=None, rollout=None),
+                     FakeTokenizer(), rewards=None)
+    ok, bad = {"actor/skipped_step": 0.0}, {"actor/skipped_step": 1.0}
+    assert ctl.count_skips([bad, bad]) == 2 and not ctl.skip_limit_reached()
+    assert ctl.count_skips([ok]) == 0 and ctl.skipped_in_a_row == 0  # a good update resets the run of skips
+    assert ctl.count_skips([bad, {"actor/skipped_step": 0.0, "critic/skipped_step": 1.0}]) == 2
+    assert not ctl.skip_limit_reached()
+    ctl.count_skips([bad])
+    assert ctl.skip_limit_reached() and (ctl.skipped, ctl.skipped_in_a_row) == (5, 3)
+    state = ctl.state_dict()
+    fresh = Controller(load_config(["trainer.max_consecutive_skips=0"]), Roles(actor=None, rollout=None),
+                       FakeTokenizer(), rewards=None)
+    fresh.load_state_dict(state)
+    assert (fresh.skipped, fresh.skipped_in_a_row) == (5, 3) and not fresh.skip_limit_reached()  # 0: never stop

@@ -26,7 +26,7 @@ def test_automodel_cuda_engine_logprobs_match_hf(tiny_model, task):
         s.bind(("", 0))
         port = s.getsockname()[1]
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    engine = AutomodelEngine(tiny_model, EngineConfig("float32", 8, 1.0, 0), trainable=False)
+    engine = AutomodelEngine(tiny_model, EngineConfig("float32", 8, 1.0, 0, False), trainable=False)
     _, (train, _) = task
     tok = AutoTokenizer.from_pretrained(tiny_model)
     batch = pack([tok(p.prompt).input_ids for p in train[:16]], [tok(p.answer).input_ids for p in train[:16]], 0)

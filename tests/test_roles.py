@@ -3,6 +3,7 @@ rollout engines fed by the object-store weight transport, checked against a plai
 model in this process."""
 
 import copy
+import dataclasses
 
 import pytest
 import ray
@@ -37,11 +38,11 @@ def hf_logprobs(model, batch):
 def roles(tiny_model):
     ray.init(num_cpus=7, include_dashboard=False)  # actor (2) + rollout (2) + critic (2) + spare
     try:
-        engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0)
+        engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0, trust_remote_code=False)
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
                              num_cpus=1, num_gpus=0, name="test-actor")
         vllm_cfg = VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0, enforce_eager=None, max_num_seqs=None,
-                              max_num_batched_tokens=None, weight_transport="object_store")
+                              max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False)
         engines = [ray.remote(num_cpus=1)(RolloutWorker).remote(ROLLOUT_ENGINES["vllm"], tiny_model, vllm_cfg)
                    for _ in range(2)]
         # small buckets: several per push
@@ -139,6 +140,10 @@ def test_two_engines_sample_what_one_does(roles, tiny_model, task):
     assert torch.equal((one["input_ids"] * one["attention_mask"])[:, :width], (two["input_ids"] * two["attention_mask"])[:, :width])
     # and the samples are not all the same (the seeds differ per prompt)
     assert len({tuple(r.tolist()) for r in one["input_ids"]}) > len(prompts)
+    # unseeded requests, the engine reseeded per round: the same round draws the same samples
+    fast = dataclasses.replace(sampling, seed_per_prompt=False)
+    a, b = (RolloutGroup(engines[:1], tok.eos_token_id).generate(prompts, fast) for _ in range(2))
+    assert torch.equal(a["input_ids"], b["input_ids"]) and len({tuple(r.tolist()) for r in a["input_ids"]}) > len(prompts)
 
 
 def test_push_with_missing_or_misnamed_tensor_fails(roles, tiny_model):
@@ -176,7 +181,7 @@ def test_critic_value_step_matches_plain_hf(roles, tiny_model, task):
     g = torch.Generator().manual_seed(0)
     batch["returns"] = torch.randn(mask.shape, generator=g) * mask
     batch["values"] = torch.zeros(mask.shape)  # the zero-initialised head's values
-    engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0)
+    engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0, trust_remote_code=False)
     critic = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
                           num_cpus=1, num_gpus=0, name="test-critic", head="value")
     try:
@@ -207,3 +212,25 @@ def test_critic_value_step_matches_plain_hf(roles, tiny_model, task):
     assert abs(metrics["loss"] - loss.item()) < 1e-5
     m = batch["attention_mask"].bool()
     assert (after - v_ref)[m].abs().max() < 1e-5 and after[m].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("poison", ["nan_loss_finite_grads", "inf_grads"])
+def test_non_finite_loss_or_gradient_skips_the_update_on_every_rank(stepped, roles, poison):
+    """A loss whose value is NaN while its gradients are finite, and one whose gradients are
+    infinite: the engine skips the optimizer step on both ranks and says so; the weights stay."""
+    actor, _ = roles
+    batch = stepped[0]
+
+    class Poisoned(SFTLoss):  # defined here so Ray ships it by value to the workers
+        def __call__(self, out, mb):
+            loss, stats = super().__call__(out, mb)
+            if poison == "nan_loss_finite_grads":
+                return loss + torch.tensor(float("nan")), stats
+            return loss * torch.tensor(float("inf")), stats
+
+    before = torch.cat(actor.dp("logprobs", batch))
+    metrics = actor.dp("train_step", batch, Poisoned(), float(batch["response_mask"].sum()))
+    assert [m["actor/skipped_step"] for m in metrics] == [1.0, 1.0]
+    assert not torch.isfinite(torch.tensor(metrics[0]["loss"]))
+    after = torch.cat(actor.dp("logprobs", batch))
+    assert torch.equal(before, after) and torch.isfinite(after).all()

@@ -97,17 +97,20 @@ class AutomodelEngine(TrainingEngine):
         if cuda:
             from nemo_automodel import NeMoAutoModelForCausalLM
 
-            return NeMoAutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+            return NeMoAutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
+                                                            trust_remote_code=self.cfg.trust_remote_code)
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                    trust_remote_code=self.cfg.trust_remote_code)
 
     def _build_critic(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
         # Automodel has no value-head model class; HF's token-classification head is one.
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        config = AutoConfig.from_pretrained(path, num_labels=1)
-        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.cfg.trust_remote_code)
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                                trust_remote_code=self.cfg.trust_remote_code)
         model.config.architectures = [type(model).__name__]  # a saved critic loads as what it is
         with torch.no_grad():
             model.score.weight.zero_()
@@ -207,17 +210,19 @@ class AutomodelEngine(TrainingEngine):
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float()
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.max_grad_norm)
-        skipped = not math.isfinite(grad_norm)
+        keys = sorted(totals)  # "loss" is always among them
+        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
+        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys])
+        if self.dp_group is not None:
+            dist.all_reduce(summed, group=self.dp_group)
+        sums = {k: float(v) for k, v in zip(keys, summed.cpu())}
+        # A non-finite loss or gradient norm (the same on every rank, both are global) skips the
+        # update: the weights and optimizer moments stay as they were.
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"]))
         if not skipped:
             self.optimizer.step()
         self.scheduler.step(1)
-        keys = sorted(totals)
-        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
-        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys]) if keys else None
-        if self.dp_group is not None and keys:
-            dist.all_reduce(summed, group=self.dp_group)
-        summed = summed.cpu() if keys else []
-        metrics = {k: float(v) / max(normaliser, 1e-12) for k, v in zip(keys, summed)}
+        metrics = loss_fn.reduce(sums, normaliser)
         role = "actor" if self.head == "lm" else "critic"
         metrics.update(
             {
@@ -311,7 +316,7 @@ class AutomodelEngine(TrainingEngine):
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=path)
         set_state_dict(self.model, self._optimizers(), model_state_dict=state["model"], optim_state_dict=state["optim"])
-        extra = torch.load(local, weights_only=False)
+        extra = torch.load(local, weights_only=True)  # tensors and numbers only: no code can run
         if self.scheduler is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])

@@ -118,5 +118,3 @@ def compute(estimator: str, *, scores, group_ids, mask, values=None, kl=None, kl
         return whiten(adv, mask), returns
     raise ValueError(f"unknown advantage estimator {estimator!r}")
 
-
-ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str,
+                log_ratio_clamp: float | None = None) -> torch.Tensor:
     """Per-token estimate of KL(pi || ref) from samples of pi.
 
     k1: log r;  k2: (log r)^2 / 2;  k3: exp(-log r) - 1 + log r  (unbiased, non-negative),
-    with log r = logprobs - ref_logprobs.
+    with log r = logprobs - ref_logprobs, clamped to [-log_ratio_clamp, log_ratio_clamp] first
+    when given (so k3's exp cannot overflow to inf, whose gradient would be NaN).
     """
     log_ratio = logprobs - ref_logprobs
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
     if kind == "k1":
         return log_ratio
     if kind == "k2":
@@ -19,6 +23,15 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -
     if kind == "k3":
         return torch.exp(-log_ratio) - 1 + log_ratio
     raise ValueError(f"unknown KL estimator {kind!r}; choose one of k1, k2, k3")
+
+
+def clamp_kl(kl: torch.Tensor, bound: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token KL estimate clamped to [-bound, bound] (no gradient where it bites), and a
+    0/1 tensor marking the tokens where it bit. A token whose policy gives a sampled token far
+    less probability than the reference does adds exp(-log r) under k3: 3e6 at log r = -15."""
+    if bound is None:
+        return kl, torch.zeros_like(kl)
+    return kl.clamp(-bound, bound), (kl.abs() > bound).float()
 
 
 class KLController:

@@ -1,0 +1,91 @@
+"""Bad configurations and what their error must name: shared by tests/test_config.py and
+benchmarks/config_errors.py (which times each and writes docs/config-errors.md).
+
+Each case: (overrides, words the error must contain). `{tmp}` in an override is a folder that
+`make_fixtures` fills with broken model folders.
+"""
+
+import json
+from pathlib import Path
+
+CASES = [
+    # unknown keys and bad override syntax
+    (["trainer.outptu_dir=x"], ["trainer.outptu_dir", "trainer.output_dir"]),
+    (["rl.stepz=3"], ["rl.stepz", "rl.steps"]),
+    (["+new.key=1"], ["+new.key", "not supported"]),
+    (["rl.steps"], ["key=value"]),
+    # unknown choices
+    (["algo=grpoo"], ["grpoo", "grpo"]),
+    (["actor.engine=automodl"], ["automodl", "automodel"]),
+    (["actor.dtype=fp16"], ["actor.dtype", "float16"]),
+    (["algo.loss_agg=token_mean"], ["algo.loss_agg", "token-mean"]),
+    (["algo.adv_estimator=gea"], ["algo.adv_estimator", "gae"]),
+    (["algo.rollout_correction=tiss"], ["algo.rollout_correction", "tis"]),
+    (["reward.on_error=ignore"], ["reward.on_error", "fallback"]),
+    (["reward.fn=exact_mach"], ["exact_mach", "exact_match"]),
+    (["reward.fn=no_such_module_xyz:f"], ["no_such_module_xyz"]),
+    # wrong types
+    (["rl.steps=many"], ["rl.steps", "integer"]),
+    (["actor.world_size=1.5"], ["actor.world_size", "integer"]),
+    (["algo.norm_by_std=maybe"], ["algo.norm_by_std", "true or false"]),
+    (["actor.betas=0.9"], ["actor.betas", "list"]),
+    (["rl.lr=fast"], ["rl.lr", "number"]),
+    # out-of-range values
+    (["rl.lr=0"], ["rl.lr", "> 0"]),
+    (["rl.temperature=0"], ["rl.temperature", "> 0"]),
+    (["algo.clip_low=1.5"], ["algo.clip_low", "(0, 1)"]),
+    (["algo.gamma=1.5"], ["algo.gamma", "[0, 1]"]),
+    (["algo.kl_coef=-0.1"], ["algo.kl_coef", ">= 0"]),
+    (["algo.dual_clip=0.5"], ["algo.dual_clip", "> 1"]),
+    (["algo.log_ratio_clamp=0"], ["algo.log_ratio_clamp", "> 0"]),
+    (["algo.tis_cap=0.5"], ["algo.tis_cap", ">= 1"]),
+    (["algo.mis_low=2.0"], ["algo.mis_low", "mis_high"]),
+    (["actor.betas=[0.9,1.5]"], ["actor.betas", "[0, 1)"]),
+    (["actor.max_grad_norm=0"], ["actor.max_grad_norm", "> 0"]),
+    (["rollout.gpu_memory_utilization=1.5"], ["rollout.gpu_memory_utilization", "(0, 1]"]),
+    (["rollout.max_model_len=6"], ["rollout.max_model_len", "rl.max_new_tokens"]),
+    (["task.ops=*"], ["task.ops", "+-"]),
+    (["task.demo_carry_error=1.5"], ["task.demo_carry_error", "[0, 1]"]),
+    (["reward.max_error_rate=1.5"], ["reward.max_error_rate", "[0, 1]"]),
+    (["trainer.max_consecutive_skips=-1"], ["trainer.max_consecutive_skips", ">= 0"]),
+    (["actor.world_size=0"], ["actor.world_size", "at least 1"]),
+    (["algo.overlong_buffer=6"], ["algo.overlong_buffer", "rl.max_new_tokens"]),
+    # batch divisibility
+    (["sft.batch_size=3"], ["sft.batch_size", "actor.world_size"]),
+    (["algo=ppo", "algo.mini_batches=3"], ["algo.mini_batches=3"]),
+    (["rl.prompts_per_step=3", "rl.n=3"], ["rl.prompts_per_step", "actor.world_size"]),
+    # algorithms that need more than one sample per prompt, or a critic
+    (["algo=dr_grpo", "rl.n=1"], ["algo.adv_estimator=grpo", "rl.n >= 2"]),
+    (["algo=rloo", "rl.n=1"], ["algo.adv_estimator=rloo", "rl.n >= 2"]),
+    (["algo=reinforce_pp_baseline", "rl.n=1"], ["reinforce_pp_baseline", "rl.n >= 2"]),
+    (["algo.critic_pretrain_steps=2"], ["algo.critic_pretrain_steps", "gae"]),
+    (["algo=ppo", "rl.steps=10"], ["algo.critic_pretrain_steps", "rl.steps=10"]),
+    (["algo.kl_mode=reward", "algo.kl_coef=0.1"], ["algo.kl_mode=reward", "reinforce_pp"]),
+    # missing or unsafe files
+    (["model.path=/nonexistent/model"], ["model.path", "config.json"]),
+    (["model.path={tmp}/pickled"], ["safetensors", "pytorch_model.bin"]),
+    (["model.path={tmp}/no_tokenizer"], ["no tokenizer", "save_pretrained"]),
+    (["model.path={tmp}/remote_code"], ["auto_map", "model.trust_remote_code=true"]),
+    (["trainer.resume=/nonexistent/state-rl-step3"], ["trainer.resume", "driver.json"]),
+    (["reward.fn=/nonexistent/rewards.py:score"], ["/nonexistent/rewards.py"]),
+    (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
+]
+
+
+def make_fixtures(tmp: Path) -> None:
+    """Model folders that are broken in one way each."""
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    for name, files in {
+        "pickled": {"config.json": config, "tokenizer.json": {}, "pytorch_model.bin": None},
+        "no_tokenizer": {"config.json": config, "model.safetensors": None},
+        "remote_code": {"config.json": {**config, "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}},
+                        "tokenizer.json": {}, "model.safetensors": None},
+    }.items():
+        folder = tmp / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, content in files.items():
+            (folder / file).write_text(json.dumps(content) if content is not None else "")
+
+
+def resolve(overrides: list[str], tmp: Path) -> list[str]:
+    return [o.replace("{tmp}", str(tmp)) for o in overrides]
