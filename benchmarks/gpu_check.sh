@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
 # .device/trl:   bash benchmarks/gpu_check.sh one|two|tests
-#   one:   the reference workload on one GPU, ours then TRL 1.16 (benchmarks/vs_trl), same card
+#   one:   the reference workload on one GPU, ours (unseeded requests, as TRL's) then TRL 1.16
+#          (benchmarks/vs_trl), same card
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
@@ -26,7 +27,7 @@ case ${1:-one} in
     timeout 300 python3 benchmarks/rollout_throughput.py $model > "$OUT/rollout_bench.log" 2>&1; tail -7 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
     ref ours_1gpu ;;
   one)
-    ref ours_1gpu
+    ref ours_1gpu rollout.seed_per_prompt=false  # TRL seeds no request either
     python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
     PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout 420 python3 benchmarks/vs_trl/run_trl.py --model $model --steps 7 \
       > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt" ;;
