@@ -20,6 +20,7 @@ from rlhf.data.arithmetic import corpus, make_splits
 from rlhf.data.sampler import Sampler
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
+from rlhf.ray_auth import keep_token_local
 from rlhf.roles import start_roles, start_trainer
 from rlhf.stop_signal import StopSignal
 from rlhf.trackers import open_trackers
@@ -66,6 +67,7 @@ def _start_ray(cfg: RunConfig) -> None:
     groups = [cfg.actor] + [cfg.ref] * cfg.algo.uses_reference + [cfg.critic] * cfg.algo.uses_critic
     need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
+    keep_token_local()
     ray.init(
         num_cpus=cfg.trainer.num_cpus or max(int(need + 0.999), 1),
         include_dashboard=False,

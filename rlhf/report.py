@@ -51,7 +51,11 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
 
     made = []
 
+    from matplotlib.ticker import MaxNLocator
+
     def save(fig, name: str, title: str) -> None:
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(folder / f"{name}.png", dpi=90)
         plt.close(fig)
@@ -109,6 +113,10 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
                 continue
             ax.bar(steps, vals, bottom=bottom, label=phase.split("/")[1])
             bottom = [b + v for b, v in zip(bottom, vals)]
+            if phase == "time/push":  # the rest of the step: advantages, metrics, the driver's own work
+                other = [max(float(by_step[s].get("time/step") or 0.0) - b, 0.0) for s, b in zip(steps, bottom)]
+                ax.bar(steps, other, bottom=bottom, label="other")
+                bottom = [b + o for b, o in zip(bottom, other)]
         ax.set(title="Time per RL step, by phase", xlabel="RL step", ylabel="seconds")
         ax.legend(fontsize=8, ncol=3)
         save(fig, "phase_times", "Time per RL step, by phase")
@@ -180,10 +188,37 @@ def build(out) -> Path:
     return folder / "report.md"
 
 
+def _median(vals: list[float]) -> float:
+    vals = sorted(vals)
+    return (vals[(len(vals) - 1) // 2] + vals[len(vals) // 2]) / 2
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The console's closing table: per stage, steps and the median of each timing and rate."""
+    lines = [f"{'stage':<6}{'steps':>6}  {'metric':<34}{'median':>12}{'last':>12}"]
+    for stage, keys in [("sft", ["sft/loss", "time/step"]),
+                        ("rl", ["reward/mean", "time/step", "time/rollout", "time/reward", "time/logprobs", "time/train",
+                                "time/push", "time/checkpoint", "throughput/generated_tokens_per_s",
+                                "throughput/trained_tokens_per_s"])]:
+        steps = [r for r in rows if r["stage"] == stage and ("sft/loss" in r or "reward/mean" in r)]
+        for i, key in enumerate(keys):
+            vals = [r[key] for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]
+            if vals:
+                lines.append(f"{stage if i == 0 else '':<6}{len(steps) if i == 0 else '':>6}  {key:<34}"
+                             f"{_fmt(_median(vals)):>12}{_fmt(vals[-1]):>12}")
+    for r in rows:
+        if isinstance(r.get("eval/accuracy"), (int, float)):
+            lines.append(f"{'eval':<6}{'':>6}  {'accuracy at ' + r['stage'] + ' step ' + str(r['step']):<34}"
+                         f"{'':>12}{_fmt(r['eval/accuracy']):>12}")
+    return "\n".join(lines)
+
+
 def build_quietly(out) -> None:
-    """The end-of-run report: its failure is a warning, never the run's failure."""
+    """The end-of-run report and closing table: a failure is a warning, never the run's failure."""
     try:
-        print(f"[rlhf] report: {build(out)}", flush=True)
+        path = build(out)
+        print(summary_table(_rows(Path(out))), flush=True)
+        print(f"[rlhf] report: {path}", flush=True)
     except Exception as e:
         print(f"[rlhf] warning: the report could not be built ({type(e).__name__}: {e}); "
               f"retry with python -m rlhf.report {out}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ class StopSignal:
         self.signum: int | None = None
         self._previous: dict = {}
 
-    def install(self) -> "StopSignal":
+    def install(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -46,9 +46,9 @@ def _numbers(stage: str, metrics: dict) -> dict[str, float]:
 class Console:
     """One compact line per RL step (every `log_every`), and every evaluation when measured."""
 
-    RL_KEYS = ["reward/mean", "reward/groups_with_signal", "actor/kl_ref", "actor/clip_frac", "actor/grad_norm",
+    RL_KEYS = ("reward/mean", "reward/groups_with_signal", "actor/kl_ref", "actor/clip_frac", "actor/grad_norm",
                "critic/value_loss", "critic/explained_var", "response/length_mean", "rollout/logprob_abs_diff_max",
-               "throughput/generated_tokens_per_s", "time/step"]
+               "throughput/generated_tokens_per_s", "time/step")
 
     def __init__(self, log_every: int, label: str):
         self.log_every, self.label = log_every, label
@@ -58,7 +58,7 @@ class Console:
             tqdm.write(f"[eval {stage} step {step}] accuracy={metrics['eval/accuracy']:.3f} "
                        f"reward={metrics.get('eval/reward', float('nan')):.3f}")
         if stage == "rl" and "reward/mean" in metrics and step % self.log_every == 0:
-            tqdm.write(f"[{self.label} {step}] " + fmt(metrics, self.RL_KEYS))
+            tqdm.write(f"[{self.label} {step}] " + fmt(metrics, list(self.RL_KEYS)))
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def _session(sid: int) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[3]) == sid:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
                 found.append(int(pid))
         except (OSError, IndexError):
             pass

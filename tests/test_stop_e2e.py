@@ -25,8 +25,9 @@ def _session(sid: int) -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[3]) == sid:
-                found.append(open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:100])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                found.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:100])
         except (OSError, IndexError):
             pass
     return found
@@ -47,7 +48,7 @@ def test_sigterm_during_rl_saves_a_loadable_state_and_leaves_nothing_running(tmp
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-4000:]
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
     saved = re.search(r"stopped by SIGTERM after RL step (\d+); the state is saved in (\S+):", stderr)
     assert saved, stderr[-4000:]
