@@ -132,6 +132,8 @@ def run(cfg: RunConfig) -> dict:
     roles = None
     stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
+        print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
+              f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
         roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         actor = roles.actor
         ctl = Controller(cfg, roles, tok, rewards)
@@ -172,11 +174,15 @@ def run(cfg: RunConfig) -> dict:
                 start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
             rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
             if cfg.algo.uses_reference:
+                t = time.time()
                 ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False,
                                               placement=ctl.roles.placement)
+                print(f"[rlhf] reference ready in {time.time() - t:.1f}s", flush=True)
             if cfg.algo.uses_critic:
+                t = time.time()
                 ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value",
                                                  placement=ctl.roles.placement)
+                print(f"[rlhf] critic ready in {time.time() - t:.1f}s", flush=True)
                 ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
             actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)
