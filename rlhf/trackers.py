@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,8 @@ class MLflow:
     """MLflow with a local file store in `<output_dir>/mlruns` (`mlflow ui --backend-store-uri ...`)."""
 
     def __init__(self, out: Path, config: dict):
+        # MLflow 3 keeps the file store but asks for this opt-in (it steers new users to a database)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())

@@ -93,7 +93,8 @@ def test_tensorboard_events_hold_the_values_of_metrics_jsonl(job):
 
 
 @_needs("mlflow")
-def test_mlflow_run_reads_back_through_mlflowclient(job):
+def test_mlflow_run_reads_back_through_mlflowclient(job, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient
 
     out, _ = job
