@@ -62,17 +62,20 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
         made.append((name, title))
 
     rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
-    sft_steps = max([r["step"] for r in rows if r["stage"] == "sft"], default=0)
-    # Evaluation accuracy over the whole run: SFT steps, then RL steps after them.
-    evals = sorted(((r["step"] + (sft_steps if r["stage"] == "rl" else 0)), r["eval/accuracy"])
-                   for r in rows if isinstance(r.get("eval/accuracy"), (int, float)))
-    if evals:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-")
-        if sft_steps:
-            ax.axvline(sft_steps, color="gray", ls="--", lw=1)
-            ax.text(sft_steps, 0.02, " RL starts", color="gray", fontsize=8)
-        ax.set(title="Held-out accuracy", xlabel="step (SFT, then RL)", ylabel="accuracy", ylim=(0, 1))
+    # Held-out accuracy: one panel per stage (each on its own steps), sharing the accuracy axis.
+    stages = [st for st in ("sft", "rl") if _series(rows, st, "eval/accuracy")[0]]
+    if stages:
+        fig, axes = plt.subplots(1, len(stages), figsize=(6, 3.5), sharey=True, squeeze=False)
+        for ax, st in zip(axes[0], stages):
+            x, y = _series(rows, st, "eval/accuracy")
+            if st == "rl" and "sft" in stages:  # RL starts from the last SFT measurement
+                x, y = [0, *x], [_series(rows, "sft", "eval/accuracy")[1][-1], *y]
+            ax.plot(x, y, "o-")
+            for xi, yi in zip(x, y):
+                ax.annotate(f"{yi:.2f}", (xi, yi), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+            ax.set(title=st.upper(), xlabel=f"{st.upper()} step", ylim=(0, 1.05))
+        axes[0][0].set_ylabel("held-out accuracy")
+        fig.suptitle("Held-out accuracy", fontsize=11)
         save(fig, "eval_accuracy", "Held-out accuracy")
     xs, ys = _series(rows, "sft", "sft/loss")
     if xs:
