@@ -199,7 +199,9 @@ class TrainerConfig:
     ray_address: Optional[str]
     num_cpus: Optional[int]
     log_every: int
+    loggers: list[str]
     save_every: int
+    keep_last: int
     resume: Optional[str]
     max_consecutive_skips: int
 
@@ -497,7 +499,7 @@ def validate(cfg: RunConfig) -> None:
                 f"{name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size)"
             )
     for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every,
-                        "trainer.save_every": cfg.trainer.save_every}.items():
+                        "trainer.save_every": cfg.trainer.save_every, "trainer.keep_last": cfg.trainer.keep_last}.items():
         if value < 0:
             raise ConfigError(f"{path} must be 0 or more, got {value}")
     dp = cfg.actor.dp_size
@@ -520,6 +522,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.path is not None:
         _check_model_folder(cfg.model.path, cfg.model.trust_remote_code)
     _check_ranges(cfg)
+    from rlhf.trackers import check as check_trackers
+
+    check_trackers(cfg.trainer.loggers)
     reward = cfg.reward
     if (reward.fn is None) == (not reward.fns):
         raise ConfigError("set exactly one of reward.fn (one function) and reward.fns (several, with weights)")

@@ -255,6 +255,11 @@ class Controller:
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)
         metrics["actor/updated"] = float(train_actor)
+        # Tokens per second: sampled by the rollout engine (generation only), and passed through
+        # the trainer (prompt and response, every epoch).
+        metrics["throughput/generated_tokens_per_s"] = float(lengths.sum()) / max(self.timing["time/generate"], 1e-9)
+        metrics["throughput/trained_tokens_per_s"] = (
+            float(batch["attention_mask"].sum()) * algo.epochs / max(timing["time/train"], 1e-9) if train_actor else 0.0)
         if self.roles.critic is not None:
             # values from before this step's update: how well the critic predicted returns it had not seen
             metrics["critic/explained_var"] = explained_variance(batch["returns"], batch["values"], mask)
@@ -274,5 +279,8 @@ class Controller:
             "response/truncated_frac": float(batch["truncated"].float().mean()),
             "rollout/logprob_abs_diff_mean": float(diff.abs().sum() / mask.sum().clamp(min=1)),
             "rollout/logprob_abs_diff_max": float(diff.abs().max()),
+            # mean -log p of the sampled tokens under the trainer's policy: its entropy per token,
+            # estimated from the samples (exact in expectation at rl.temperature=1)
+            "actor/entropy_estimate": float(-(batch["old_logprobs"] * mask).sum() / mask.sum().clamp(min=1)),
         }
         return out

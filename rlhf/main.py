@@ -1,11 +1,10 @@
 """`python -m rlhf.main [key=value ...]`: run a job from the Hydra configs in `configs/`.
 
-`--cfg` prints the composed config and exits; `--help` says how to use it.
+`--cfg` (or Hydra's `--cfg job`) prints the composed config and exits; `--help` says how to use it.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 USAGE = """usage: python -m rlhf.main [--cfg] [key=value ...]
@@ -16,7 +15,7 @@ Runs SFT warm-start then RL as configured in configs/ (defaults: configs/config.
   model.path=DIR            any local Hugging Face model folder (default: the embedded tiny model)
   sft.steps=N rl.steps=N    stage lengths
   trainer.output_dir=DIR    where metrics.jsonl, summary.json and checkpoints go
-  --cfg                     print the composed config and exit
+  --cfg [job]               print the composed config and exit
 """
 
 
@@ -28,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     show = "--cfg" in argv
+    if show:  # Hydra's form `--cfg job` (the job's config, the only one here) is accepted too
+        i = argv.index("--cfg")
+        if i + 1 < len(argv) and argv[i + 1] in ("job", "all"):
+            del argv[i + 1]
     argv = [a for a in argv if a != "--cfg"]
     try:
         cfg = load_config(argv)
@@ -37,12 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     if show:
         import dataclasses
 
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(dataclasses.asdict(cfg)), end="")  # YAML, as Hydra prints it
         return 0
     from rlhf.pipeline import JobError, run
+    from rlhf.stop_signal import Stopped
 
     try:
         run(cfg)
+    except Stopped as e:
+        print(f"[rlhf] {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        print(f"[rlhf] interrupted ({e or 'KeyboardInterrupt'}); Ray is shut down, no state saved for the current step",
+              file=sys.stderr)
+        return 130
     except ConfigError as e:  # e.g. a trainer.resume state that does not fit this config
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -11,18 +11,37 @@ from tqdm import tqdm
 
 
 class MetricsLog:
-    def __init__(self, output_dir: str):
+    """Writes each row to metrics.jsonl (the source of truth), then hands it to the trackers."""
+
+    def __init__(self, output_dir: str, trackers: list | None = None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", buffering=1)
+        self.trackers = list(trackers or [])
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
         row = {"stage": stage, "step": step, "time": round(time.time(), 3)}
         row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()})
         self._file.write(json.dumps(row) + "\n")
+        for tracker in list(self.trackers):
+            try:
+                tracker.log(stage, step, metrics)
+            except Exception as e:  # a tracker's trouble must not stop training
+                self._drop(tracker, e)
+
+    def _drop(self, tracker, e: Exception) -> None:
+        from rlhf.trackers import warn
+
+        self.trackers.remove(tracker)
+        warn(type(tracker).__name__, e)
 
     def close(self) -> None:
         self._file.close()
+        for tracker in list(self.trackers):
+            try:
+                tracker.close()
+            except Exception as e:
+                self._drop(tracker, e)
 
 
 def read_metrics(output_dir) -> list[dict]:

@@ -13,14 +13,17 @@ from pathlib import Path
 import ray
 
 from engines.base import OptimConfig
-from rlhf import run_state
+from rlhf import report, run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller
 from rlhf.data.arithmetic import corpus, make_splits
 from rlhf.data.sampler import Sampler
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.metrics import MetricsLog, fmt, stage_bar
+from rlhf.ray_auth import keep_token_local
 from rlhf.roles import start_roles, start_trainer
+from rlhf.stop_signal import StopSignal
+from rlhf.trackers import open_trackers
 from rewards.manager import RewardErrorRateExceeded, RewardManager
 
 # Environment every role process gets (on any node of a cluster, not just this one).
@@ -64,6 +67,7 @@ def _start_ray(cfg: RunConfig) -> None:
     groups = [cfg.actor] + [cfg.ref] * cfg.algo.uses_reference + [cfg.critic] * cfg.algo.uses_critic
     need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
+    keep_token_local()
     ray.init(
         num_cpus=cfg.trainer.num_cpus or max(int(need + 0.999), 1),
         include_dashboard=False,
@@ -85,10 +89,12 @@ def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
 
 def run(cfg: RunConfig) -> dict:
     start = time.time()
-    resume = run_state.check(cfg) if cfg.trainer.resume else None
+    resume = run_state.check(cfg)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if resume:
+        run_state.rewind_metrics(out, resume["step"])
 
     train, held_out = make_splits(
         cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error
@@ -100,7 +106,8 @@ def run(cfg: RunConfig) -> dict:
     if tok.eos_token_id is None:
         raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
     _check_lengths(cfg, tok, train + held_out)
-    log = MetricsLog(str(out))
+    log = MetricsLog(str(out), open_trackers(cfg.trainer.loggers, out, dataclasses.asdict(cfg), cfg.trainer.log_every,
+                                             cfg.algo.name))
     print(f"[rlhf] model {model_path}; {len(train)} train / {len(held_out)} held-out problems; output {out}", flush=True)
 
     rewards = RewardManager(
@@ -123,7 +130,10 @@ def run(cfg: RunConfig) -> dict:
 
     _start_ray(cfg)
     roles = None
+    stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
+        print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
+              f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
         roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         actor = roles.actor
         ctl = Controller(cfg, roles, tok, rewards)
@@ -144,6 +154,7 @@ def run(cfg: RunConfig) -> dict:
             for step in range(1, cfg.sft.steps + 1):
                 m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
                 log.log("sft", step, m)
+                stop.stop(f"during SFT at step {step} (SFT is not resumable: a new run starts it again)")
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
             bar.close()
@@ -163,11 +174,15 @@ def run(cfg: RunConfig) -> dict:
                 start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
             rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
             if cfg.algo.uses_reference:
+                t = time.time()
                 ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False,
                                               placement=ctl.roles.placement)
+                print(f"[rlhf] reference ready in {time.time() - t:.1f}s", flush=True)
             if cfg.algo.uses_critic:
+                t = time.time()
                 ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value",
                                                  placement=ctl.roles.placement)
+                print(f"[rlhf] critic ready in {time.time() - t:.1f}s", flush=True)
                 ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
             actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
             sampler = Sampler(train, cfg.seed + 1)
@@ -184,7 +199,10 @@ def run(cfg: RunConfig) -> dict:
             def save_state(step: int) -> Path:
                 driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
                           "rewards": rewards.state_dict(), "summary": summary}
-                return run_state.save(out, step, cfg, groups, driver)
+                t = time.perf_counter()
+                path = run_state.save(out, step, cfg, groups, driver)
+                log.log("rl", step, {"time/checkpoint": time.perf_counter() - t})
+                return path
 
             bar = stage_bar(cfg.algo.name, cfg.rl.steps)
             bar.update(first - 1)
@@ -201,9 +219,11 @@ def run(cfg: RunConfig) -> dict:
                     m.update(ctl.evaluate(held_out))
                 log.log("rl", step, m)
                 saved = None
-                if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
+                if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or stop.requested:
                     saved = save_state(step)
                     bar.write(f"[rlhf] saved {saved}")
+                    stop.stop(f"after RL step {step}; the state is saved in {saved}: continue with the same overrides "
+                              f"and trainer.resume=auto trainer.output_dir={out}")
                 if ctl.skip_limit_reached():
                     saved = saved or save_state(step)
                     raise JobError(
@@ -216,13 +236,6 @@ def run(cfg: RunConfig) -> dict:
                     )
                 bar.update()
                 bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
-                if step % cfg.trainer.log_every == 0:
-                    bar.write(
-                        f"[{cfg.algo.name} {step}] "
-                        + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "critic/value_loss", "critic/explained_var",
-                                  "rollout/logprob_abs_diff_max",
-                                  "time/rollout", "time/train", "time/push", "time/step"])
-                    )
             bar.close()
             acc = ctl.evaluate(held_out)
             log.log("rl", cfg.rl.steps, acc)
@@ -248,6 +261,8 @@ def run(cfg: RunConfig) -> dict:
         log.close()
         rewards.close()
         ray.shutdown()  # takes every other role process down with it
+        stop.restore()
+        report.build_quietly(out)
 
 
 def _role_groups(roles) -> dict:

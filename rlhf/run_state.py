@@ -2,20 +2,30 @@
 
 A state folder `<output_dir>/checkpoints/state-rl-step<N>/` holds the trainer groups' sharded
 weights, optimizer moments, LR schedules and RNG (one DCP folder per group, written by every
-rank) and `driver.json`: the step, the data position, the controller's and the reward
-manager's counters, and the config the run had. Rollout sampling is seeded per generation
+rank), `driver.json` (the step, the data position, the controller's and the reward manager's
+counters, and the config the run had) and `COMPLETE`. Rollout sampling is seeded per generation
 round (see `Controller.draws`), so it needs no state of its own.
+
+A state is written under a temporary name, renamed, and `COMPLETE` (the size of every file) is
+written last, so a run killed mid-save leaves no folder that looks resumable; a folder whose
+files no longer match `COMPLETE` (truncated, lost) is skipped with a warning by `resume=auto`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
 from rlhf.config import ConfigError, RunConfig
 
 PREFIX = "state-rl-step"
+MARKER = "COMPLETE"
+_TMP = ".tmp-"
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
 # is reported, not what is computed.
 _FREE = ("trainer.", "eval.")
@@ -31,55 +41,169 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check(cfg: RunConfig) -> dict:
-    """Read `trainer.resume` and check it fits this config; runs before any process starts."""
-    path = Path(cfg.trainer.resume)
-    driver = path / "driver.json"
-    if not driver.is_file():
-        raise ConfigError(
-            f"trainer.resume={cfg.trainer.resume!r} is not a resumable state (no driver.json there); point it at "
-            f"a {PREFIX}<N> folder under a run's checkpoints/ (written when trainer.save_every > 0)"
-        )
-    state = json.loads(driver.read_text())
+def _files(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def problem(path: Path) -> str | None:
+    """Why the state folder `path` cannot be resumed from, or None if it is complete and intact."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return f"no {MARKER} marker (the save did not finish)"
+    try:
+        expected = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return f"its {MARKER} marker is unreadable ({e})"
+    found = _files(path)
+    for name, size in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != size:
+            return f"{name} has {found[name]} bytes, {size} were written (truncated or overwritten)"
+    try:
+        json.loads((path / "driver.json").read_text())
+    except ValueError as e:
+        return f"driver.json is unreadable ({e})"
+    return None
+
+
+def states(out: Path) -> list[tuple[int, Path]]:
+    """The state folders under `<out>/checkpoints`, by step (complete or not; temporaries left out)."""
+    found = []
+    for p in (out / "checkpoints").glob(f"{PREFIX}*"):
+        m = re.fullmatch(rf"{PREFIX}(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest(out: Path, warn=print) -> Path | None:
+    """The newest intact state under `<out>/checkpoints`; broken ones are named in a warning and skipped."""
+    for _, path in reversed(states(out)):
+        why = problem(path)
+        if why is None:
+            return path
+        warn(f"[rlhf] warning: skipping {path}: {why}")
+    return None
+
+
+def _grows(key: str, saved: dict, now: dict) -> bool:
+    """`rl.steps` may grow on resume when no LR schedule depends on the total."""
+    return (key == "rl.steps" and now[key] >= saved[key] and now["rl.lr_schedule"] == "constant"
+            and (now["critic.lr_schedule"] == "constant" or now["algo.adv_estimator"] != "gae"))
+
+
+def check(cfg: RunConfig) -> dict | None:
+    """Find and check the state `trainer.resume` names, before any process starts; None: start afresh.
+
+    `trainer.resume=auto` takes the newest intact state under `trainer.output_dir` (none: a fresh
+    start). Reads only: the run calls `rewind_metrics` when it starts.
+    """
+    if cfg.trainer.resume is None:
+        return None
+    out = Path(cfg.trainer.output_dir)
+    if cfg.trainer.resume == "auto":
+        path = latest(out, warn=lambda m: print(m, file=sys.stderr, flush=True))
+        if path is None:
+            print(f"[rlhf] trainer.resume=auto: no complete state under {out / 'checkpoints'}; starting from the beginning",
+                  flush=True)
+            return None
+    else:
+        path = Path(cfg.trainer.resume)
+        if not (path / "driver.json").is_file():
+            raise ConfigError(
+                f"trainer.resume={cfg.trainer.resume!r} is not a resumable state (no driver.json there); point it at "
+                f"a {PREFIX}<N> folder under a run's checkpoints/ (written when trainer.save_every > 0), or use "
+                f"trainer.resume=auto"
+            )
+    state = json.loads((path / "driver.json").read_text())
     saved, now = _flat(state["config"]), _flat(dataclasses.asdict(cfg))
     diffs = [
         f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
-        if not k.startswith(_FREE) and saved.get(k) != now.get(k)
+        if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)
     ]
     if diffs:
         raise ConfigError(
-            f"trainer.resume={cfg.trainer.resume!r} was saved with a different config; resume with the same "
-            f"overrides (only trainer.* and eval.* may change). Differences:\n  " + "\n  ".join(diffs)
+            f"the state {path} was saved with a different config; resume with the same overrides (only trainer.* "
+            f"and eval.* may change, and rl.steps may grow with constant LR schedules). Differences:\n  "
+            + "\n  ".join(diffs)
         )
-    for group in state["groups"]:
-        if not (path / group).is_dir():
-            raise ConfigError(f"trainer.resume={cfg.trainer.resume!r} lacks its {group}/ folder; the state is incomplete")
+    why = problem(path)
+    if why is not None:
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r} is not a complete state: {why}")
     if not Path(state["start_path"], "config.json").is_file():
         raise ConfigError(
-            f"trainer.resume={cfg.trainer.resume!r} needs the stage's starting checkpoint {state['start_path']} "
+            f"the state {path} needs the stage's starting checkpoint {state['start_path']} "
             f"(the reference policy and the rollout's first weights), which is gone"
         )
     state["path"] = str(path)
     return state
 
 
+def rewind_metrics(out: Path, step: int) -> None:
+    """Drop the rows of `<out>/metrics.jsonl` from after RL step `step` (steps a stopped run did not
+    save), so the resumed run's file reads as one run; SFT rows and that step's own row stay."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if row["stage"] != "rl" or row["step"] < step or (row["step"] == step and "reward/mean" in row):
+            keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
+        print(f"[rlhf] {path}: dropped {len(lines) - len(keep)} rows from after RL step {step}", flush=True)
+
+
 def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
-    """Write a state folder for the end of RL step `step`; `groups` maps a name to a TrainerGroup."""
-    path = out / "checkpoints" / f"{PREFIX}{step}"
+    """Write a state folder for the end of RL step `step`; `groups` maps a name to a TrainerGroup.
+
+    Written under a temporary name and renamed, then marked complete; the oldest states beyond
+    `trainer.keep_last` are removed afterwards.
+    """
+    ckpt = out / "checkpoints"
+    path, tmp = ckpt / f"{PREFIX}{step}", ckpt / f"{_TMP}{PREFIX}{step}"
+    for stale in ckpt.glob(f"{_TMP}{PREFIX}*"):  # left by a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    if path.exists():  # e.g. a broken state of the same step from before a resume
+        shutil.rmtree(path)
+    tmp.mkdir(parents=True)
     for name, group in groups.items():
-        group.all("save_state", str(path / name))
+        group.all("save_state", str(tmp / name))
     state = {"step": step, "config": dataclasses.asdict(cfg), "groups": sorted(groups), **driver}
-    tmp = path / "driver.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path / "driver.json")  # written last: a folder with driver.json is complete
+    (tmp / "driver.json").write_text(json.dumps(state, indent=2))
+    _fsync_tree(tmp)
+    tmp.rename(path)
+    marker = path / f"{MARKER}.tmp"
+    marker.write_text(json.dumps({"step": step, "files": _files(path)}, indent=1))
+    _fsync(marker)
+    marker.rename(path / MARKER)
+    if cfg.trainer.keep_last:
+        for _, old in states(out)[: -cfg.trainer.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def latest(out: Path) -> Path | None:
-    """The newest complete state folder of a run (one whose driver.json was written), if any."""
-    states = [p for p in (Path(out) / "checkpoints").glob(f"{PREFIX}*") if (p / "driver.json").is_file()]
-    return max(states, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            _fsync(p)
 
 
 def restore(state: dict, groups: dict) -> None:

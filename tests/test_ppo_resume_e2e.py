@@ -1,10 +1,16 @@
 """PPO end to end, then exact resume through the real entry point: a run resumed from its step-2
-state must continue exactly as the uninterrupted run did (the reference is that run)."""
+state, killed with SIGKILL after step 4 and resumed again with trainer.resume=auto, must
+reproduce the uninterrupted run's steps 3-6 to the bit (the reference is that run)."""
 
 import dataclasses
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +25,7 @@ pytestmark = pytest.mark.e2e
 # PPO with a critic, critic pre-training and an adaptive KL controller against a reference: every
 # piece of state (two optimizers, LR schedules, KL coefficient, data position, sampling seeds).
 # 200 SFT steps give a policy right ~25% of the time: rewards, advantages and gradients are live.
-ARGS = ["algo=ppo", "sft.steps=200", "rl.steps=4", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
+ARGS = ["algo=ppo", "sft.steps=200", "rl.steps=6", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
         "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "actor/clip_frac", "actor/kl_coef",
             "actor/kl_rollout_batch", "critic/value_loss", "critic/grad_norm", "critic/explained_var",
@@ -30,18 +36,46 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "rlhf.main", *ARGS, *args], capture_output=True, text=True, timeout=900)
 
 
+def _session(sid: int) -> list[int]:
+    """Processes of session `sid` (the driver's, started with start_new_session)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                found.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def _run_and_kill(marker, *args):
+    """Run the driver until `marker` exists, then SIGKILL it, as a crashed node would."""
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf.main", *ARGS, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 900
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    # Ray's agents outlive a SIGKILLed driver for a while: end the ones this run started.
+    time.sleep(2)
+    for pid in _session(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     proc = _run(f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = rl_steps(read_metrics(full))
-    assert sorted(a) == [1, 2, 3, 4]
+    assert sorted(a) == [1, 2, 3, 4, 5, 6]
     for r in a.values():
         assert r["critic/value_loss"] >= 0 and "critic/explained_var" in r and "critic/grad_norm" in r
         assert r["rollout/logprob_abs_diff_max"] < 1e-4
     # Step 1 pre-trains the critic only: no policy update, no weight push.
     assert a[1]["actor/updated"] == 0 and "actor/policy_loss" not in a[1] and a[1]["time/push"] == 0
-    assert all(a[s]["actor/updated"] == 1 and "actor/policy_loss" in a[s] for s in (2, 3, 4))
+    assert all(a[s]["actor/updated"] == 1 and "actor/policy_loss" in a[s] for s in (2, 3, 4, 5, 6))
     # The trained critic is saved as a plain HF token-classification model; its head started at
     # zero, so non-zero values mean the saved weights are the trained ones.
     critic = AutoModelForTokenClassification.from_pretrained(full / "checkpoints" / "critic")
@@ -49,25 +83,30 @@ def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path):
     assert critic(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.abs().max() > 1e-4
 
     state = full / "checkpoints" / "state-rl-step2"
-    assert (state / "driver.json").is_file() and (full / "checkpoints" / "state-rl-step4" / "driver.json").is_file()
+    assert all((full / "checkpoints" / f"state-rl-step{s}" / "COMPLETE").is_file() for s in (2, 4, 6))
 
-    proc = _run(f"trainer.output_dir={resumed}", f"trainer.resume={state}")
+    # Resumed from the named step-2 state into a new folder, saving every step, killed after step 4 ...
+    _run_and_kill(resumed / "checkpoints" / "state-rl-step4" / "COMPLETE", f"trainer.output_dir={resumed}",
+                  f"trainer.resume={state}", "trainer.save_every=1")
+    # ... and resumed again from whatever its newest complete state is.
+    proc = _run(f"trainer.output_dir={resumed}", "trainer.resume=auto", "trainer.save_every=1")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "continuing at RL step 3" in proc.stdout
+    k = int(re.search(r"continuing at RL step (\d+)", proc.stdout).group(1)) - 1
+    assert k >= 4
     b = rl_steps(read_metrics(resumed))
-    assert sorted(b) == [3, 4]  # no SFT, no steps 1-2 again
-    for step in (3, 4):  # the comparison means something only if there was something to learn
+    assert sorted(b) == [3, 4, 5, 6]  # no SFT, no steps 1-2, none twice
+    for step in (3, 4, 5, 6):  # the comparison means something only if there was something to learn
         assert a[step]["reward/groups_with_signal"] > 0 and a[step]["actor/grad_norm"] > 0
         for key in COMPARED:
             assert key in a[step], key
-            assert abs(a[step][key] - b[step][key]) <= 1e-5 * max(1.0, abs(a[step][key])), (step, key, a[step][key], b[step][key])
+            assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
     for name in ("rl", "critic"):
         wa = load_file(full / "checkpoints" / name / "model.safetensors")
         wb = load_file(resumed / "checkpoints" / name / "model.safetensors")
         assert wa.keys() == wb.keys()
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+        assert all(torch.equal(wa[name], wb[name]) for name in wa)
     summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["resumed_from"] == str(state)
+    assert summary["resumed_from"] == str(resumed / "checkpoints" / f"state-rl-step{k}")
     assert summary["accuracy_after_sft"] == json.loads((full / "summary.json").read_text())["accuracy_after_sft"]
 
 

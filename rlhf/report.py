@@ -1,0 +1,245 @@
+"""`python -m rlhf.report DIR`: plots and a summary of a run, from its metrics.jsonl, in DIR/report/.
+
+Works on any run folder: finished (summary.json there), still running, stopped or crashed
+(whatever rows were written). Also built at the end of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from rlhf.metrics import read_metrics
+
+# (file, title, y label, [(key, legend)]): one plot each, over RL steps.
+RL_PLOTS = [
+    ("reward", "Training reward", "reward", [("reward/mean", "mean"), ("reward/groups_with_signal", "groups with signal")]),
+    ("kl", "KL to the reference", "KL", [("actor/kl_ref", "kl_ref (loss)"), ("actor/kl_rollout_batch", "on the rollout batch")]),
+    ("entropy", "Policy entropy (estimate from the samples)", "nats / token",
+     [("actor/entropy_estimate", "-log p of sampled tokens"), ("actor/entropy", "entropy (bonus term)")]),
+    ("response_length", "Response length", "tokens", [("response/length_mean", "mean")]),
+    ("clip_fraction", "PPO clip fraction", "fraction", [("actor/clip_frac", "actor"), ("critic/clip_frac", "critic")]),
+    ("grad_norm", "Gradient norm (before clipping)", "norm", [("actor/grad_norm", "actor"), ("critic/grad_norm", "critic")]),
+    ("throughput", "Throughput", "tokens / s", [("throughput/generated_tokens_per_s", "generated"),
+                                                ("throughput/trained_tokens_per_s", "trained")]),
+]
+PHASES = ["time/rollout", "time/logprobs", "time/train", "time/push", "time/checkpoint"]
+
+
+def _rows(out: Path) -> list[dict]:
+    """Rows merged per (stage, step): a step's checkpoint time comes in a row of its own."""
+    merged: dict[tuple, dict] = {}
+    for row in read_metrics(out) if (out / "metrics.jsonl").exists() else []:
+        merged.setdefault((row["stage"], row["step"]), {}).update(row)
+    return list(merged.values())
+
+
+def _series(rows: list[dict], stage: str, key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    from matplotlib.ticker import MaxNLocator
+
+    def save(fig, name: str, title: str) -> None:
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}.png", dpi=90)
+        plt.close(fig)
+        made.append((name, title))
+
+    rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+    # Held-out accuracy: one panel per stage (each on its own steps), sharing the accuracy axis.
+    stages = [st for st in ("sft", "rl") if _series(rows, st, "eval/accuracy")[0]]
+    if stages:
+        fig, axes = plt.subplots(1, len(stages), figsize=(6, 3.5), sharey=True, squeeze=False)
+        for ax, st in zip(axes[0], stages):
+            x, y = _series(rows, st, "eval/accuracy")
+            if st == "rl" and "sft" in stages:  # RL starts from the last SFT measurement
+                x, y = [0, *x], [_series(rows, "sft", "eval/accuracy")[1][-1], *y]
+            ax.plot(x, y, "o-")
+            for xi, yi in zip(x, y):
+                ax.annotate(f"{yi:.2f}", (xi, yi), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+            ax.set(title=st.upper(), xlabel=f"{st.upper()} step", ylim=(0, 1.05))
+        axes[0][0].set_ylabel("held-out accuracy")
+        fig.suptitle("Held-out accuracy", fontsize=11)
+        save(fig, "eval_accuracy", "Held-out accuracy")
+    xs, ys = _series(rows, "sft", "sft/loss")
+    if xs:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(xs, ys)
+        ax.set(title="SFT loss", xlabel="SFT step", ylabel="loss")
+        save(fig, "sft_loss", "SFT loss")
+    for name, title, ylabel, keys in RL_PLOTS:
+        lines = [(legend, *_series(rl, "rl", key)) for key, legend in keys]
+        lines = [line for line in lines if line[1]]
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for legend, x, y in lines:
+            ax.plot(x, y, marker="." if len(x) < 40 else None, label=legend)
+        if name == "reward" and _series(rl, "rl", "reward/std")[0]:
+            x, mean = _series(rl, "rl", "reward/mean")
+            std = _series(rl, "rl", "reward/std")[1]
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                            label="mean ± std")
+        ax.set(title=title, xlabel="RL step", ylabel=ylabel)
+        ax.legend(fontsize=8)
+        save(fig, name, title)
+    by_step = {r["step"]: r for r in rows if r["stage"] == "rl" and ("reward/mean" in r or "time/checkpoint" in r)}
+    phases = [p for p in PHASES if any(isinstance(r.get(p), (int, float)) for r in by_step.values())]
+    if phases:
+        steps = sorted(s for s, r in by_step.items() if "reward/mean" in r)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        bottom = [0.0] * len(steps)
+        for phase in phases:
+            vals = [float(by_step[s].get(phase) or 0.0) for s in steps]
+            if phase == "time/rollout":  # split scoring out of the rollout phase
+                reward = [float(by_step[s].get("time/reward") or 0.0) for s in steps]
+                ax.bar(steps, [v - r for v, r in zip(vals, reward)], bottom=bottom, label="generate")
+                bottom = [b + v - r for b, v, r in zip(bottom, vals, reward)]
+                ax.bar(steps, reward, bottom=bottom, label="reward")
+                bottom = [b + r for b, r in zip(bottom, reward)]
+                continue
+            ax.bar(steps, vals, bottom=bottom, label=phase.split("/")[1])
+            bottom = [b + v for b, v in zip(bottom, vals)]
+            if phase == "time/push":  # the rest of the step: advantages, metrics, the driver's own work
+                other = [max(float(by_step[s].get("time/step") or 0.0) - b, 0.0) for s, b in zip(steps, bottom)]
+                ax.bar(steps, other, bottom=bottom, label="other")
+                bottom = [b + o for b, o in zip(bottom, other)]
+        ax.set(title="Time per RL step, by phase", xlabel="RL step", ylabel="seconds")
+        ax.legend(fontsize=8, ncol=3)
+        save(fig, "phase_times", "Time per RL step, by phase")
+    return made
+
+
+def _config_diff(out: Path) -> list[str]:
+    """The run's config.json against the defaults (of its algorithm's config group, if it has one)."""
+    from rlhf.config import CONFIG_DIR, load_config
+    from rlhf.run_state import _flat
+
+    path = out / "config.json"
+    if not path.is_file():
+        return []
+    now = _flat(json.loads(path.read_text()))
+    algo = now.get("algo.name")
+    group = [f"algo={algo}"] if (CONFIG_DIR / "algo" / f"{algo}.yaml").is_file() else []
+    defaults = _flat(dataclasses.asdict(load_config(group)))
+    diff = [f"`{g}` (config group)" for g in group if g != "algo=grpo"]
+    return diff + [f"`{k}={now.get(k)!r}` (default `{defaults.get(k)!r}`)" for k in sorted(set(now) | set(defaults))
+                   if k != "trainer.output_dir" and now.get(k) != defaults.get(k)]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def build(out) -> Path:
+    """Write `<out>/report/`: a PNG per plot and report.md. Returns the report.md path."""
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} is not a run folder")
+    folder = out / "report"
+    folder.mkdir(exist_ok=True)
+    rows = _rows(out)
+    plots = _plots(rows, folder)
+    lines = [f"# Run report: {out.name}", ""]
+    summary = out / "summary.json"
+    last = max((r.get("time", 0) for r in rows), default=None)
+    if summary.is_file():
+        lines += ["Status: **finished**.", "", "| summary | value |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in json.loads(summary.read_text()).items()]
+    else:
+        when = f"; its last row was written {time.time() - last:.0f} s ago" if last else ""
+        lines += [f"Status: **not finished** (no summary.json: still running, stopped or crashed{when})."]
+    rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+    sft = [r for r in rows if r["stage"] == "sft" and "sft/loss" in r]
+    lines += ["", f"SFT steps logged: {len(sft)}; RL steps logged: {len(rl)}."]
+    if rl:
+        keys = ["reward/mean", "actor/kl_ref", "actor/entropy_estimate", "response/length_mean", "actor/clip_frac",
+                "actor/grad_norm", "throughput/generated_tokens_per_s", "throughput/trained_tokens_per_s", "time/step"]
+        lines += ["", "| RL metric | first step | last step | mean |", "| --- | --- | --- | --- |"]
+        for k in keys:
+            vals = [r[k] for r in rl if isinstance(r.get(k), (int, float))]
+            if vals:
+                lines.append(f"| {k} | {_fmt(vals[0])} | {_fmt(vals[-1])} | {_fmt(sum(vals) / len(vals))} |")
+    evals = [r for r in rows if "eval/accuracy" in r]
+    if evals:
+        lines += ["", "| evaluation | held-out accuracy |", "| --- | --- |"]
+        lines += [f"| {r['stage']} step {r['step']} | {_fmt(r['eval/accuracy'])} |" for r in evals]
+    diff = _config_diff(out)
+    lines += ["", "## Config: differences from the defaults", ""]
+    lines += [f"- {d}" for d in diff] if diff else ["(none: the default job)"]
+    lines += ["", "## Plots", ""]
+    lines += [f"### {title}\n\n![{title}]({name}.png)\n" for name, title in plots]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return folder / "report.md"
+
+
+def _median(vals: list[float]) -> float:
+    vals = sorted(vals)
+    return (vals[(len(vals) - 1) // 2] + vals[len(vals) // 2]) / 2
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The console's closing table: per stage, steps and the median of each timing and rate."""
+    lines = [f"{'stage':<6}{'steps':>6}  {'metric':<34}{'median':>12}{'last':>12}"]
+    for stage, keys in [("sft", ["sft/loss", "time/step"]),
+                        ("rl", ["reward/mean", "time/step", "time/rollout", "time/reward", "time/logprobs", "time/train",
+                                "time/push", "time/checkpoint", "throughput/generated_tokens_per_s",
+                                "throughput/trained_tokens_per_s"])]:
+        steps = [r for r in rows if r["stage"] == stage and ("sft/loss" in r or "reward/mean" in r)]
+        for i, key in enumerate(keys):
+            vals = [r[key] for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]
+            if vals:
+                lines.append(f"{stage if i == 0 else '':<6}{len(steps) if i == 0 else '':>6}  {key:<34}"
+                             f"{_fmt(_median(vals)):>12}{_fmt(vals[-1]):>12}")
+    for r in rows:
+        if isinstance(r.get("eval/accuracy"), (int, float)):
+            lines.append(f"{'eval':<6}{'':>6}  {'accuracy at ' + r['stage'] + ' step ' + str(r['step']):<34}"
+                         f"{'':>12}{_fmt(r['eval/accuracy']):>12}")
+    return "\n".join(lines)
+
+
+def build_quietly(out) -> None:
+    """The end-of-run report and closing table: a failure is a warning, never the run's failure."""
+    try:
+        path = build(out)
+        print(summary_table(_rows(Path(out))), flush=True)
+        print(f"[rlhf] report: {path}", flush=True)
+    except Exception as e:
+        print(f"[rlhf] warning: the report could not be built ({type(e).__name__}: {e}); "
+              f"retry with python -m rlhf.report {out}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m rlhf.report RUN_DIR   (writes RUN_DIR/report/report.md and PNG plots)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        path = build(argv[0])
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[rlhf] report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

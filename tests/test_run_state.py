@@ -1,0 +1,93 @@
+"""State folders on disk: atomic save, completion marker, keep_last, resume=auto's choice of state
+and the rewinding of metrics.jsonl. The trainer groups are stand-ins that write files (the real
+save is covered end to end in test_ppo_resume_e2e.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf import run_state
+from rlhf.config import ConfigError, load_config
+
+
+class FileGroup:
+    """Writes a shard file per rank, as a trainer group's save_state does."""
+
+    def all(self, method, path):
+        assert method == "save_state"
+        Path(path).mkdir(parents=True)
+        for rank in range(2):
+            (Path(path) / f"rank{rank}.bin").write_bytes(bytes(range(256)) * 16)
+
+
+def _cfg(out, *extra):
+    return load_config([f"trainer.output_dir={out}", "trainer.save_every=1", *extra])
+
+
+def _save(cfg, out, step, start):
+    return run_state.save(out, step, cfg, {"actor": FileGroup()}, {"start_path": str(start), "summary": {}})
+
+
+@pytest.fixture
+def start(tmp_path):
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "config.json").write_text("{}")
+    return tmp_path / "start"
+
+
+def test_save_writes_a_marker_listing_every_file_and_keeps_the_last_k(tmp_path, start):
+    out = tmp_path / "run"
+    cfg = _cfg(out, "trainer.keep_last=2")
+    for step in (1, 2, 3):
+        path = _save(cfg, out, step, start)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["state-rl-step2", "state-rl-step3"]
+    marker = json.loads((path / "COMPLETE").read_text())
+    assert marker["files"] == {"actor/rank0.bin": 4096, "actor/rank1.bin": 4096,
+                               "driver.json": (path / "driver.json").stat().st_size}
+    assert json.loads((path / "driver.json").read_text())["step"] == 3
+
+
+def test_auto_skips_a_truncated_state_for_the_previous_complete_one(tmp_path, start, capsys):
+    out = tmp_path / "run"
+    cfg = _cfg(out, "trainer.keep_last=0")
+    for step in (1, 2, 3):
+        _save(cfg, out, step, start)
+    shard = out / "checkpoints" / "state-rl-step3" / "actor" / "rank1.bin"
+    shard.write_bytes(shard.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    (out / "checkpoints" / "state-rl-step4").mkdir()  # a save killed before its marker
+    state = run_state.check(_cfg(out, "trainer.resume=auto"))
+    assert state["step"] == 2 and state["path"] == str(out / "checkpoints" / "state-rl-step2")
+    err = capsys.readouterr().err
+    assert "skipping" in err and "state-rl-step4: no COMPLETE marker" in err
+    assert "actor/rank1.bin has 1000 bytes, 4096 were written" in err
+    # named explicitly, the broken state is refused with the reason
+    with pytest.raises(ConfigError, match="not a complete state: actor/rank1.bin has 1000 bytes"):
+        run_state.check(_cfg(out, f"trainer.resume={out / 'checkpoints' / 'state-rl-step3'}"))
+
+
+def test_auto_with_no_state_starts_afresh_and_a_different_config_is_refused(tmp_path, start):
+    out = tmp_path / "run"
+    assert run_state.check(_cfg(out, "trainer.resume=auto")) is None
+    _save(_cfg(out), out, 1, start)
+    with pytest.raises(ConfigError, match="rl.n: saved 8, now 4"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "rl.n=4"))
+    # rl.steps may grow with constant LR schedules (the default), not with a decaying one
+    assert run_state.check(_cfg(out, "trainer.resume=auto", "rl.steps=100"))["step"] == 1
+    with pytest.raises(ConfigError, match="rl.steps: saved 60, now 100"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "rl.steps=100", "rl.lr_schedule=cosine"))
+
+
+def test_resume_drops_the_rows_written_after_the_state(tmp_path, start):
+    out = tmp_path / "run"
+    _save(_cfg(out), out, 2, start)
+    rows = [{"stage": "sft", "step": 0, "eval/accuracy": 0.1}, {"stage": "sft", "step": 1, "sft/loss": 2.0},
+            {"stage": "rl", "step": 1, "reward/mean": 0.1}, {"stage": "rl", "step": 2, "reward/mean": 0.2},
+            {"stage": "rl", "step": 3, "reward/mean": 0.3}]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "rl", "st'  # cut short by the kill
+    (out / "metrics.jsonl").write_text(text)
+    state = run_state.check(_cfg(out, "trainer.resume=auto"))
+    assert (out / "metrics.jsonl").read_text() == text  # checking reads only
+    run_state.rewind_metrics(out, state["step"])
+    kept = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kept == rows[:4]
