@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.metrics import read_metrics
+from rlhf.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run_with_a_saved_st
     assert proc.returncode == 2, proc.stderr[-4000:]
     state = out / "checkpoints" / "state-rl-step4"
     assert "trainer.max_consecutive_skips=3" in proc.stderr and f"trainer.resume={state}" in proc.stderr
-    rl = [r for r in read_metrics(out) if r["stage"] == "rl"]
+    rl = list(rl_steps(read_metrics(out)).values())  # step rows (a checkpoint's time has its own row)
     assert [r["step"] for r in rl] == [1, 2, 3, 4]
     assert [r["actor/skipped_step"] for r in rl] == [0.0, 1.0, 1.0, 1.0]
     assert [r["train/skipped_updates_total"] for r in rl] == [0.0, 1.0, 2.0, 3.0]

@@ -70,7 +70,8 @@ def plain_hf(tiny_model, task):
 @pytest.mark.parametrize("tp", [1, 2], ids=["dp2", "tp2"])
 def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, tmp_path):
     batches, first, losses, norms, weights = plain_hf
-    cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, tp_size=tp, ep_size=1)
+    cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False,
+                       tp_size=tp, ep_size=1)
     group = TrainerGroup(2, ENGINES["automodel"], tiny_model, cfg, trainable=True, num_cpus=1, num_gpus=0,
                          name=f"layout-tp{tp}")
     try:
