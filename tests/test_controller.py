@@ -12,7 +12,8 @@ from rlhf.config import load_config
 from rlhf.controller import Controller
 from rlhf.roles import Roles
 from rollout.group import RolloutGroup
-from rlhf.data.arithmetic import Problem
+from rlhf.data.render import Renderer
+from rlhf.data.rows import Row
 from rlhf.data.sampler import Sampler
 from rewards.manager import RewardManager, RewardSpec
 
@@ -68,8 +69,9 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
     rewards = RewardManager([RewardSpec("exact_match")], fallback=0.0, timeout_s=10, num_workers=1, max_error_rate=0)
     try:
         rollout = ray.remote(ScriptedRollout).remote()
-        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), FakeTokenizer(), rewards)
-        problems = [Problem(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
+        tok = FakeTokenizer()
+        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), tok, rewards, Renderer(tok, True, None))
+        problems = [Row(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
         batch, _, errors, used = ctl._collect(Sampler(problems, seed=0))
     finally:
         rewards.close()
