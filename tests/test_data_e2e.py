@@ -27,7 +27,9 @@ CHATML = (
 GSM8K = ["data.prompt_key=question", "data.answer_key=answer", "data.response_key=answer", "reward.fn=math_answer",
          "model.arch.max_position_embeddings=512", "rollout.max_model_len=512", "rl.max_new_tokens=24",
          "eval.max_new_tokens=24", "sft.steps=4", "sft.batch_size=4", "rl.steps=2", "rl.prompts_per_step=4", "rl.n=2",
-         "eval.pass_k=2", "trainer.rollout_dump_every=1"]
+         "eval.pass_k=2", "trainer.rollout_dump_every=1",
+         # a few SFT steps leave every reward 0 (no advantage): a small entropy bonus makes RL move the policy
+         "algo.entropy_coef=0.01"]
 
 
 def _main(*args, timeout=900):
@@ -69,7 +71,7 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
         train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
         for src, dst in [(EXAMPLE / "train.jsonl", train), (EXAMPLE / "test.jsonl", test)]:
             datasets.Dataset.from_list([json.loads(line) for line in src.read_text().splitlines()]).to_parquet(str(dst))
-        extra = [f"model.path={request.getfixturevalue('chat_model')}", "data.system_prompt=Answer after ####."]
+        extra = [f"model.path={request.getfixturevalue('chat_model')}", "data.system_prompt='Answer after ####.'"]
     out = tmp_path / "run"
     proc = _main(*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]", f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
