@@ -248,8 +248,8 @@ def run(cfg: RunConfig) -> dict:
     # Finished stages: those before a resumed one, or, on a restart in the same folder, the
     # leading stages whose checkpoint is complete. The first stage to run starts from the last.
     done: dict[str, dict] = {}
-    for stage in stages:
-        record = ({} if stage.name != resume.get("stage", "rl") else None) if resume else finished(stage, out)
+    for i, stage in enumerate(stages):
+        record = ({} if stage.name != resume.get("stage", "rl") else None) if resume else finished(stage, out, stages[:i])
         if record is None:
             break
         done[stage.name] = record
@@ -283,7 +283,7 @@ def run(cfg: RunConfig) -> dict:
     try:
         job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
-        for stage in stages:
+        for i, stage in enumerate(stages):
             if stage.name in done:
                 continue
             renderer, train, evals, counts = job.data(stage)
@@ -313,7 +313,7 @@ def run(cfg: RunConfig) -> dict:
             job.roles.actor.all("save", str(ckpt))
             tok.save_pretrained(ckpt)  # the tokenizer as the run uses it, chat template included
             job.summary.update(record)
-            mark_finished(stage, out, {"summary": record})
+            mark_finished(stage, out, stages[:i], {"summary": record})
             start_path = str(ckpt.resolve())
         final = export_final(job.roles.actor, tok, out / "checkpoints" / "final")
         job.summary["final_checkpoint"] = str(final)

@@ -76,24 +76,28 @@ def plan(cfg: RunConfig) -> list[Stage]:
     return stages
 
 
-def _comparable(stage: Stage) -> dict:
-    """What determines a stage's result: the stages before it and its settings, but not where
-    output goes or how it is reported."""
+# Sections that cannot change what a stage of a kind produces.
+_IRRELEVANT = {"sft": ("rl", "algo", "critic", "reward"), "rl": ("sft",)}
+
+
+def _comparable(stage: Stage, before: list[Stage]) -> dict:
+    """What determines a stage's result: its settings and those of the stages before it, but not
+    where output goes or how it is reported."""
     d = dataclasses.asdict(stage.cfg)
-    for k in ("trainer", "eval", "stages", "stage_overrides"):
+    for k in ("trainer", "eval", "stages", "stage_overrides", *_IRRELEVANT[stage.kind]):
         d.pop(k)
-    d["after"] = stage.cfg.stages[: stage.index]
-    return d
+    d["after"] = [_comparable(s, before[:i]) for i, s in enumerate(before)]
+    return json.loads(json.dumps(d))
 
 
-def finished(stage: Stage, out: Path) -> dict | None:
+def finished(stage: Stage, out: Path, before: list[Stage]) -> dict | None:
     """The record of a finished stage in `out`, or None. A finished stage run with other settings
-    is an error: its checkpoint is not what this config asks for."""
+    (its own or an earlier stage's) is an error: its checkpoint is not what this config asks for."""
     marker = stage.checkpoint(out) / DONE
     if not marker.is_file():
         return None
     record = json.loads(marker.read_text())
-    if record["config"] != json.loads(json.dumps(_comparable(stage))):
+    if record["config"] != _comparable(stage, before):
         raise ConfigError(
             f"{stage.checkpoint(out)} is a finished {stage.name} stage run with other settings; restart with the "
             f"same config, use a new trainer.output_dir, or delete that folder to train the stage again"
@@ -101,8 +105,8 @@ def finished(stage: Stage, out: Path) -> dict | None:
     return record
 
 
-def mark_finished(stage: Stage, out: Path, record: dict) -> None:
+def mark_finished(stage: Stage, out: Path, before: list[Stage], record: dict) -> None:
     path = stage.checkpoint(out) / DONE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"stage": stage.name, "config": _comparable(stage), **record}, indent=2))
+    tmp.write_text(json.dumps({"stage": stage.name, "config": _comparable(stage, before), **record}, indent=2))
     tmp.replace(path)
