@@ -1,6 +1,6 @@
 """Exact resume: everything an RL stage needs to continue as if it had never stopped.
 
-A state folder `<output_dir>/checkpoints/state-rl-step<N>/` holds the trainer groups' sharded
+A state folder `<output_dir>/checkpoints/state-<stage>-step<N>/` (e.g. state-rl-step20) holds the trainer groups' sharded
 weights, optimizer moments, LR schedules and RNG (one DCP folder per group, written by every
 rank) and `driver.json`: the step, the data position, the controller's and the reward
 manager's counters, and the config the run had. Rollout sampling is seeded per generation
@@ -15,7 +15,6 @@ from pathlib import Path
 
 from rlhf.config import ConfigError, RunConfig
 
-PREFIX = "state-rl-step"
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
 # is reported, not what is computed.
 _FREE = ("trainer.", "eval.")
@@ -38,7 +37,7 @@ def check(cfg: RunConfig) -> dict:
     if not driver.is_file():
         raise ConfigError(
             f"trainer.resume={cfg.trainer.resume!r} is not a resumable state (no driver.json there); point it at "
-            f"a {PREFIX}<N> folder under a run's checkpoints/ (written when trainer.save_every > 0)"
+            f"a state-<stage>-step<N> folder under a run's checkpoints/ (written when trainer.save_every > 0)"
         )
     state = json.loads(driver.read_text())
     saved, now = _flat(state["config"]), _flat(dataclasses.asdict(cfg))
@@ -64,9 +63,9 @@ def check(cfg: RunConfig) -> dict:
     return state
 
 
-def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
-    """Write a state folder for the end of RL step `step`; `groups` maps a name to a TrainerGroup."""
-    path = out / "checkpoints" / f"{PREFIX}{step}"
+def save(out: Path, stage: str, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
+    """Write a state folder for the end of step `step` of RL stage `stage`; `groups` maps a name to a TrainerGroup."""
+    path = out / "checkpoints" / f"state-{stage}-step{step}"
     for name, group in groups.items():
         group.all("save_state", str(path / name))
     state = {"step": step, "config": dataclasses.asdict(cfg), "groups": sorted(groups), **driver}
@@ -78,8 +77,8 @@ def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Pa
 
 def latest(out: Path) -> Path | None:
     """The newest complete state folder of a run (one whose driver.json was written), if any."""
-    states = [p for p in (Path(out) / "checkpoints").glob(f"{PREFIX}*") if (p / "driver.json").is_file()]
-    return max(states, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+    states = [p for p in (Path(out) / "checkpoints").glob("state-*-step*") if (p / "driver.json").is_file()]
+    return max(states, key=lambda p: (p / "driver.json").stat().st_mtime, default=None)
 
 
 def restore(state: dict, groups: dict) -> None:
