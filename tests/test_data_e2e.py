@@ -93,6 +93,7 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
     # The RL stage starts from the SFT checkpoint: its first old log-probs are a plain HF forward of checkpoints/sft
     sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
     worst = max(float((_hf_logprobs(sft, s["input_ids"]) - torch.tensor(s["old_logprobs"])).abs().max()) for s in samples)
+    print(f"[{fmt}] RL step-1 old log-probs vs HF forward of checkpoints/sft: max abs diff {worst:.2e}")
     assert worst < 1e-5, worst
 
     # The export is the last stage's policy, in a folder plain transformers loads
@@ -110,5 +111,6 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
                   kv_cache_memory_bytes=64 << 20, seed=0)
         (res,) = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
         vl = torch.tensor([0.0] + [lp[t].logprob for t, lp in zip(ids[1:], res.prompt_logprobs[1:])])
+        print(f"[{fmt}] checkpoints/final, vLLM vs transformers prompt log-probs: max abs diff {float((vl - hf).abs().max()):.2e}")
         assert float((vl - hf).abs().max()) < 1e-5, float((vl - hf).abs().max())
         assert llm.get_tokenizer().encode("What is 2+3?", add_special_tokens=False) == tok.encode("What is 2+3?", add_special_tokens=False)

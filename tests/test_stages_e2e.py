@@ -52,7 +52,9 @@ def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path):
     assert [r["step"] for r in new if "reward/mean" in r] == [1, 2]
     # rl2 continued from checkpoints/rl on disk exactly as it did from the live weights
     again = load_file(out / "checkpoints" / "rl2" / "model.safetensors")
-    assert max(float((again[k] - first_rl2[k]).abs().max()) for k in again) < 1e-5
+    gap = max(float((again[k] - first_rl2[k]).abs().max()) for k in again)
+    print(f"rl2 after a restart vs uninterrupted: max abs weight diff {gap:.2e}")
+    assert gap < 1e-5
 
     # A finished stage is not silently reused by a run asking for something else (here the first RL
     # stage's learning rate; the SFT stage it does not touch still matches)
