@@ -23,9 +23,9 @@ from rlhf.data.sampler import Sampler
 from rlhf.data.sources import load_data
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.export import export_final
-from rlhf.stages import Stage, finished, mark_finished, plan
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.roles import start_roles, start_trainer
+from rlhf.stages import Stage, finished, mark_finished, plan
 from rewards.manager import RewardErrorRateExceeded, RewardManager
 
 # Environment every role process gets (on any node of a cluster, not just this one).

@@ -10,11 +10,11 @@ import torch
 from rlhf.batch import pack
 from rlhf.config import load_config
 from rlhf.controller import Controller
-from rlhf.roles import Roles
-from rollout.group import RolloutGroup
 from rlhf.data.render import Renderer
 from rlhf.data.rows import Row
 from rlhf.data.sampler import Sampler
+from rlhf.roles import Roles
+from rollout.group import RolloutGroup
 from rewards.manager import RewardManager, RewardSpec
 
 
