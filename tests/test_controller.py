@@ -108,7 +108,7 @@ def test_reward_functions_get_the_rows_extra_columns(ray_local):
                             fallback=-9.0, timeout_s=10, num_workers=1, max_error_rate=0)
     try:
         tok = FakeTokenizer()
-        ctl = Controller(cfg, Roles(actor=None, rollout=ray.remote(ScriptedRollout).remote()), tok, rewards,
+        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([ray.remote(ScriptedRollout).remote()], 0)), tok, rewards,
                          Renderer(tok, True, None))
         rows = [Row(f"{a}+1=", str(a + 1), extra={"parity": "odd" if a % 2 else "even"}) for a in range(4)]
         batch, _, errors, _ = ctl._collect(Sampler(rows, seed=0))
