@@ -279,7 +279,6 @@ def run(cfg: RunConfig) -> dict:
         job.summary.update(resume["summary"], resumed_from=resume["path"])
 
     _start_ray(cfg)
-    roles = None
     try:
         job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
