@@ -26,7 +26,7 @@ def _cfg(out, *extra):
 
 
 def _save(cfg, out, step, start):
-    return run_state.save(out, step, cfg, {"actor": FileGroup()}, {"start_path": str(start), "summary": {}})
+    return run_state.save(out, "rl", step, cfg, {"actor": FileGroup()}, {"start_path": str(start), "summary": {}})
 
 
 @pytest.fixture
@@ -88,6 +88,6 @@ def test_resume_drops_the_rows_written_after_the_state(tmp_path, start):
     (out / "metrics.jsonl").write_text(text)
     state = run_state.check(_cfg(out, "trainer.resume=auto"))
     assert (out / "metrics.jsonl").read_text() == text  # checking reads only
-    run_state.rewind_metrics(out, state["step"])
+    run_state.rewind_metrics(out, "rl", state["step"], [])
     kept = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kept == rows[:4]
