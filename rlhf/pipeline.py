@@ -222,8 +222,8 @@ class _Job:
             if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or self.stop.requested:
                 saved = save_state(step)
                 bar.write(f"[rlhf] saved {saved}")
-                self.stop.stop(f"after step {step} of stage {stage.name}; the state is saved in {saved}: continue with "
-                               f"the same overrides and trainer.resume=auto trainer.output_dir={out}")
+                self.stop.stop(f"after RL step {step}; the state is saved in {saved}: continue with the same overrides "
+                               f"and trainer.resume=auto trainer.output_dir={out}")
             if ctl.skip_limit_reached():
                 saved = saved or save_state(step)
                 raise JobError(
