@@ -45,6 +45,16 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> T
     )
 
 
+def pack_masked(examples: list[tuple[list[int], list[int]]], pad_id: int) -> TensorDict:
+    """Like `pack`, for sequences whose loss tokens are not one trailing span (e.g. the assistant
+    turns of a conversation): each example is (token ids, loss mask), the mask becoming
+    `response_mask`."""
+    batch = pack([ids for ids, _ in examples], [[] for _ in examples], pad_id)
+    for i, (ids, mask) in enumerate(examples):
+        batch["response_mask"][i, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    return batch
+
+
 def scatter_response_values(batch: TensorDict, per_response: list[list[float]]) -> torch.Tensor:
     """Place per-response-token values (e.g. rollout log-probs) at their columns in the layout."""
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)

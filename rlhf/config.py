@@ -41,6 +41,20 @@ class TaskConfig:
 
 
 @dataclass
+class DataConfig:
+    train_files: list[str]
+    eval_files: list[str]
+    prompt_key: str
+    answer_key: Optional[str]
+    response_key: Optional[str]
+    messages_key: Optional[str]
+    extra_keys: list[str]
+    system_prompt: Optional[str]
+    chat_template: bool
+    max_prompt_tokens: Optional[int]
+
+
+@dataclass
 class EngineGroupConfig:
     """What every trainer group (actor, reference, critic) is: an engine over some ranks."""
 
@@ -191,6 +205,8 @@ class RewardConfig:
 class EvalConfig:
     max_new_tokens: int
     every: int
+    pass_k: int
+    pass_temperature: float
 
 
 @dataclass
@@ -204,12 +220,14 @@ class TrainerConfig:
     keep_last: int
     resume: Optional[str]
     max_consecutive_skips: int
+    rollout_dump_every: int
 
 
 @dataclass
 class RunConfig:
     seed: int
     model: ModelConfig
+    data: DataConfig
     task: TaskConfig
     actor: ActorConfig
     rollout: RolloutConfig
@@ -221,6 +239,15 @@ class RunConfig:
     reward: RewardConfig
     eval: EvalConfig
     trainer: TrainerConfig
+    stages: list[str]
+    stage_overrides: dict
+
+    def prompt_limit(self) -> int:
+        """Longest prompt, in tokens, kept for this run (data.max_prompt_tokens, or what leaves
+        room for the longest generation in rollout.max_model_len)."""
+        if self.data.max_prompt_tokens is not None:
+            return self.data.max_prompt_tokens
+        return self.rollout.max_model_len - max(self.rl.max_new_tokens, self.eval.max_new_tokens)
 
 
 _SCALARS = {
@@ -292,6 +319,27 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+def _set_stage_override(data: dict, item: str, key: str) -> None:
+    """`stage_overrides={rl2: {...}}` replaces the mapping; `stage_overrides.rl2.rl.steps=3` sets one
+    value in it (values parsed as Hydra parses any override)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_overrides([item])[0].value()
+    except Exception as e:
+        raise ConfigError(f"could not parse override {item!r}: {e}") from e
+    path = key.split(".")[1:]
+    if not path:
+        if not isinstance(value, dict):
+            raise ConfigError(f"stage_overrides must be a mapping of stage name to settings, got {value!r}")
+        data["stage_overrides"] = value
+        return
+    node = data["stage_overrides"]
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
 def load_config(overrides: list[str]) -> RunConfig:
     """Compose `configs/` with command-line overrides and check the result.
 
@@ -301,11 +349,14 @@ def load_config(overrides: list[str]) -> RunConfig:
     from omegaconf import OmegaConf
 
     groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in CONFIG_GROUPS}
-    group_overrides, value_overrides = [], []
+    group_overrides, value_overrides, per_stage = [], [], []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
+        if key == "stage_overrides" or key.startswith("stage_overrides."):
+            per_stage.append((item, key))  # free-form by stage name: checked against the schema per stage
+            continue
         if key.startswith(("+", "~")):
             raise ConfigError(
                 f"override {item!r}: adding or deleting keys is not supported; every key is in configs/ "
@@ -331,8 +382,13 @@ def load_config(overrides: list[str]) -> RunConfig:
         data = OmegaConf.to_container(composed, resolve=True)
     except Exception as e:  # Hydra/OmegaConf parse and interpolation errors
         raise ConfigError(f"could not compose the config: {e}") from e
+    for item, key in per_stage:
+        _set_stage_override(data, item, key)
     cfg = _to_dataclass(RunConfig, data, "")
     validate(cfg)
+    from rlhf.stages import plan
+
+    plan(cfg)  # every stage's config, overrides merged, passes the same checks
     return cfg
 
 
@@ -517,6 +573,22 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.algo.norm_by_std and cfg.rl.n < 2:
         raise ConfigError("algo.norm_by_std needs rl.n >= 2 samples per prompt (a group std of one sample is undefined)")
+    limit = cfg.prompt_limit()
+    longest = limit + max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens)
+    if limit < 1 or longest > cfg.rollout.max_model_len:
+        raise ConfigError(
+            f"data.max_prompt_tokens={limit} plus the longest generation (rl.max_new_tokens / eval.max_new_tokens) "
+            f"is {longest} tokens, over rollout.max_model_len={cfg.rollout.max_model_len}; lower data.max_prompt_tokens "
+            f"or raise rollout.max_model_len"
+        )
+    if cfg.data.eval_files and not cfg.data.train_files:
+        raise ConfigError("data.eval_files needs data.train_files (with no training files the built-in task runs, "
+                          "with its own held-out problems)")
+    if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
+        raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
+                          f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")
+    if cfg.trainer.rollout_dump_every < 0:
+        raise ConfigError(f"trainer.rollout_dump_every must be 0 or more, got {cfg.trainer.rollout_dump_every}")
     if cfg.rl.temperature <= 0:
         raise ConfigError(f"rl.temperature must be > 0 for sampling, got {cfg.rl.temperature}")
     if cfg.model.path is not None:

@@ -14,9 +14,10 @@ from rlhf.algos.diagnostics import between_group_share, explained_variance
 from rlhf.algos.kl import KLController, clamp_kl, kl_estimate
 from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
 from rlhf.algos.rollout_correction import mis_keep, mismatch_metrics, tis_weights
-from rlhf.batch import cat, pack, split
+from rlhf.batch import cat, pack_masked, split
 from rlhf.config import RunConfig
-from rlhf.data.arithmetic import Problem
+from rlhf.data.render import Renderer
+from rlhf.data.rows import Row
 from rlhf.roles import Roles
 from rewards.manager import RewardManager
 from rollout.base import Sampling
@@ -28,8 +29,14 @@ def _responses(batch) -> list[list[int]]:
 
 
 class Controller:
-    def __init__(self, cfg: RunConfig, roles: Roles, tokenizer, rewards: RewardManager):
-        self.cfg, self.roles, self.tok, self.rewards = cfg, roles, tokenizer, rewards
+    """One per stage: `cfg` is the stage's config; `stream` names its sampling seeds (the first RL
+    stage, "rl", keeps the stream runs had before stages could repeat, so their numbers stand)."""
+
+    def __init__(self, cfg: RunConfig, roles: Roles, tokenizer, rewards: RewardManager, renderer: Renderer,
+                 stream: str = "rl"):
+        self.cfg, self.roles, self.tok, self.rewards, self.render = cfg, roles, tokenizer, rewards, renderer
+        self.stream = "" if stream == "rl" else f"{stream}:"
+        self.last_batch = None  # the latest RL step's batch (for rollout dumps)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
@@ -63,8 +70,8 @@ class Controller:
         limit = self.cfg.trainer.max_consecutive_skips
         return limit > 0 and self.skipped_in_a_row >= limit
 
-    def prompt_ids(self, problems: list[Problem]) -> list[list[int]]:
-        return [self.tok(p.prompt).input_ids for p in problems]
+    def prompt_ids(self, rows: list[Row]) -> list[list[int]]:
+        return [self.render.prompt_ids(r) for r in rows]
 
     def decode(self, batch) -> list[str]:
         return self.tok.batch_decode(_responses(batch), skip_special_tokens=True)
@@ -75,46 +82,64 @@ class Controller:
         elapsed = time.perf_counter() - t
         return {"time/push": elapsed, "weight_sync/gb_per_s": sent / 1e9 / max(elapsed, 1e-9)}
 
-    def evaluate(self, problems: list[Problem]) -> dict[str, float]:
-        """Greedy decoding through the rollout engine, scored by the run's reward function."""
-        t = time.perf_counter()
-        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
-        batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
-        texts = self.decode(batch)
-        scores = self.rewards.score(
-            [p.prompt for p in problems], texts, [p.answer for p in problems], count_towards_limit=False
-        ).rewards
-        return {
-            # share of problems given full credit (reward >= 1: exactly right, for 0/1 rewards)
-            "eval/accuracy": sum(s >= 1.0 for s in scores) / len(scores),
-            "eval/reward": sum(scores) / len(scores),
-            "eval/num_problems": len(problems),
-            "time/eval": time.perf_counter() - t,
-        }
+    def _score(self, rows: list[Row], batch, training: bool):
+        groups = batch["group_ids"].tolist()
+        return self.rewards.score([rows[g].prompt for g in groups], self.decode(batch), [rows[g].answer for g in groups],
+                                  [rows[g].extra for g in groups], count_towards_limit=training)
 
-    def sft_step(self, problems: list[Problem]) -> dict[str, float]:
+    def evaluate(self, evals: dict[str, list[Row]]) -> dict[str, float]:
+        """Per eval set: greedy decoding through the rollout engine scored by the stage's reward
+        (accuracy: the share given full credit, reward >= 1), and with `eval.pass_k` = k > 0 the
+        share of prompts with at least one of k samples right (pass@k)."""
+        if not evals:
+            return {}
         t = time.perf_counter()
-        answers = [self.tok(p.demo, add_special_tokens=False).input_ids + [self.eos] for p in problems]
-        batch = pack(self.prompt_ids(problems), answers, self.pad)
+        k = self.cfg.eval.pass_k
+        out, totals = {}, Counter()
+        for name, rows in evals.items():
+            greedy = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
+            scores = self._score(rows, self.roles.rollout.generate(self.prompt_ids(rows), greedy),
+                                 False).rewards
+            right = sum(s >= 1.0 for s in scores)
+            out[f"eval/{name}/accuracy"] = right / len(rows)
+            totals.update(right=right, reward=sum(scores), problems=len(rows))
+            if k:
+                sampled = Sampling(n=k, temperature=self.cfg.eval.pass_temperature, max_new_tokens=self.cfg.eval.max_new_tokens,
+                                   seed=random.Random(f"{self.cfg.seed}:eval").randrange(2**30))
+                batch = self.roles.rollout.generate(self.prompt_ids(rows), sampled)
+                hit = torch.tensor(self._score(rows, batch, False).rewards).view(len(rows), k).ge(1.0).any(-1)
+                out[f"eval/{name}/pass@{k}"] = float(hit.float().mean())
+                totals.update(passed=int(hit.sum()))
+        out.update({
+            "eval/accuracy": totals["right"] / totals["problems"],
+            "eval/reward": totals["reward"] / totals["problems"],
+            "eval/num_problems": totals["problems"],
+            "time/eval": time.perf_counter() - t,
+        })
+        if k:
+            out[f"eval/pass@{k}"] = totals["passed"] / totals["problems"]
+        return out
+
+    def sft_step(self, rows: list[Row]) -> dict[str, float]:
+        t = time.perf_counter()
+        batch = pack_masked([self.render.sft_example(r) for r in rows], self.pad)
         tokens = float(batch["response_mask"].sum())
         metrics = self.roles.actor.dp("train_step", batch, SFTLoss(), tokens)[0]
         metrics["sft/loss"] = metrics.pop("loss")
         metrics["time/step"] = time.perf_counter() - t
         return metrics
 
-    def _generate_and_score(self, problems: list[Problem], group_offset: int):
+    def _generate_and_score(self, rows: list[Row], group_offset: int):
         cfg = self.cfg
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
                             top_p=cfg.rl.top_p, top_k=cfg.rl.top_k, seed_per_prompt=cfg.rollout.seed_per_prompt,
-                            seed=random.Random(f"{cfg.seed}:{self.draws}").randrange(2**30))
+                            seed=random.Random(f"{cfg.seed}:{self.stream}{self.draws}").randrange(2**30))
         t = time.perf_counter()
-        batch = self.roles.rollout.generate(self.prompt_ids(problems), sampling)
+        batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling)
         self._add_timing({"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
         t = time.perf_counter()
-        groups = batch["group_ids"].tolist()
-        texts = self.decode(batch)
-        scored = self.rewards.score([problems[g].prompt for g in groups], texts, [problems[g].answer for g in groups])
+        scored = self._score(rows, batch, True)
         self._add_timing({"time/reward": time.perf_counter() - t})
         batch["scores"] = torch.tensor(scored.rewards, dtype=torch.float32)
         batch["reward_failed"] = torch.tensor(scored.failed)
@@ -260,6 +285,7 @@ class Controller:
         metrics["throughput/generated_tokens_per_s"] = float(lengths.sum()) / max(self.timing["time/generate"], 1e-9)
         metrics["throughput/trained_tokens_per_s"] = (
             float(batch["attention_mask"].sum()) * algo.epochs / max(timing["time/train"], 1e-9) if train_actor else 0.0)
+        self.last_batch = batch
         if self.roles.critic is not None:
             # values from before this step's update: how well the critic predicted returns it had not seen
             metrics["critic/explained_var"] = explained_variance(batch["returns"], batch["values"], mask)

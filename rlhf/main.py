@@ -9,11 +9,14 @@ import sys
 
 USAGE = """usage: python -m rlhf.main [--cfg] [key=value ...]
 
-Runs SFT warm-start then RL as configured in configs/ (defaults: configs/config.yaml).
+Runs the stages (default: SFT warm-start, then RL) as configured in configs/ (defaults:
+configs/config.yaml).
   algo=grpo                 algorithm (configs/algo/*.yaml)
   actor.engine=automodel    training engine
   model.path=DIR            any local Hugging Face model folder (default: the embedded tiny model)
   sft.steps=N rl.steps=N    stage lengths
+  stages=[sft,rl,rl]        any sequence of stages (per-stage settings: stage_overrides)
+  data.train_files=[F]      your own data (.jsonl, .parquet, save_to_disk folders; see README)
   trainer.output_dir=DIR    where metrics.jsonl, summary.json and checkpoints go
   --cfg [job]               print the composed config and exit
 """

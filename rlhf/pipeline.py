@@ -1,5 +1,6 @@
-"""The job: build the task and model, start the roles, run the stages (SFT warm-start, then RL),
-evaluate before and after each, and hand each stage's checkpoint on."""
+"""The job: load the data and the model, start the roles, run the stages in order (by default SFT
+warm-start, then RL), evaluate before and after each, hand each stage's checkpoint on, and
+export the last one as `checkpoints/final`."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from engines.base import OptimConfig
 from rlhf import report, run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller
-from rlhf.data.arithmetic import corpus, make_splits
+from rlhf.data.render import Renderer, keep_fitting
+from rlhf.data.rows import DataError
 from rlhf.data.sampler import Sampler
+from rlhf.data.sources import load_data
 from rlhf.data.tiny_model import ensure_tiny_model
+from rlhf.export import export_final
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.ray_auth import keep_token_local
 from rlhf.roles import start_roles, start_trainer
+from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
 from rlhf.stop_signal import StopSignal
 from rlhf.trackers import open_trackers
 from rewards.manager import RewardErrorRateExceeded, RewardManager
@@ -43,28 +48,14 @@ class JobError(RuntimeError):
     """A problem found before the heavy work starts, stated with its fix."""
 
 
-def _check_lengths(cfg: RunConfig, tok, problems) -> None:
-    longest = max(
-        len(tok(p.prompt).input_ids) + len(tok(a, add_special_tokens=False).input_ids) + 1
-        for p in problems
-        for a in (p.answer, p.demo)
-    )
-    longest_prompt = max(len(tok(p.prompt).input_ids) for p in problems)
-    need = max(longest, longest_prompt + max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens))
-    if need > cfg.rollout.max_model_len:
-        raise JobError(
-            f"rollout.max_model_len={cfg.rollout.max_model_len} is shorter than the longest sequence ({need} tokens: "
-            f"prompt plus rl.max_new_tokens / eval.max_new_tokens); raise rollout.max_model_len"
-        )
-
-
 def _start_ray(cfg: RunConfig) -> None:
     env = dict(_ROLE_ENV)
     env.update({k: os.environ[k] for k in _PASS_THROUGH if k in os.environ})
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    groups = [cfg.actor] + [cfg.ref] * cfg.algo.uses_reference + [cfg.critic] * cfg.algo.uses_critic
+    algos = [stage.cfg.algo for stage in plan(cfg)]
+    groups = [cfg.actor] + [cfg.ref] * any(a.uses_reference for a in algos) + [cfg.critic] * any(a.uses_critic for a in algos)
     need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     keep_token_local()
@@ -87,181 +78,283 @@ def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
     )
 
 
+def _dump_rollouts(batch, tok, path: Path) -> None:
+    """One JSON line per sample: texts, reward, and per column (prompt and response) the token
+    id, the trainer's log-prob before the update and the loss mask; rollout log-probs on the response."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in range(batch.batch_size[0]):
+            n = int(batch["attention_mask"][i].sum())
+            ids, mask = batch["input_ids"][i, :n].tolist(), batch["response_mask"][i, :n].tolist()
+            start = next((t for t, m in enumerate(mask) if m), n)
+            f.write(json.dumps({
+                "prompt": tok.decode(ids[:start]), "response": tok.decode(ids[start:], skip_special_tokens=True),
+                "reward": float(batch["scores"][i]), "input_ids": ids, "response_mask": mask,
+                "old_logprobs": batch["old_logprobs"][i, :n].tolist(),
+                "rollout_logprobs": batch["rollout_logprobs"][i, :n].tolist(),
+            }) + "\n")
+
+
+class _Job:
+    """What the stages share: the output folder, the tokenizer, the roles, the metrics, the summary."""
+
+    def __init__(self, cfg: RunConfig, out: Path, tok, log: MetricsLog):
+        self.cfg, self.out, self.tok, self.log = cfg, out, tok, log
+        self.roles = None
+        self.stop: StopSignal | None = None
+        self.summary: dict = {}
+        self._data: dict = {}
+
+    def data(self, stage: Stage):
+        """The stage's rows, rendered prompts over the limit dropped and counted."""
+        cfg = stage.cfg
+        key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.task), cfg.prompt_limit(),
+                          stage.kind, cfg.seed])
+        if key not in self._data:
+            renderer = Renderer(self.tok, cfg.data.chat_template, cfg.data.system_prompt)
+            try:
+                raw = load_data(cfg.data, cfg.task, cfg.seed)
+                limit, width = cfg.prompt_limit(), cfg.rollout.max_model_len
+                train = keep_fitting(raw.train, renderer, limit, width, sft=stage.kind == "sft")
+                evals = {name: keep_fitting(rows, renderer, limit, width, sft=False) for name, rows in raw.evals.items()}
+            except DataError as e:
+                raise JobError(str(e)) from e
+            if not train.rows:
+                raise JobError(f"stage {stage.name}: no training row fits (data.max_prompt_tokens={limit}, "
+                               f"rollout.max_model_len={width}); raise those limits")
+            counts = {"data/train_rows": len(train.rows), "data/dropped_long_prompts": train.long_prompts,
+                      "data/dropped_long_examples": train.long_examples,
+                      **{f"data/{n}/eval_rows": len(f.rows) for n, f in evals.items()},
+                      **{f"data/{n}/dropped_long_prompts": f.long_prompts for n, f in evals.items()}}
+            dropped = train.long_prompts + train.long_examples + sum(f.long_prompts for f in evals.values())
+            print(f"[rlhf] stage {stage.name}: {len(train.rows)} training rows"
+                  + "".join(f", {len(f.rows)} in eval set {n}" for n, f in evals.items())
+                  + (f"; dropped {dropped} over the length limits (prompt {limit}, SFT example {width} tokens)"
+                     if dropped else ""), flush=True)
+            self._data[key] = (renderer, train.rows, {n: f.rows for n, f in evals.items() if f.rows}, counts)
+        return self._data[key]
+
+    def evaluate(self, ctl: Controller, evals, stage: Stage, step: int, label: str) -> dict:
+        acc = ctl.evaluate(evals)
+        if acc:
+            self.log.log(stage.name, step, acc)
+            parts = [f"{k.removeprefix('eval/')} {v:.3f}" for k, v in acc.items()
+                     if k.startswith("eval/") and ("accuracy" in k or "pass@" in k) and (len(evals) > 1 or k.count("/") == 1)]
+            print(f"[rlhf] {label}: {' | '.join(parts)}", flush=True)
+        return acc
+
+    def sft(self, stage: Stage, ctl: Controller, train) -> None:
+        cfg = stage.cfg
+        actor = self.roles.actor
+        actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
+        sampler = Sampler(train, cfg.seed + stage.index)
+        bar = stage_bar(stage.name, cfg.sft.steps)
+        for step in range(1, cfg.sft.steps + 1):
+            m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
+            self.log.log(stage.name, step, m)
+            self.stop.stop(f"during stage {stage.name} at step {step} (SFT is not resumable: a new run starts it again)")
+            bar.update()
+            bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
+        bar.close()
+        ctl.sync_weights()
+
+    def rl(self, stage: Stage, ctl: Controller, train, evals, rewards: RewardManager, start_path: str, resume) -> None:
+        cfg, out, actor, roles = stage.cfg, self.out, self.roles.actor, self.roles
+        reported: set[str] = set()
+
+        def report_reward_errors(write) -> None:
+            """The first traceback of each kind of reward failure goes to the console and the run's log."""
+            for kind, tb in rewards.first_tracebacks.items():
+                if kind not in reported:
+                    reported.add(kind)
+                    write(f"[rlhf] first reward failure of kind {kind!r} (counted in reward/errors/{kind}):\n{tb}")
+                    with (out / "reward_errors.log").open("a") as f:
+                        f.write(f"--- {kind}\n{tb}\n")
+
+        rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
+        if cfg.algo.uses_reference:
+            t = time.time()
+            roles.ref = start_trainer(cfg, "ref", start_path, trainable=False, placement=roles.placement)
+            print(f"[rlhf] reference ready in {time.time() - t:.1f}s", flush=True)
+        if cfg.algo.uses_critic:
+            t = time.time()
+            roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value",
+                                         placement=roles.placement)
+            print(f"[rlhf] critic ready in {time.time() - t:.1f}s", flush=True)
+            roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
+        actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
+        sampler = Sampler(train, cfg.seed + stage.index)
+        groups = {"actor": actor, **({"critic": roles.critic} if roles.critic is not None else {})}
+        first = 1
+        if resume:
+            run_state.restore(resume, groups)
+            ctl.load_state_dict(resume["controller"])
+            sampler.load_state_dict(resume["sampler"])
+            rewards.load_state_dict(resume["rewards"])
+            ctl.sync_weights()
+            first = resume["step"] + 1
+            print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
+        def save_state(step: int) -> Path:
+            driver = {"stage": stage.name, "start_path": start_path, "controller": ctl.state_dict(),
+                      "sampler": sampler.state_dict(), "rewards": rewards.state_dict(), "summary": self.summary}
+            t = time.perf_counter()
+            path = run_state.save(out, stage.name, step, self.cfg, groups, driver)
+            self.log.log(stage.name, step, {"time/checkpoint": time.perf_counter() - t})
+            return path
+
+        bar = stage_bar(stage.name if stage.name != "rl" else cfg.algo.name, cfg.rl.steps)
+        bar.update(first - 1)
+        for step in range(first, cfg.rl.steps + 1):
+            try:
+                m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps)
+            except RewardErrorRateExceeded as e:
+                report_reward_errors(bar.write)
+                saved = out / "checkpoints" / f"{stage.name}-stopped-at-step{step - 1}"
+                actor.all("save", str(saved))
+                raise JobError(f"{e}\nThe policy as of step {step - 1} is saved in {saved}.") from e
+            report_reward_errors(bar.write)
+            if cfg.trainer.rollout_dump_every and step % cfg.trainer.rollout_dump_every == 0:
+                _dump_rollouts(ctl.last_batch, self.tok, out / "rollouts" / f"{stage.name}-step{step}.jsonl")
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
+                m.update(ctl.evaluate(evals))
+            self.log.log(stage.name, step, m)
+            saved = None
+            if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or self.stop.requested:
+                saved = save_state(step)
+                bar.write(f"[rlhf] saved {saved}")
+                self.stop.stop(f"after RL step {step}; the state is saved in {saved}: continue with the same overrides "
+                               f"and trainer.resume=auto trainer.output_dir={out}")
+            if ctl.skip_limit_reached():
+                saved = saved or save_state(step)
+                raise JobError(
+                    f"the last {ctl.skipped_in_a_row} optimizer updates (up to RL step {step} of stage {stage.name}) were "
+                    f"all skipped for a non-finite loss or gradient norm (trainer.max_consecutive_skips="
+                    f"{cfg.trainer.max_consecutive_skips}); the weights are those of the last finite update. The state "
+                    f"is saved in {saved} (continue with trainer.resume={saved}). Common causes: a learning rate "
+                    f"too high (rl.lr), clamps switched off (algo.log_ratio_clamp, algo.kl_clamp), or a model in "
+                    f"float16 (actor.dtype)."
+                )
+            bar.update()
+            bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
+            if step % cfg.trainer.log_every == 0:
+                bar.write(
+                    f"[{stage.name} {cfg.algo.name} {step}] "
+                    + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "critic/value_loss", "critic/explained_var",
+                              "rollout/logprob_abs_diff_max",
+                              "time/rollout", "time/train", "time/push", "time/step"])
+                )
+        bar.close()
+        if roles.critic is not None:
+            roles.critic.all("save", str(out / "checkpoints" / ("critic" if stage.name == "rl" else f"critic-{stage.name}")))
+        for name in ("ref", "critic"):
+            if getattr(roles, name) is not None:
+                getattr(roles, name).shutdown()
+                setattr(roles, name, None)
+
+
 def run(cfg: RunConfig) -> dict:
     start = time.time()
     resume = run_state.check(cfg)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    names = stage_names(cfg)
+    stages = [s for s in plan(cfg) if s.steps]  # a stage of 0 steps is no stage
     if resume:
-        run_state.rewind_metrics(out, resume["step"])
+        saved_stage = resume.get("stage", "rl")
+        run_state.rewind_metrics(out, saved_stage, resume["step"], names[names.index(saved_stage) + 1:])
 
-    train, held_out = make_splits(
-        cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error
-    )
-    model_path = cfg.model.path or ensure_tiny_model(cfg.model.cache_dir, corpus(train + held_out), cfg.model.arch, cfg.seed)
+    # Finished stages: those before a resumed one, or, on a restart in the same folder, the
+    # leading stages whose checkpoint is complete. The first stage to run starts from the last.
+    done: dict[str, dict] = {}
+    for i, stage in enumerate(stages):
+        record = ({} if stage.name != resume.get("stage", "rl") else None) if resume else finished(stage, out, stages[:i])
+        if record is None:
+            break
+        done[stage.name] = record
+    model_path = cfg.model.path
+    if model_path is None:
+        try:
+            texts = load_data(cfg.data, cfg.task, cfg.seed).texts
+        except DataError as e:
+            raise JobError(str(e)) from e
+        model_path = ensure_tiny_model(cfg.model.cache_dir, texts, cfg.model.arch, cfg.seed)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     if tok.eos_token_id is None:
         raise JobError(f"the tokenizer in {model_path} has no eos_token; set one in its tokenizer_config.json")
-    _check_lengths(cfg, tok, train + held_out)
+    last_done = [s for s in stages if s.name in done]
+    start_path = str(last_done[-1].checkpoint(out).resolve()) if last_done and not resume else model_path
     log = MetricsLog(str(out), open_trackers(cfg.trainer.loggers, out, dataclasses.asdict(cfg), cfg.trainer.log_every,
                                              cfg.algo.name))
-    print(f"[rlhf] model {model_path}; {len(train)} train / {len(held_out)} held-out problems; output {out}", flush=True)
-
-    rewards = RewardManager(
-        cfg.reward.specs(),
-        fallback=cfg.reward.fallback,
-        timeout_s=cfg.reward.timeout_s,
-        num_workers=cfg.reward.num_workers,
-        max_error_rate=cfg.reward.max_error_rate,
-    )
-    reported: set[str] = set()
-
-    def report_reward_errors(write) -> None:
-        """The first traceback of each kind of reward failure goes to the console and the run's log."""
-        for kind, tb in rewards.first_tracebacks.items():
-            if kind not in reported:
-                reported.add(kind)
-                write(f"[rlhf] first reward failure of kind {kind!r} (counted in reward/errors/{kind}):\n{tb}")
-                with (out / "reward_errors.log").open("a") as f:
-                    f.write(f"--- {kind}\n{tb}\n")
+    job = _Job(cfg, out, tok, log)
+    job.summary = {"model_path": model_path}
+    print(f"[rlhf] model {model_path}; stages {', '.join(s.name for s in stages) or 'none'}; output {out}", flush=True)
+    for stage in last_done:
+        if not resume:
+            job.summary.update(done[stage.name]["summary"])
+            print(f"[rlhf] stage {stage.name} finished in an earlier run ({stage.checkpoint(out)}): skipped", flush=True)
+    if resume:
+        job.summary.update(resume["summary"], resumed_from=resume["path"])
 
     _start_ray(cfg)
-    roles = None
-    stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
+    job.stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
         print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
               f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
-        roles = start_roles(cfg, model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        actor = roles.actor
-        ctl = Controller(cfg, roles, tok, rewards)
+        job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
-
-        summary: dict = {"model_path": model_path}
-        if resume:
-            summary.update(resume["summary"], resumed_from=resume["path"])
-        else:
-            acc = ctl.evaluate(held_out)
-            log.log("sft", 0, acc)
-            summary["accuracy_before_sft"] = acc["eval/accuracy"]
-
-        if cfg.sft.steps and not resume:
-            actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
-            sampler = Sampler(train, cfg.seed)
-            bar = stage_bar("sft", cfg.sft.steps)
-            for step in range(1, cfg.sft.steps + 1):
-                m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
-                log.log("sft", step, m)
-                stop.stop(f"during SFT at step {step} (SFT is not resumable: a new run starts it again)")
-                bar.update()
-                bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
-            bar.close()
-            ctl.sync_weights()
-            acc = ctl.evaluate(held_out)
-            log.log("sft", cfg.sft.steps, acc)
-            actor.all("save", str(out / "checkpoints" / "sft"))
-        if not resume:
-            summary["accuracy_after_sft"] = acc["eval/accuracy"]
-            print(f"[rlhf] held-out accuracy {'after SFT' if cfg.sft.steps else 'at start'}: {acc['eval/accuracy']:.3f}",
-                  flush=True)
-
-        if cfg.rl.steps:
-            if resume:
-                start_path = resume["start_path"]
-            else:
-                start_path = str((out / "checkpoints" / "sft").resolve() if cfg.sft.steps else Path(model_path).resolve())
-            rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
-            if cfg.algo.uses_reference:
-                t = time.time()
-                ctl.roles.ref = start_trainer(cfg, "ref", start_path, trainable=False,
-                                              placement=ctl.roles.placement)
-                print(f"[rlhf] reference ready in {time.time() - t:.1f}s", flush=True)
-            if cfg.algo.uses_critic:
-                t = time.time()
-                ctl.roles.critic = start_trainer(cfg, "critic", start_path, trainable=True, head="value",
-                                                 placement=ctl.roles.placement)
-                print(f"[rlhf] critic ready in {time.time() - t:.1f}s", flush=True)
-                ctl.roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
-            actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
-            sampler = Sampler(train, cfg.seed + 1)
-            groups = {"actor": actor, **({"critic": ctl.roles.critic} if ctl.roles.critic is not None else {})}
-            first = 1
-            if resume:
-                run_state.restore(resume, groups)
-                ctl.load_state_dict(resume["controller"])
-                sampler.load_state_dict(resume["sampler"])
-                rewards.load_state_dict(resume["rewards"])
-                ctl.sync_weights()
-                first = resume["step"] + 1
-                print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
-            def save_state(step: int) -> Path:
-                driver = {"start_path": start_path, "controller": ctl.state_dict(), "sampler": sampler.state_dict(),
-                          "rewards": rewards.state_dict(), "summary": summary}
-                t = time.perf_counter()
-                path = run_state.save(out, step, cfg, groups, driver)
-                log.log("rl", step, {"time/checkpoint": time.perf_counter() - t})
-                return path
-
-            bar = stage_bar(cfg.algo.name, cfg.rl.steps)
-            bar.update(first - 1)
-            for step in range(first, cfg.rl.steps + 1):
-                try:
-                    m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps)
-                except RewardErrorRateExceeded as e:
-                    report_reward_errors(bar.write)
-                    saved = out / "checkpoints" / f"rl-stopped-at-step{step - 1}"
-                    actor.all("save", str(saved))
-                    raise JobError(f"{e}\nThe policy as of step {step - 1} is saved in {saved}.") from e
-                report_reward_errors(bar.write)
-                if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.rl.steps:
-                    m.update(ctl.evaluate(held_out))
-                log.log("rl", step, m)
-                saved = None
-                if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or stop.requested:
-                    saved = save_state(step)
-                    bar.write(f"[rlhf] saved {saved}")
-                    stop.stop(f"after RL step {step}; the state is saved in {saved}: continue with the same overrides "
-                              f"and trainer.resume=auto trainer.output_dir={out}")
-                if ctl.skip_limit_reached():
-                    saved = saved or save_state(step)
-                    raise JobError(
-                        f"the last {ctl.skipped_in_a_row} optimizer updates (up to RL step {step}) were all skipped for "
-                        f"a non-finite loss or gradient norm (trainer.max_consecutive_skips="
-                        f"{cfg.trainer.max_consecutive_skips}); the weights are those of the last finite update. The state "
-                        f"is saved in {saved} (continue with trainer.resume={saved}). Common causes: a learning rate "
-                        f"too high (rl.lr), clamps switched off (algo.log_ratio_clamp, algo.kl_clamp), or a model in "
-                        f"float16 (actor.dtype)."
-                    )
-                bar.update()
-                bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
-            bar.close()
-            acc = ctl.evaluate(held_out)
-            log.log("rl", cfg.rl.steps, acc)
-            actor.all("save", str(out / "checkpoints" / "rl"))
-            if ctl.roles.critic is not None:
-                ctl.roles.critic.all("save", str(out / "checkpoints" / "critic"))
-        summary["accuracy_after_rl"] = acc["eval/accuracy"]
-        summary["wall_time_s"] = round(time.time() - start, 1)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(
-            "[rlhf] held-out accuracy: before SFT {accuracy_before_sft:.3f} | after SFT {accuracy_after_sft:.3f} | "
-            "after RL {accuracy_after_rl:.3f} | {wall_time_s}s".format(**summary),
-            flush=True,
-        )
-        return summary
+        for i, stage in enumerate(stages):
+            if stage.name in done:
+                continue
+            renderer, train, evals, counts = job.data(stage)
+            log.log(stage.name, 0, counts)
+            rewards = RewardManager(stage.cfg.reward.specs(), fallback=stage.cfg.reward.fallback,
+                                    timeout_s=stage.cfg.reward.timeout_s, num_workers=stage.cfg.reward.num_workers,
+                                    max_error_rate=stage.cfg.reward.max_error_rate)
+            try:
+                ctl = Controller(stage.cfg, job.roles, tok, rewards, renderer, stream=stage.name)
+                record: dict = {}
+                if not done and not resume and stage is stages[0]:
+                    acc = job.evaluate(ctl, evals, stage, 0, "at start")
+                    if acc:
+                        record["accuracy_at_start"] = acc["eval/accuracy"]
+                if stage.kind == "sft":
+                    job.sft(stage, ctl, train)
+                else:
+                    stage_resume = resume if resume and resume.get("stage", "rl") == stage.name else None
+                    job.rl(stage, ctl, train, evals, rewards, stage_resume["start_path"] if stage_resume else start_path,
+                           stage_resume)
+                acc = job.evaluate(ctl, evals, stage, stage.steps, f"after {stage.name}")
+                if acc:
+                    record[f"accuracy_after_{stage.name}"] = acc["eval/accuracy"]
+            finally:
+                rewards.close()
+            ckpt = stage.checkpoint(out)
+            job.roles.actor.all("save", str(ckpt))
+            tok.save_pretrained(ckpt)  # the tokenizer as the run uses it, chat template included
+            job.summary.update(record)
+            mark_finished(stage, out, stages[:i], {"summary": record})
+            start_path = str(ckpt.resolve())
+        final = export_final(job.roles.actor, tok, out / "checkpoints" / "final")
+        job.summary["final_checkpoint"] = str(final)
+        job.summary["wall_time_s"] = round(time.time() - start, 1)
+        (out / "summary.json").write_text(json.dumps(job.summary, indent=2))
+        accs = [f"{k.removeprefix('accuracy_').replace('_', ' ')} {v:.3f}" for k, v in job.summary.items()
+                if k.startswith("accuracy_")]
+        print(f"[rlhf] accuracy: {' | '.join(accs) or 'no eval data'} | {job.summary['wall_time_s']}s", flush=True)
+        return job.summary
     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
         # A rank whose peer died may fail first (a broken collective): look for the dead one.
-        dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(roles)
+        dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(job.roles)
         if dead is None:
             raise
-        raise JobError(_role_died(dead, roles, out)) from e
+        raise JobError(_role_died(dead, job.roles, out, names)) from e
     finally:
         log.close()
-        rewards.close()
         ray.shutdown()  # takes every other role process down with it
-        stop.restore()
+        job.stop.restore()
         report.build_quietly(out)
 
 
@@ -283,7 +376,7 @@ def _find_dead(roles) -> "ray.exceptions.RayActorError | None":
     return None
 
 
-def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path) -> str:
+def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path, order: list[str]) -> str:
     """Which role process died, and where the run can continue from."""
     who = "a role process"
     for name, group in _role_groups(roles).items():
@@ -291,7 +384,7 @@ def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path) -> str:
             if worker._actor_id.hex() == e.actor_id:
                 who = f"rollout engine {rank}" if name == "rollout" else f"trainer role {name!r} rank {rank}"
     pid = re.search(r"\bpid: (\d+)", str(e))
-    state = run_state.latest(out)
+    state = run_state.latest(out, order)
     where = (f"The last complete state is {state}: continue with the same overrides plus trainer.resume={state}."
              if state else "No state was saved (trainer.save_every=0), so the run cannot be resumed.")
     return (f"{who}{f' (pid {pid.group(1)})' if pid else ''} died, so the run stopped and every role process was shut "

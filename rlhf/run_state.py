@@ -1,6 +1,6 @@
 """Exact resume: everything an RL stage needs to continue as if it had never stopped.
 
-A state folder `<output_dir>/checkpoints/state-rl-step<N>/` holds the trainer groups' sharded
+A state folder `<output_dir>/checkpoints/state-<stage>-step<N>/` (e.g. state-rl-step20) holds the trainer groups' sharded
 weights, optimizer moments, LR schedules and RNG (one DCP folder per group, written by every
 rank), `driver.json` (the step, the data position, the controller's and the reward manager's
 counters, and the config the run had) and `COMPLETE`. Rollout sampling is seeded per generation
@@ -22,10 +22,11 @@ import sys
 from pathlib import Path
 
 from rlhf.config import ConfigError, RunConfig
+from rlhf.stages import stage_names
 
-PREFIX = "state-rl-step"
 MARKER = "COMPLETE"
 _TMP = ".tmp-"
+_NAME = re.compile(r"state-(.+)-step(\d+)")
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
 # is reported, not what is computed.
 _FREE = ("trainer.", "eval.")
@@ -45,6 +46,10 @@ def _files(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
+def folder_name(stage: str, step: int) -> str:
+    return f"state-{stage}-step{step}"
+
+
 def problem(path: Path) -> str | None:
     """Why the state folder `path` cannot be resumed from, or None if it is complete and intact."""
     marker = path / MARKER
@@ -55,11 +60,11 @@ def problem(path: Path) -> str | None:
     except (ValueError, KeyError) as e:
         return f"its {MARKER} marker is unreadable ({e})"
     found = _files(path)
-    for name, size in expected.items():
-        if name not in found:
-            return f"{name} is missing"
-        if found[name] != size:
-            return f"{name} has {found[name]} bytes, {size} were written (truncated or overwritten)"
+    for fname, size in expected.items():
+        if fname not in found:
+            return f"{fname} is missing"
+        if found[fname] != size:
+            return f"{fname} has {found[fname]} bytes, {size} were written (truncated or overwritten)"
     try:
         json.loads((path / "driver.json").read_text())
     except ValueError as e:
@@ -67,19 +72,21 @@ def problem(path: Path) -> str | None:
     return None
 
 
-def states(out: Path) -> list[tuple[int, Path]]:
-    """The state folders under `<out>/checkpoints`, by step (complete or not; temporaries left out)."""
+def states(out: Path, order: list[str]) -> list[tuple[int, int, Path]]:
+    """The state folders under `<out>/checkpoints` as (stage position, step, path), oldest first
+    (complete or not; temporaries and stages not in `order`, the plan's stage names, left out)."""
     found = []
-    for p in (out / "checkpoints").glob(f"{PREFIX}*"):
-        m = re.fullmatch(rf"{PREFIX}(\d+)", p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
+    for p in (out / "checkpoints").glob("state-*-step*"):
+        m = _NAME.fullmatch(p.name)
+        if m and p.is_dir() and m.group(1) in order:
+            found.append((order.index(m.group(1)), int(m.group(2)), p))
     return sorted(found)
 
 
-def latest(out: Path, warn=print) -> Path | None:
-    """The newest intact state under `<out>/checkpoints`; broken ones are named in a warning and skipped."""
-    for _, path in reversed(states(out)):
+def latest(out: Path, order: list[str], warn=print) -> Path | None:
+    """The newest intact state under `<out>/checkpoints` (later stage first, then higher step);
+    broken ones are named in a warning and skipped."""
+    for _, _, path in reversed(states(out, order)):
         why = problem(path)
         if why is None:
             return path
@@ -96,14 +103,14 @@ def _grows(key: str, saved: dict, now: dict) -> bool:
 def check(cfg: RunConfig) -> dict | None:
     """Find and check the state `trainer.resume` names, before any process starts; None: start afresh.
 
-    `trainer.resume=auto` takes the newest intact state under `trainer.output_dir` (none: a fresh
-    start). Reads only: the run calls `rewind_metrics` when it starts.
+    `trainer.resume=auto` takes the newest intact state under `trainer.output_dir` over all
+    stages (none: a fresh start). Reads only: the run calls `rewind_metrics` when it starts.
     """
     if cfg.trainer.resume is None:
         return None
     out = Path(cfg.trainer.output_dir)
     if cfg.trainer.resume == "auto":
-        path = latest(out, warn=lambda m: print(m, file=sys.stderr, flush=True))
+        path = latest(out, stage_names(cfg), warn=lambda m: print(m, file=sys.stderr, flush=True))
         if path is None:
             print(f"[rlhf] trainer.resume=auto: no complete state under {out / 'checkpoints'}; starting from the beginning",
                   flush=True)
@@ -113,8 +120,8 @@ def check(cfg: RunConfig) -> dict | None:
         if not (path / "driver.json").is_file():
             raise ConfigError(
                 f"trainer.resume={cfg.trainer.resume!r} is not a resumable state (no driver.json there); point it at "
-                f"a {PREFIX}<N> folder under a run's checkpoints/ (written when trainer.save_every > 0), or use "
-                f"trainer.resume=auto"
+                f"a state-<stage>-step<N> folder under a run's checkpoints/ (written when trainer.save_every > 0), "
+                f"or use trainer.resume=auto"
             )
     state = json.loads((path / "driver.json").read_text())
     saved, now = _flat(state["config"]), _flat(dataclasses.asdict(cfg))
@@ -141,9 +148,10 @@ def check(cfg: RunConfig) -> dict | None:
     return state
 
 
-def rewind_metrics(out: Path, step: int) -> None:
-    """Drop the rows of `<out>/metrics.jsonl` from after RL step `step` (steps a stopped run did not
-    save), so the resumed run's file reads as one run; SFT rows and that step's own row stay."""
+def rewind_metrics(out: Path, stage: str, step: int, later: list[str]) -> None:
+    """Drop the rows of `<out>/metrics.jsonl` from after step `step` of RL stage `stage` and those of
+    the `later` stages (steps a stopped run did not save), so the resumed run's file reads as one
+    run; earlier stages' rows and that step's own row stay."""
     path = out / "metrics.jsonl"
     if not path.is_file():
         return
@@ -154,24 +162,27 @@ def rewind_metrics(out: Path, step: int) -> None:
             row = json.loads(line)
         except ValueError:  # a line cut short by the kill
             continue
-        if row["stage"] != "rl" or row["step"] < step or (row["step"] == step and "reward/mean" in row):
+        if row["stage"] in later:
+            continue
+        if row["stage"] != stage or row["step"] < step or (row["step"] == step and "reward/mean" in row):
             keep.append(line)
     if len(keep) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         tmp.replace(path)
-        print(f"[rlhf] {path}: dropped {len(lines) - len(keep)} rows from after RL step {step}", flush=True)
+        print(f"[rlhf] {path}: dropped {len(lines) - len(keep)} rows from after {stage} step {step}", flush=True)
 
 
-def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
-    """Write a state folder for the end of RL step `step`; `groups` maps a name to a TrainerGroup.
+def save(out: Path, stage: str, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
+    """Write a state folder for the end of step `step` of RL stage `stage`; `groups` maps a name to
+    a TrainerGroup.
 
     Written under a temporary name and renamed, then marked complete; the oldest states beyond
-    `trainer.keep_last` are removed afterwards.
+    `trainer.keep_last` (over all stages) are removed afterwards.
     """
     ckpt = out / "checkpoints"
-    path, tmp = ckpt / f"{PREFIX}{step}", ckpt / f"{_TMP}{PREFIX}{step}"
-    for stale in ckpt.glob(f"{_TMP}{PREFIX}*"):  # left by a run killed mid-save
+    path, tmp = ckpt / folder_name(stage, step), ckpt / f"{_TMP}{folder_name(stage, step)}"
+    for stale in ckpt.glob(f"{_TMP}state-*"):  # left by a run killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     if path.exists():  # e.g. a broken state of the same step from before a resume
         shutil.rmtree(path)
@@ -183,11 +194,11 @@ def save(out: Path, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Pa
     _fsync_tree(tmp)
     tmp.rename(path)
     marker = path / f"{MARKER}.tmp"
-    marker.write_text(json.dumps({"step": step, "files": _files(path)}, indent=1))
+    marker.write_text(json.dumps({"stage": stage, "step": step, "files": _files(path)}, indent=1))
     _fsync(marker)
     marker.rename(path / MARKER)
     if cfg.trainer.keep_last:
-        for _, old in states(out)[: -cfg.trainer.keep_last]:
+        for _, _, old in states(out, stage_names(cfg))[: -cfg.trainer.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return path
 

@@ -36,3 +36,8 @@ def flaky(prompt, response, ground_truth, **extra):
     if int(prompt.split("+")[0]) % 2 == 0:
         raise RuntimeError(f"flaky plugin failed on {prompt!r}")
     return float(response.strip() == str(ground_truth))
+
+
+def by_extra(prompt, response, ground_truth, *, parity, bonus=0.0, **extra):
+    """Uses a dataset column (`parity`, from data.extra_keys) and a config kwarg (`bonus`)."""
+    return float(parity == "odd") + bonus

@@ -10,10 +10,11 @@ import torch
 from rlhf.batch import pack
 from rlhf.config import load_config
 from rlhf.controller import Controller
+from rlhf.data.render import Renderer
+from rlhf.data.rows import Row
+from rlhf.data.sampler import Sampler
 from rlhf.roles import Roles
 from rollout.group import RolloutGroup
-from rlhf.data.arithmetic import Problem
-from rlhf.data.sampler import Sampler
 from rewards.manager import RewardManager, RewardSpec
 
 
@@ -68,8 +69,9 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
     rewards = RewardManager([RewardSpec("exact_match")], fallback=0.0, timeout_s=10, num_workers=1, max_error_rate=0)
     try:
         rollout = ray.remote(ScriptedRollout).remote()
-        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), FakeTokenizer(), rewards)
-        problems = [Problem(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
+        tok = FakeTokenizer()
+        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), tok, rewards, Renderer(tok, True, None))
+        problems = [Row(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
         batch, _, errors, used = ctl._collect(Sampler(problems, seed=0))
     finally:
         rewards.close()
@@ -85,7 +87,7 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
 
 def test_skipped_updates_are_counted_and_stop_the_run_after_the_limit():
     ctl = Controller(load_config(["trainer.max_consecutive_skips=3"]), Roles(actor=None, rollout=None),
-                     FakeTokenizer(), rewards=None)
+                     FakeTokenizer(), rewards=None, renderer=None)
     ok, bad = {"actor/skipped_step": 0.0}, {"actor/skipped_step": 1.0}
     assert ctl.count_skips([bad, bad]) == 2 and not ctl.skip_limit_reached()
     assert ctl.count_skips([ok]) == 0 and ctl.skipped_in_a_row == 0  # a good update resets the run of skips
@@ -95,6 +97,25 @@ def test_skipped_updates_are_counted_and_stop_the_run_after_the_limit():
     assert ctl.skip_limit_reached() and (ctl.skipped, ctl.skipped_in_a_row) == (5, 3)
     state = ctl.state_dict()
     fresh = Controller(load_config(["trainer.max_consecutive_skips=0"]), Roles(actor=None, rollout=None),
-                       FakeTokenizer(), rewards=None)
+                       FakeTokenizer(), rewards=None, renderer=None)
     fresh.load_state_dict(state)
     assert (fresh.skipped, fresh.skipped_in_a_row) == (5, 3) and not fresh.skip_limit_reached()  # 0: never stop
+
+
+def test_reward_functions_get_the_rows_extra_columns(ray_local):
+    cfg = load_config(["rl.prompts_per_step=4", "rl.n=2"])
+    rewards = RewardManager([RewardSpec(str(Path(__file__).parent / "reward_plugins.py:by_extra"), 1.0, {"bonus": 0.5})],
+                            fallback=-9.0, timeout_s=10, num_workers=1, max_error_rate=0)
+    try:
+        tok = FakeTokenizer()
+        ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([ray.remote(ScriptedRollout).remote()], 0)), tok, rewards,
+                         Renderer(tok, True, None))
+        rows = [Row(f"{a}+1=", str(a + 1), extra={"parity": "odd" if a % 2 else "even"}) for a in range(4)]
+        batch, _, errors, _ = ctl._collect(Sampler(rows, seed=0))
+    finally:
+        rewards.close()
+    assert errors == {}
+    # each sample's reward is its own prompt's column, plus the kwarg: 1.5 for odd a, 0.5 for even
+    for ids, score in zip(batch["input_ids"].tolist(), batch["scores"].tolist()):
+        a = int("".join(map(chr, ids)).split("+")[0])
+        assert score == (1.5 if a % 2 else 0.5)

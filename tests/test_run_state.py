@@ -26,7 +26,7 @@ def _cfg(out, *extra):
 
 
 def _save(cfg, out, step, start):
-    return run_state.save(out, step, cfg, {"actor": FileGroup()}, {"start_path": str(start), "summary": {}})
+    return run_state.save(out, "rl", step, cfg, {"actor": FileGroup()}, {"start_path": str(start), "summary": {}})
 
 
 @pytest.fixture
@@ -88,6 +88,25 @@ def test_resume_drops_the_rows_written_after_the_state(tmp_path, start):
     (out / "metrics.jsonl").write_text(text)
     state = run_state.check(_cfg(out, "trainer.resume=auto"))
     assert (out / "metrics.jsonl").read_text() == text  # checking reads only
-    run_state.rewind_metrics(out, state["step"])
+    run_state.rewind_metrics(out, "rl", state["step"], [])
     kept = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kept == rows[:4]
+
+
+def test_auto_orders_states_by_stage_then_step_and_rewinds_later_stages(tmp_path, start):
+    out = tmp_path / "run"
+    cfg = _cfg(out, "stages=[sft,rl,rl]", "trainer.keep_last=3")
+    for stage, step in (("rl", 4), ("rl", 5), ("rl2", 1), ("rl2", 2)):
+        run_state.save(out, stage, step, cfg, {"actor": FileGroup()}, {"stage": stage, "start_path": str(start),
+                                                                       "summary": {}})
+    # keep_last counts over stages: rl step 4 is the oldest of the four
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "state-rl-step5", "state-rl2-step1", "state-rl2-step2"]
+    # rl2 comes after rl in the plan, so its step 2 is newer than rl's step 5
+    state = run_state.check(_cfg(out, "stages=[sft,rl,rl]", "trainer.resume=auto"))
+    assert state["path"] == str(out / "checkpoints" / "state-rl2-step2")
+    rows = [{"stage": "rl", "step": 5, "reward/mean": 0.1}, {"stage": "rl", "step": 6, "reward/mean": 0.2},
+            {"stage": "rl2", "step": 1, "reward/mean": 0.3}, {"stage": "rl3", "step": 1, "reward/mean": 0.4}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_state.rewind_metrics(out, "rl", 5, ["rl2", "rl3"])  # resuming rl at step 5: rl's step 6 and rl2, rl3 go
+    assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows[:1]

@@ -3,37 +3,33 @@
 Deterministic by seed, with disjoint train and held-out eval splits, so the default job
 needs no download and its accuracy numbers mean the same thing on every machine.
 
-Each training problem also carries a demonstration for SFT. Demonstrations can come from an
-imperfect teacher that forgets the carry (or borrow) on a given fraction of the problems that
-need one, as real warm-start data is imperfect; the exact-answer reward of RL is not.
+A source of rows (`rlhf.data.rows`): the prompt, the exact answer, and a demonstration for SFT
+as the row's response. Demonstrations can come from an imperfect teacher that forgets the
+carry (or borrow) on a given fraction of the problems that need one, as real warm-start data
+is imperfect; the exact-answer reward of RL is not.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from rlhf.data.rows import Row
 
 
-@dataclass(frozen=True)
-class Problem:
-    prompt: str
-    answer: str  # the exact answer (what rewards and evaluation check)
-    demo: str  # the SFT demonstration's answer (the teacher's, possibly wrong)
-
-
-def _render(a: int, op: str, b: int, careless: bool) -> Problem:
+def _render(a: int, op: str, b: int, careless: bool) -> Row:
     value = a + b if op == "+" else a - b
     demo = value
     if careless and op == "+" and a % 10 + b % 10 >= 10:
         demo = value - 10  # the carry into the tens is dropped
     if careless and op == "-" and a % 10 < b % 10:
         demo = value + 10  # the borrow from the tens is dropped
-    return Problem(prompt=f"{a}{op}{b}=", answer=str(value), demo=str(demo))
+    # the response is the teacher's demonstration (possibly wrong); the answer is exact
+    return Row(prompt=f"{a}{op}{b}=", answer=str(value), response=str(demo), origin=f"arithmetic {a}{op}{b}")
 
 
 def make_splits(
     seed: int, max_operand: int, ops: str, num_eval: int, demo_carry_error: float = 0.0
-) -> tuple[list[Problem], list[Problem]]:
+) -> tuple[list[Row], list[Row]]:
     """All problems with operands in [0, max_operand], shuffled by seed, split into train and eval.
 
     `demo_carry_error` is the probability that a problem's demonstration drops its carry/borrow.
@@ -60,6 +56,6 @@ def make_splits(
     return problems[num_eval:], problems[:num_eval]
 
 
-def corpus(problems: list[Problem]) -> list[str]:
+def corpus(problems: list[Row]) -> list[str]:
     """Full texts (prompt + answer), used to train the tokenizer."""
     return [p.prompt + p.answer for p in problems]

@@ -1,0 +1,123 @@
+"""Data files as a source of rows, read with Hugging Face `datasets`: JSON lines (`.jsonl`,
+`.json`), Parquet (`.parquet`) and folders written by `Dataset.save_to_disk`.
+
+Columns are mapped to the row protocol by the `data.*_key` settings. Every row is checked as it
+is read; a bad one stops the run with the file, the row (1-based) and the column named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rlhf.data.rows import DataError, Row, check_messages
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"row {n} is not valid JSON ({e.msg}): {line.strip()[:80]!r}"
+    return None
+
+
+def read_table(path: str):
+    """The file or saved folder as a `datasets.Dataset` (one split)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file {path} does not exist (check data.train_files / data.eval_files)")
+    try:
+        if p.is_dir():
+            table = datasets.load_from_disk(str(p))
+            if isinstance(table, datasets.DatasetDict):
+                if len(table) != 1:
+                    raise DataError(
+                        f"{path} holds several splits ({', '.join(table)}); give the split's own folder, "
+                        f"e.g. {p / next(iter(table))}"
+                    )
+                table = next(iter(table.values()))
+        elif p.suffix in _FORMATS:
+            if p.stat().st_size == 0 or (_FORMATS[p.suffix] == "json" and not p.read_text(errors="replace").strip()):
+                raise DataError(f"data file {path} is empty")
+            cache = os.path.join(tempfile.gettempdir(), "rlhf-datasets")
+            table = datasets.load_dataset(_FORMATS[p.suffix], data_files=str(p), split="train", cache_dir=cache)
+        else:
+            raise DataError(
+                f"data file {path}: unknown format {p.suffix!r}; use .jsonl/.json, .parquet or a folder written by "
+                f"datasets' save_to_disk"
+            )
+    except DataError:
+        raise
+    except Exception as e:
+        detail = _first_bad_json_line(p) if p.is_file() and _FORMATS.get(p.suffix) == "json" else None
+        raise DataError(f"could not read data file {path}: {detail or f'{type(e).__name__}: {e}'}") from e
+    if len(table) == 0:
+        raise DataError(f"data file {path} has no rows")
+    return table
+
+
+def _text(value: Any, where: str, key_setting: str) -> str:
+    if value is None:
+        raise DataError(f"{where} is empty (null); every row needs it ({key_setting})")
+    if not isinstance(value, str):
+        raise DataError(f"{where} must be a string, got {type(value).__name__} {value!r:.60}")
+    if not value.strip():
+        raise DataError(f"{where} is an empty string")
+    return value
+
+
+def load_rows(path: str, data) -> list[Row]:
+    """Every row of one file, mapped through `data` (the `data:` config section) and checked."""
+    table = read_table(path)
+    columns = set(table.column_names)
+    listed = ", ".join(sorted(columns))
+    conversations = data.messages_key is not None and data.messages_key in columns
+    required = [(data.prompt_key, "data.prompt_key")] if not conversations else []
+    if data.answer_key is not None:
+        required.append((data.answer_key, "data.answer_key"))
+    required += [(k, "data.extra_keys") for k in data.extra_keys]
+    for key, setting in required:
+        if key not in columns:
+            raise DataError(
+                f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {listed}. "
+                f"Set {setting} to the right column name"
+            )
+    rows = []
+    for n, record in enumerate(table, 1):
+        at = f"{path}, row {n}"
+        messages = None
+        if conversations and record.get(data.messages_key) is not None:
+            messages = check_messages(record[data.messages_key], f"{at}, column {data.messages_key!r}")
+        if messages is not None and (data.prompt_key not in columns or record.get(data.prompt_key) is None):
+            users = [m["content"] for m in messages if m["role"] == "user"]
+            prompt = users[-1] if users else ""
+        else:
+            prompt = _text(record.get(data.prompt_key), f"{at}, column {data.prompt_key!r}", "data.prompt_key")
+        answer = None
+        if data.answer_key is not None:
+            answer = record[data.answer_key]
+            if answer is None or (isinstance(answer, str) and not answer.strip()):
+                raise DataError(f"{at}, column {data.answer_key!r}: the ground truth is empty (data.answer_key)")
+        response = None
+        if data.response_key is not None and data.response_key in columns and record[data.response_key] is not None:
+            response = _text(record[data.response_key], f"{at}, column {data.response_key!r}", "data.response_key")
+        rows.append(Row(prompt=prompt, answer=answer, response=response, messages=messages,
+                        extra={k: record[k] for k in data.extra_keys}, origin=at))
+    return rows
+
+
+def eval_name(path: str, taken: set[str]) -> str:
+    """A short name for an eval file in metric keys: its stem, or its path if the stem is taken."""
+    stem = Path(path).name.split(".")[0]
+    return stem if stem not in taken else path

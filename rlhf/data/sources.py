@@ -1,0 +1,38 @@
+"""Where a stage's rows come from: the files in `data.train_files` / `data.eval_files`, or, when
+no training files are given, the built-in arithmetic task (offline, the default job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf.data import arithmetic
+from rlhf.data.files import eval_name, load_rows
+from rlhf.data.rows import Row
+
+
+@dataclass
+class Data:
+    train: list[Row]
+    evals: dict[str, list[Row]]  # eval set name (metric keys: eval/<name>/...) -> rows
+    texts: list[str]  # the data's text: what the embedded model's tokenizer is trained on
+
+
+def _texts(rows: list[Row]) -> list[str]:
+    out = []
+    for row in rows:
+        out.append(row.prompt + (str(row.answer) if row.answer is not None else ""))
+        out.extend(t for t in [row.response] if t)
+        out.extend(m["content"] for m in row.messages or [])
+    return out
+
+
+def load_data(data, task, seed: int) -> Data:
+    """`data` and `task` are the config sections of the same names."""
+    if not data.train_files:
+        train, held_out = arithmetic.make_splits(seed, task.max_operand, task.ops, task.num_eval, task.demo_carry_error)
+        return Data(train=train, evals={"held_out": held_out}, texts=arithmetic.corpus(train + held_out))
+    train = [row for path in data.train_files for row in load_rows(path, data)]
+    evals: dict[str, list[Row]] = {}
+    for path in data.eval_files:
+        evals[eval_name(path, set(evals))] = load_rows(path, data)
+    return Data(train=train, evals=evals, texts=_texts(train + [r for rows in evals.values() for r in rows]))

@@ -1,0 +1,157 @@
+"""The data layer: files read through HF `datasets` into rows, bad rows named precisely, prompts
+rendered with a chat template, and the SFT loss mask of a conversation (assistant turns only)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf.algos.losses import SFTLoss
+from rlhf.batch import pack_masked
+from rlhf.config import load_config
+from rlhf.data.files import load_rows
+from rlhf.data.render import Renderer, keep_fitting
+from rlhf.data.rows import DataError, Row
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ROWS = [
+    {"question": "What is 2+3?", "answer": "#### 5", "response": "2+3=5 #### 5", "level": 1},
+    {"question": "What is 7+8?", "answer": "#### 15", "response": "7+8=15 #### 15", "level": 2},
+]
+
+
+def _data(*overrides):
+    return load_config(["data.prompt_key=question", *overrides]).data
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_jsonl_parquet_and_saved_folder_give_the_same_rows(tmp_path):
+    import datasets
+
+    table = datasets.Dataset.from_list(ROWS)
+    table.to_parquet(str(tmp_path / "d.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    data = _data("data.extra_keys=[level]")
+    expected = [Row(r["question"], r["answer"], r["response"], None, {"level": r["level"]}) for r in ROWS]
+    for source in (_jsonl(tmp_path / "d.jsonl", ROWS), str(tmp_path / "d.parquet"), str(tmp_path / "saved")):
+        rows = load_rows(source, data)
+        assert [(r.prompt, r.answer, r.response, r.messages, r.extra) for r in rows] == \
+            [(r.prompt, r.answer, r.response, r.messages, r.extra) for r in expected], source
+        assert rows[1].origin == f"{source}, row 2"
+
+
+@pytest.mark.parametrize("rows, overrides, must_name", [
+    ([{"q": "x", "answer": "1"}], [], ["row 1", "'question'", "data.prompt_key", "columns are: answer, q"]),
+    ([{"question": "a", "answer": "1"}, {"question": "  ", "answer": "2"}], [], ["row 2", "'question'", "empty"]),
+    ([{"question": "a", "answer": "1"}, {"question": None, "answer": "2"}], [], ["row 2", "'question'", "null"]),
+    ([{"question": 17, "answer": "1"}], [], ["row 1", "'question'", "must be a string, got int"]),
+    ([{"question": "a", "answer": "1"}], ["data.extra_keys=[tests]"], ["'tests'", "data.extra_keys"]),
+    ([{"question": "a", "answer": ""}], [], ["row 1", "'answer'", "ground truth is empty"]),
+    ([{"question": "a", "answer": "1", "messages": [{"role": "bot", "content": "hi"}]}], [],
+     ["row 1", "'messages'", "message 0", "role"]),
+])
+def test_malformed_rows_name_the_file_row_and_column(tmp_path, rows, overrides, must_name):
+    path = _jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        load_rows(path, _data(*overrides))
+    for s in [path, *must_name]:
+        assert s in str(e.value), (s, str(e.value))
+
+
+def test_unreadable_empty_and_missing_files(tmp_path):
+    data = _data()
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "answer": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl.*row 2 is not valid JSON"):
+        load_rows(str(bad), data)
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError, match="could not read data file .*garbage.parquet"):
+        load_rows(str(garbage), data)
+    for name, content in [("empty.jsonl", ""), ("blank.jsonl", "\n\n")]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match=f"{name} is empty"):
+            load_rows(str(tmp_path / name), data)
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(str(tmp_path / "nope.jsonl"), data)
+    with pytest.raises(DataError, match="unknown format '.csv'"):
+        (tmp_path / "x.csv").write_text("a,b\n")
+        load_rows(str(tmp_path / "x.csv"), data)
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHATML
+    return tok
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False).input_ids
+
+
+def test_prompt_rendering_with_and_without_the_chat_template(chat_tok):
+    row = Row("2+3=", "5", "5")
+    prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+3=<|im_end|>\n<|im_start|>assistant\n"
+    assert Renderer(chat_tok, True, "Be brief.").prompt_ids(row) == _ids(chat_tok, prompt)
+    ids, mask = Renderer(chat_tok, True, "Be brief.").sft_example(row)
+    assert ids == _ids(chat_tok, prompt) + _ids(chat_tok, "5<|im_end|>\n")
+    assert mask == [0] * len(_ids(chat_tok, prompt)) + [1] * len(_ids(chat_tok, "5<|im_end|>\n"))
+    # chat_template=false (or a tokenizer without one): plain text, the response ended by eos
+    plain = Renderer(chat_tok, False, None)
+    assert plain.prompt_ids(row) == chat_tok("2+3=").input_ids
+    assert plain.sft_example(row) == (chat_tok("2+3=").input_ids + _ids(chat_tok, "5") + [chat_tok.eos_token_id],
+                                      [0] * len(chat_tok("2+3=").input_ids) + [1, 1])
+
+
+def test_multi_turn_loss_counts_only_assistant_tokens(chat_tok, tiny_model):
+    messages = [{"role": "system", "content": "Add."}, {"role": "user", "content": "2+3="},
+                {"role": "assistant", "content": "5"}, {"role": "user", "content": "7+8="},
+                {"role": "assistant", "content": "15"}]
+    # the rendering written out by hand: (text, is the model's to learn)
+    pieces = [("<|im_start|>system\nAdd.<|im_end|>\n<|im_start|>user\n2+3=<|im_end|>\n<|im_start|>assistant\n", 0),
+              ("5<|im_end|>\n", 1), ("<|im_start|>user\n7+8=<|im_end|>\n<|im_start|>assistant\n", 0),
+              ("15<|im_end|>\n", 1)]
+    want_ids = [t for text, _ in pieces for t in _ids(chat_tok, text)]
+    want_mask = [m for text, m in pieces for _ in _ids(chat_tok, text)]
+    ids, mask = Renderer(chat_tok, True, None).sft_example(Row("7+8=", None, None, messages))
+    assert (ids, mask) == (want_ids, want_mask)
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "5<|im_end|>\n15<|im_end|>\n"
+    # the SFT loss on that batch is the NLL of exactly those tokens, by a plain loop over a HF forward
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    batch = pack_masked([(ids, mask)], chat_tok.eos_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits[0]
+        lp = torch.log_softmax(logits[:-1], -1).gather(-1, batch["input_ids"][0, 1:, None])[:, 0]
+        loss, _ = SFTLoss()({"logprobs": torch.nn.functional.pad(lp, (1, 0))[None]}, batch)
+    by_hand = -sum(float(torch.log_softmax(logits[t - 1], -1)[ids[t]]) for t in range(len(ids)) if want_mask[t])
+    assert abs(float(loss) - by_hand) < 1e-4
+    # a conversation's prompt for generation is every turn before its last assistant turn
+    assert Renderer(chat_tok, True, None).prompt_ids(Row("7+8=", None, None, messages)) == want_ids[: len(
+        _ids(chat_tok, pieces[0][0]) + _ids(chat_tok, pieces[1][0]) + _ids(chat_tok, pieces[2][0]))]
+
+
+def test_conversations_need_a_template_and_sft_needs_a_target(chat_tok):
+    convo = Row("hi", None, None, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], {}, "f, row 3")
+    with pytest.raises(DataError, match="f, row 3: a conversation .* needs a tokenizer with a chat template"):
+        Renderer(chat_tok, False, None).sft_example(convo)
+    with pytest.raises(DataError, match="f, row 4: SFT needs a target"):
+        Renderer(chat_tok, True, None).sft_example(Row("q", "a", origin="f, row 4"))
+
+
+def test_over_long_prompts_are_dropped_and_counted(chat_tok):
+    rows = [Row("1+1=", "2", "2"), Row("1+1=" * 30, "2", "2"), Row("3+4=", "7", "7" * 40)]
+    plain = Renderer(chat_tok, False, None)
+    limit = len(plain.prompt_ids(rows[0])) + 2
+    kept = keep_fitting(rows, plain, limit, max_len=20, sft=True)
+    assert (kept.rows, kept.long_prompts, kept.long_examples) == ([rows[0]], 1, 1)
+    kept = keep_fitting(rows, plain, limit, max_len=20, sft=False)  # RL / eval: only the prompt counts
+    assert (kept.rows, kept.long_prompts) == ([rows[0], rows[2]], 1)

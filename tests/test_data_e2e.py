@@ -1,0 +1,116 @@
+"""Bring-your-own-data runs through the real entry point (Ray, vLLM, the Automodel trainer group):
+data files through the data.* keys, SFT then RL, the stage hand-over checked against a plain HF
+forward pass of the SFT checkpoint, and the exported folder loaded by transformers and vLLM."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf.metrics import read_metrics, rl_steps
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "gsm8k"
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# The worked example's settings (examples/gsm8k/run.sh), cut to a few steps.
+GSM8K = ["data.prompt_key=question", "data.answer_key=answer", "data.response_key=answer", "reward.fn=math_answer",
+         "model.arch.max_position_embeddings=512", "rollout.max_model_len=512", "rl.max_new_tokens=24",
+         "eval.max_new_tokens=24", "sft.steps=4", "sft.batch_size=4", "rl.steps=2", "rl.prompts_per_step=4", "rl.n=2",
+         "eval.pass_k=2", "trainer.rollout_dump_every=1",
+         # a few SFT steps leave every reward 0 (no advantage): a small entropy bonus makes RL move the policy
+         "algo.entropy_coef=0.01"]
+
+
+def _main(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "rlhf.main", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def _hf_logprobs(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.nn.functional.pad(torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0], (1, 0))
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """The embedded model built for the example's text, with a ChatML template added."""
+    from rlhf.config import load_config
+    from rlhf.data.sources import load_data
+    from rlhf.data.tiny_model import ensure_tiny_model
+
+    cfg = load_config(GSM8K + [f"data.train_files=[{EXAMPLE / 'train.jsonl'}]", f"data.eval_files=[{EXAMPLE / 'test.jsonl'}]"])
+    base = ensure_tiny_model(ROOT / ".cache" / "rlhf" / "models", load_data(cfg.data, cfg.task, cfg.seed).texts,
+                             cfg.model.arch, cfg.seed)
+    path = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(base, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHATML
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
+    import datasets
+
+    train, test = EXAMPLE / "train.jsonl", EXAMPLE / "test.jsonl"
+    extra = []
+    if fmt == "parquet":  # parquet files, and a tokenizer with a chat template: prompts are rendered with it
+        train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+        for src, dst in [(EXAMPLE / "train.jsonl", train), (EXAMPLE / "test.jsonl", test)]:
+            datasets.Dataset.from_list([json.loads(line) for line in src.read_text().splitlines()]).to_parquet(str(dst))
+        extra = [f"model.path={request.getfixturevalue('chat_model')}", "data.system_prompt='Answer after ####.'"]
+    out = tmp_path / "run"
+    proc = _main(*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]", f"trainer.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "sft/loss" in r] == [1, 2, 3, 4]
+    assert sorted(rl_steps(rows)) == [1, 2]
+    evals = [r for r in rows if "eval/test/accuracy" in r]
+    assert [(r["stage"], r["step"]) for r in evals] == [("sft", 0), ("sft", 4), ("rl", 2)]
+    assert all(0 <= r["eval/test/accuracy"] <= 1 and 0 <= r["eval/test/pass@2"] <= 1 for r in evals)
+    assert next(r for r in rows if "data/train_rows" in r)["data/train_rows"] == 24
+
+    tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "final")
+    samples = [json.loads(line) for line in (out / "rollouts" / "rl-step1.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * 2
+    if fmt == "parquet":  # the rollout prompts are the chat rendering, with the system prompt
+        assert tok.chat_template == CHATML
+        assert samples[0]["prompt"].startswith("<|im_start|>system\nAnswer after ####.<|im_end|>\n<|im_start|>user\n")
+        assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+    # The RL stage starts from the SFT checkpoint: its first old log-probs are a plain HF forward of checkpoints/sft
+    sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
+    worst = max(float((_hf_logprobs(sft, s["input_ids"]) - torch.tensor(s["old_logprobs"])).abs().max()) for s in samples)
+    print(f"[{fmt}] RL step-1 old log-probs vs HF forward of checkpoints/sft: max abs diff {worst:.2e}")
+    assert worst < 1e-5, worst
+
+    # The export is the last stage's policy, in a folder plain transformers loads
+    final, rl = load_file(out / "checkpoints" / "final" / "model.safetensors"), load_file(out / "checkpoints" / "rl" / "model.safetensors")
+    assert final.keys() == rl.keys() and all(torch.equal(final[k], rl[k]) for k in final)
+    assert (out / "checkpoints" / "final" / "generation_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "final", dtype=torch.float32).eval()
+    ids = samples[0]["input_ids"]
+    hf = _hf_logprobs(model, ids)
+    assert float((hf - _hf_logprobs(sft, ids)).abs().max()) > 1e-6  # RL moved the policy
+    if fmt == "parquet":  # ... and vLLM loads as is, with the same log-probs
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=str(out / "checkpoints" / "final"), dtype="float32", enforce_eager=True, max_model_len=512,
+                  kv_cache_memory_bytes=64 << 20, seed=0)
+        (res,) = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        vl = torch.tensor([0.0] + [lp[t].logprob for t, lp in zip(ids[1:], res.prompt_logprobs[1:])])
+        print(f"[{fmt}] checkpoints/final, vLLM vs transformers prompt log-probs: max abs diff {float((vl - hf).abs().max()):.2e}")
+        assert float((vl - hf).abs().max()) < 1e-5, float((vl - hf).abs().max())
+        assert llm.get_tokenizer().encode("What is 2+3?", add_special_tokens=False) == tok.encode("What is 2+3?", add_special_tokens=False)
