@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ray
+import torch
 
 from engines import ENGINES
 from engines.base import EngineConfig
@@ -19,7 +20,7 @@ from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.group import RolloutGroup
 from rollout.vllm_engine import VLLMConfig
-from weight_sync import choose_transport, cuda_available
+from weight_sync import choose_transport
 
 
 @dataclass
@@ -88,7 +89,7 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     """The actor and the rollout engines, started together (both load `model_path`), and the
     weight transport between them."""
-    transport = choose_transport(cfg.rollout.weight_transport, cuda=cfg.rollout.num_gpus > 0 and cuda_available())
+    transport = choose_transport(cfg.rollout.weight_transport, cuda=cfg.rollout.num_gpus > 0 and torch.cuda.is_available())
     placement = plan_placement(cfg)
     engines = start_rollout(cfg, model_path, transport, placement)
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)

@@ -7,8 +7,6 @@ decided here, from the config and the devices, and nowhere else.
 
 from __future__ import annotations
 
-import torch
-
 TRANSPORTS = {
     "object_store": ("weight_sync.object_store:ObjectStoreSender", "weight_sync.object_store:ObjectStoreReceiver"),
     "cuda_ipc": ("weight_sync.cuda_ipc:CudaIpcSender", "weight_sync.cuda_ipc:CudaIpcReceiver"),
@@ -21,7 +19,3 @@ def choose_transport(requested: str, cuda: bool) -> str:
     if requested != "auto":
         return requested
     return "cuda_ipc" if cuda else "object_store"
-
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()

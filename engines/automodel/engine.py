@@ -62,7 +62,6 @@ class AutomodelEngine(TrainingEngine):
 
         dtype = _dtype(cfg.dtype)
         self.head = head
-        self.compute_dtype = dtype
         master = torch.float32 if trainable else dtype  # a frozen reference needs no master copy
         self.model = self._build_model(model_path, master, cuda) if head == "lm" else self._build_critic(model_path, master)
         # Dropout would make the training forward disagree with the log-probs and values taken in
