@@ -1,0 +1,296 @@
+"""What every engine over a PyTorch module sharded with DTensors (FSDP2, tensor parallel) shares:
+micro-batching, the forward pass to per-token quantities, the train step with its reductions,
+weight export, HF checkpoints and exact-resume state.
+
+A concrete engine says only how the distributed world starts, how the model is loaded and laid
+out on the ranks, and which optimizer and LR schedule it uses (`engines/automodel`, `engines/fsdp`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+from abc import abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
+from engines.grads import clip_grad_norm
+from engines.ops import token_entropy, token_logprobs, token_values
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+class TorchEngine(TrainingEngine):
+    """`head="lm"`: the policy (or a frozen reference); `head="value"`: a critic, the same
+    backbone with a scalar value head (initialised to zero, so every rank starts identical).
+
+    Weights and optimizer state are float32 (master weights); `cfg.dtype` is the compute dtype:
+    FSDP2 casts the parameters for forward and backward and reduces gradients in float32, and a
+    model that is not FSDP-sharded (one data-parallel rank) computes under autocast instead."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm"):
+        self.cfg, self.model_path, self.head = cfg, model_path, head
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.rank, self.world_size = self._init_distributed("nccl" if cuda else "gloo")
+        torch.manual_seed(cfg.seed + self.rank)
+
+        dtype = torch_dtype(cfg.dtype)
+        master = torch.float32 if trainable else dtype  # a frozen reference needs no master copy
+        model = self._load_lm(model_path, master) if head == "lm" else self._load_critic(model_path, master)
+        # Dropout would make the training forward disagree with the log-probs and values taken in
+        # eval mode (PPO's ratio would not start at 1): RL trains without it, as SFT here does.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        self.model, mesh, sharded = self._parallelize(model, dtype)
+        self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+        # The ranks of one tensor-parallel group hold one replica and see the same rows; losses,
+        # metrics and gradients are averaged over the data-parallel axis only.
+        dp_mesh = mesh["dp"] if mesh is not None else None
+        self.dp_rank = dp_mesh.get_local_rank() if dp_mesh is not None else 0
+        self.dp_size = dp_mesh.size() if dp_mesh is not None else 1
+        self.dp_group = dp_mesh.get_group() if self.dp_size > 1 else None
+        self._autocast = (
+            torch.autocast(self.device.type, dtype=dtype) if not sharded and dtype != torch.float32 else None
+        )
+
+        self.optimizer = self.scheduler = None
+        self._last_logprobs: list[torch.Tensor] = []
+        if not trainable:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    # What a concrete engine provides.
+
+    @abstractmethod
+    def _init_distributed(self, backend: str) -> tuple[int, int]:
+        """Join the torch.distributed world (env:// from the worker); (rank, world size)."""
+
+    @abstractmethod
+    def _load_lm(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        """The causal LM at `path` in `dtype`, not yet laid out on the ranks."""
+
+    @abstractmethod
+    def _parallelize(self, model: torch.nn.Module, dtype: torch.dtype) -> tuple[torch.nn.Module, DeviceMesh | None, bool]:
+        """Shard `model` over the ranks by `cfg.tp_size`/`cfg.ep_size` (data parallel over the
+        rest) with `dtype` as FSDP2's compute dtype. Returns the model, its device mesh (with a
+        "dp" dimension; None for a one-rank world) and whether FSDP2 sharded it."""
+
+    @abstractmethod
+    def _build_optimizer(self, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, object]:
+        """AdamW over the (sharded) parameters and its LR schedule, whose `step()` advances one
+        optimizer step."""
+
+    # Shared behaviour.
+
+    def _load_critic(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        # HF's token-classification head with one label is a value head on the same backbone.
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.cfg.trust_remote_code)
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                                trust_remote_code=self.cfg.trust_remote_code)
+        model.config.architectures = [type(model).__name__]  # a saved critic loads as what it is
+        with torch.no_grad():
+            model.score.weight.zero_()
+            if getattr(model.score, "bias", None) is not None:
+                model.score.bias.zero_()
+        return model.to(self.device)
+
+    def configure_optimizer(self, cfg: OptimConfig) -> None:
+        self._reshard()
+        self.optimizer, self.scheduler = self._build_optimizer(cfg)
+
+    def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
+        mb = mb.to(self.device)
+        with self._autocast or contextlib.nullcontext():
+            logits = self.model(
+                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
+                use_cache=False,
+            ).logits
+        if isinstance(logits, DTensor):
+            # Tensor parallel leaves the logits sharded over the vocabulary; gathering them is
+            # simple and differentiable (a vocab-parallel log-softmax would move less).
+            logits = logits.full_tensor()
+        out = {}
+        if "values" in needs:
+            out["values"] = token_values(logits)
+        if "logprobs" in needs:
+            out["logprobs"] = token_logprobs(logits, mb["input_ids"])
+        if "entropy" in needs:
+            out["entropy"] = token_entropy(logits)
+        return out
+
+    def _micro_batches(self, batch: TensorDict) -> list[TensorDict]:
+        # Every data-parallel shard has the same number of rows (the driver splits evenly), so
+        # every rank runs the same number of forwards: FSDP's collectives stay in step.
+        n = math.ceil(batch.batch_size[0] / self.cfg.micro_batch_size)
+        return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
+
+    def _reshard(self) -> None:
+        """Return every FSDP module to its sharded parameters. A no-grad forward leaves the modules
+        that do not reshard after forward (the root, by default) holding unsharded copies in
+        place of the registered parameters; an optimizer built then would step those."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
+    @torch.no_grad()
+    def _infer(self, batch: TensorDict, key: str) -> torch.Tensor:
+        self.model.eval()
+        out = torch.cat([self._forward(mb, frozenset({key}))[key].cpu() for mb in self._micro_batches(batch)])
+        self._reshard()
+        return out
+
+    def logprobs(self, batch: TensorDict) -> torch.Tensor:
+        return self._infer(batch, "logprobs")
+
+    def values(self, batch: TensorDict) -> torch.Tensor:
+        return self._infer(batch, "values")
+
+    def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
+        if self.optimizer is None:
+            raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # FSDP averages gradients over data-parallel ranks; scaling by their number turns that
+        # average back into the sum of per-rank contributions, so the result is a global mean.
+        scale = self.dp_size / max(normaliser, 1e-12)
+        totals: dict[str, torch.Tensor] = {}
+        self._last_logprobs = []
+        for mb in self._micro_batches(batch):
+            out = self._forward(mb, loss_fn.needs)
+            if "logprobs" in out:
+                self._last_logprobs.append(out["logprobs"].detach().cpu())
+            loss_sum, stats = loss_fn(out, mb.to(self.device))
+            (loss_sum * scale).backward()
+            for k, v in {"loss": loss_sum.detach(), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float()
+        grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.max_grad_norm)
+        keys = sorted(totals)  # "loss" is always among them
+        # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
+        summed = torch.stack([torch.as_tensor(totals[k], device=self.device) for k in keys])
+        if self.dp_group is not None:
+            dist.all_reduce(summed, group=self.dp_group)
+        sums = {k: float(v) for k, v in zip(keys, summed.cpu())}
+        # A non-finite loss or gradient norm (the same on every rank, both are global) skips the
+        # update: the weights and optimizer moments stay as they were.
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"]))
+        if not skipped:
+            self.optimizer.step()
+        self.scheduler.step()
+        metrics = loss_fn.reduce(sums, normaliser)
+        role = "actor" if self.head == "lm" else "critic"
+        metrics.update(
+            {
+                f"{role}/grad_norm": grad_norm,
+                f"{role}/lr": float(self.optimizer.param_groups[0]["lr"]),
+                f"{role}/skipped_step": float(skipped),
+            }
+        )
+        return metrics
+
+    def last_logprobs(self) -> torch.Tensor:
+        return torch.cat(self._last_logprobs)
+
+    def _hf_tensors(self, fqn: str, full: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """The Hugging Face tensors one of the model's own tensors stands for (itself, unless the
+        model class names or lays out weights its own way)."""
+        yield fqn, full
+
+    def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        self._reshard()
+        embed, sent = None, set()
+        for fqn, tensor in self.model.state_dict().items():
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            full = full.detach().to(dtype) if dtype is not None else full.detach()
+            for name, hf in self._hf_tensors(fqn, full):
+                if name == "model.embed_tokens.weight":
+                    embed = hf
+                sent.add(name)
+                yield name, hf
+        # vLLM keeps its own copy of a tied head: send it explicitly or it goes stale.
+        if self.tied and embed is not None and "lm_head.weight" not in sent:
+            yield "lm_head.weight", embed
+
+    def save(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        # Gathered tensor by tensor (the export's collective), kept on rank 0 only, on CPU.
+        sd = {}
+        for name, tensor in self.export_weights():
+            if self.rank == 0 and not (self.tied and name == "lm_head.weight"):
+                sd[name] = tensor.cpu().contiguous()
+        if self.rank == 0:
+            out = Path(path)
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+            self.model.config.save_pretrained(out)
+            gen = getattr(self.model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(out)
+            for name in _TOKENIZER_FILES:
+                src = Path(self.model_path) / name
+                if src.exists():
+                    shutil.copy(src, out / name)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def save_state(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        self._reshard()
+        model_sd, optim_sd = get_state_dict(self.model, self._optimizers())
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        torch.save(self._local_state(), Path(path) / f"rank{self.rank}.pt")
+        if self.world_size > 1:
+            dist.barrier()
+
+    def load_state(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,
+            set_state_dict,
+        )
+
+        local = Path(path) / f"rank{self.rank}.pt"
+        if not local.is_file():
+            raise FileNotFoundError(f"{local} is missing: the state was saved by fewer ranks than this run has")
+        self._reshard()
+        # get_state_dict creates the optimizer's (empty) moments, so DCP has tensors to load into.
+        model_sd, optim_sd = get_state_dict(self.model, self._optimizers())
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self._optimizers(), model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(local, weights_only=True)  # tensors and numbers only: no code can run
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(extra["cuda_rng"])
+
+    def _optimizers(self) -> list:
+        return [self.optimizer] if self.optimizer is not None else []
+
+    def _local_state(self) -> dict:
+        return {
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        }
