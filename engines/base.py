@@ -30,6 +30,8 @@ class EngineConfig:
     trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
     tp_size: int = 1  # tensor-parallel ranks per model replica
     ep_size: int = 1  # expert-parallel ranks (MoE models)
+    packing: bool = False  # micro-batches as one row of real tokens (no padding), sequences kept apart by positions
+    max_tokens_per_micro_batch: int | None = None  # token budget per micro-batch (None: micro_batch_size rows)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tensordict import TensorDict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
+from engines import micro_batches
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
 from engines.grads import clip_grad_norm
 from engines.ops import token_entropy, token_logprobs, token_values
@@ -68,7 +69,7 @@ class TorchEngine(TrainingEngine):
         )
 
         self.optimizer = self.scheduler = None
-        self._last_logprobs: list[torch.Tensor] = []
+        self._last_logprobs = torch.zeros(0)
         if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -115,12 +116,16 @@ class TorchEngine(TrainingEngine):
         self.optimizer, self.scheduler = self._build_optimizer(cfg)
 
     def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
+        """Per-token quantities of a micro-batch, in its [b, t] layout."""
         mb = mb.to(self.device)
+        if self.cfg.packing:
+            ids, positions, keep = micro_batches.pack_rows(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+            # No attention mask: the model reads the sequence boundaries from the positions.
+            inputs = {"input_ids": ids, "position_ids": positions}
+        else:
+            inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], "position_ids": mb["position_ids"]}
         with self._autocast or contextlib.nullcontext():
-            logits = self.model(
-                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
-                use_cache=False,
-            ).logits
+            logits = self.model(**inputs, use_cache=False).logits
         if isinstance(logits, DTensor):
             # Tensor parallel leaves the logits sharded over the vocabulary; gathering them is
             # simple and differentiable (a vocab-parallel log-softmax would move less).
@@ -129,16 +134,27 @@ class TorchEngine(TrainingEngine):
         if "values" in needs:
             out["values"] = token_values(logits)
         if "logprobs" in needs:
-            out["logprobs"] = token_logprobs(logits, mb["input_ids"])
+            out["logprobs"] = token_logprobs(logits, inputs["input_ids"])
         if "entropy" in needs:
             out["entropy"] = token_entropy(logits)
+        if self.cfg.packing:
+            out = {k: micro_batches.unpack(v, keep) for k, v in out.items()}
         return out
 
-    def _micro_batches(self, batch: TensorDict) -> list[TensorDict]:
-        # Every data-parallel shard has the same number of rows (the driver splits evenly), so
-        # every rank runs the same number of forwards: FSDP's collectives stay in step.
-        n = math.ceil(batch.batch_size[0] / self.cfg.micro_batch_size)
-        return [batch[idx] for idx in torch.arange(batch.batch_size[0]).tensor_split(n)]
+    def _micro_batches(self, batch: TensorDict) -> Iterator[tuple[torch.Tensor, TensorDict]]:
+        """(row indices, micro-batch cut to its longest row) pairs covering this rank's rows."""
+        lengths = batch["attention_mask"].sum(-1)
+        max_tokens = self.cfg.max_tokens_per_micro_batch
+        n = micro_batches.count(lengths, self.cfg.micro_batch_size, max_tokens, self.cfg.packing)
+        if self.dp_group is not None:
+            # Every data-parallel rank runs the same number of forwards, or FSDP's collectives
+            # would pair up different micro-batches (and hang on the last one).
+            most = torch.tensor([n], device=self.device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX, group=self.dp_group)
+            n = int(most)
+        for idx in micro_batches.split(lengths, n, max_tokens, self.cfg.packing):
+            width = int(lengths[idx].max())
+            yield idx, batch[idx].apply(lambda t: t[:, :width] if t.dim() == 2 else t)
 
     def _reshard(self) -> None:
         """Return every FSDP module to its sharded parameters. A no-grad forward leaves the modules
@@ -153,7 +169,10 @@ class TorchEngine(TrainingEngine):
     @torch.no_grad()
     def _infer(self, batch: TensorDict, key: str) -> torch.Tensor:
         self.model.eval()
-        out = torch.cat([self._forward(mb, frozenset({key}))[key].cpu() for mb in self._micro_batches(batch)])
+        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for idx, mb in self._micro_batches(batch):
+            got = self._forward(mb, frozenset({key}))[key]
+            out[idx, : got.shape[1]] = got.float().cpu()
         self._reshard()
         return out
 
@@ -172,11 +191,11 @@ class TorchEngine(TrainingEngine):
         # average back into the sum of per-rank contributions, so the result is a global mean.
         scale = self.dp_size / max(normaliser, 1e-12)
         totals: dict[str, torch.Tensor] = {}
-        self._last_logprobs = []
-        for mb in self._micro_batches(batch):
+        self._last_logprobs = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for idx, mb in self._micro_batches(batch):
             out = self._forward(mb, loss_fn.needs)
             if "logprobs" in out:
-                self._last_logprobs.append(out["logprobs"].detach().cpu())
+                self._last_logprobs[idx, : mb["input_ids"].shape[1]] = out["logprobs"].detach().float().cpu()
             loss_sum, stats = loss_fn(out, mb.to(self.device))
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
@@ -206,7 +225,7 @@ class TorchEngine(TrainingEngine):
         return metrics
 
     def last_logprobs(self) -> torch.Tensor:
-        return torch.cat(self._last_logprobs)
+        return self._last_logprobs
 
     def _hf_tensors(self, fqn: str, full: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """The Hugging Face tensors one of the model's own tensors stands for (itself, unless the

@@ -66,6 +66,8 @@ class EngineGroupConfig:
     num_gpus_per_worker: float
     dtype: str
     micro_batch_size: int
+    packing: bool
+    max_tokens_per_micro_batch: Optional[int]
 
     @property
     def dp_size(self) -> int:
@@ -437,6 +439,9 @@ def _check_layout(cfg: RunConfig) -> None:
         for key in ("world_size", "tp_size", "ep_size", "micro_batch_size"):
             if getattr(g, key) < 1:
                 raise ConfigError(f"{name}.{key} must be at least 1, got {getattr(g, key)}")
+        if g.max_tokens_per_micro_batch is not None and g.max_tokens_per_micro_batch < 1:
+            raise ConfigError(f"{name}.max_tokens_per_micro_batch must be at least 1 (or null: micro_batch_size rows "
+                              f"per micro-batch), got {g.max_tokens_per_micro_batch}")
         if g.world_size % g.tp_size:
             raise ConfigError(
                 f"{name}.world_size={g.world_size} is not divisible by {name}.tp_size={g.tp_size}: the ranks form "

@@ -58,7 +58,8 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
     group = getattr(cfg, name)
     engine_cfg = EngineConfig(dtype=group.dtype, micro_batch_size=group.micro_batch_size,
                               max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed,
-                              trust_remote_code=cfg.model.trust_remote_code, tp_size=group.tp_size, ep_size=group.ep_size)
+                              trust_remote_code=cfg.model.trust_remote_code, tp_size=group.tp_size, ep_size=group.ep_size,
+                              packing=group.packing, max_tokens_per_micro_batch=group.max_tokens_per_micro_batch)
     where = placement if placement is not None and group.num_gpus_per_worker else None
     return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
                         num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head,

@@ -67,13 +67,15 @@ def plain_hf(tiny_model, task):
     return batches, first, losses, norms, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("tp", [1, 2], ids=["dp2", "tp2"])
-def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, tmp_path):
+@pytest.mark.parametrize("tp,packing", [(1, False), (2, False), (1, True)], ids=["dp2", "tp2", "dp2-packed"])
+def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, packing, tmp_path):
+    """dp2-packed: packed rows in micro-batches of a token budget small enough that the two ranks
+    plan different numbers of them (they must agree on one)."""
     batches, first, losses, norms, weights = plain_hf
     cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False,
-                       tp_size=tp, ep_size=1)
+                       tp_size=tp, ep_size=1, packing=packing, max_tokens_per_micro_batch=17 if packing else None)
     group = TrainerGroup(2, ENGINES["automodel"], tiny_model, cfg, trainable=True, num_cpus=1, num_gpus=0,
-                         name=f"layout-tp{tp}")
+                         name=f"layout-tp{tp}{'-packed' if packing else ''}")
     try:
         assert group.dp_size == 2 // tp
         ours = torch.cat(group.dp("logprobs", batches[0]))
