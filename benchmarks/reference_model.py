@@ -7,7 +7,7 @@ The model's vocabulary (151,936) is far larger than the tokenizer's (257 tokens)
 model mostly samples ids the tokenizer does not know, and decoding drops them. That is intended;
 rewards on this workload must not depend on the decoded text making sense.
 
-    python benchmarks/reference_model.py OUT_DIR [--shape qwen2.5-0.5b|tiny]
+    python benchmarks/reference_model.py OUT_DIR [--shape qwen2.5-0.5b|qwen2.5-7b|tiny] [--layers N]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from rlhf.config import load_config
-from rlhf.data.arithmetic import Problem, corpus, make_splits
+from rlhf.data.arithmetic import corpus, make_splits
+from rlhf.data.rows import Row
 from rlhf.data.tiny_model import build_tokenizer
 
 SEED = 0
@@ -25,6 +26,12 @@ SHAPES = {
     "qwen2.5-0.5b": {
         "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
         "intermediate_size": 4864, "vocab_size": 151936, "max_position_embeddings": 32768,
+    },
+    # Qwen2.5-7B's config.json, less its weights (its head is not tied).
+    "qwen2.5-7b": {
+        "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
     },
     # Small enough to run the scripts on a CPU; head_dim 64 as above (vLLM's CPU attention has
     # no kernel for some smaller ones). Its vocabulary is still larger than the tokenizer's,
@@ -36,14 +43,15 @@ SHAPES = {
 }
 
 
-def task_problems() -> tuple[list[Problem], list[Problem]]:
+def task_problems() -> tuple[list[Row], list[Row]]:
     """The built-in task's train and held-out problems, as the default config makes them."""
     cfg = load_config([])
     return make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error)
 
 
-def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b") -> str:
-    """Write the HF folder (config, bf16 safetensors, generation config, tokenizer); return its path."""
+def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None = None) -> str:
+    """Write the HF folder (config, bf16 safetensors, generation config, tokenizer); return its path.
+    `layers`: fewer decoder layers than the shape has (a model too large for the machine at hand)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
@@ -55,8 +63,7 @@ def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b") -> str:
     tok = build_tokenizer(corpus(train + held_out), out)
     eos = tok.eos_token_id
     config = Qwen2Config(
-        **SHAPES[shape],
-        tie_word_embeddings=True,
+        **{"tie_word_embeddings": True, **SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})},
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         rms_norm_eps=1e-6,
         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
@@ -74,8 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
+    parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers than the shape has")
     args = parser.parse_args()
-    print(build(args.out_dir, args.shape))
+    print(build(args.out_dir, args.shape, args.layers))
 
 
 if __name__ == "__main__":

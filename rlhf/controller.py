@@ -9,6 +9,7 @@ from collections import Counter
 
 import torch
 
+from engines.flops import peak_flops, train_flops_per_token
 from rlhf.algos import advantages as adv_lib
 from rlhf.algos.diagnostics import between_group_share, explained_variance
 from rlhf.algos.kl import KLController, clamp_kl, kl_estimate
@@ -285,11 +286,38 @@ class Controller:
         metrics["throughput/generated_tokens_per_s"] = float(lengths.sum()) / max(self.timing["time/generate"], 1e-9)
         metrics["throughput/trained_tokens_per_s"] = (
             float(batch["attention_mask"].sum()) * algo.epochs / max(timing["time/train"], 1e-9) if train_actor else 0.0)
+        if train_actor:
+            metrics.update(self._device_metrics(float(batch["attention_mask"].sum()) * algo.epochs,
+                                                float(batch["attention_mask"].sum(-1).float().mean()), timing["time/train"]))
         self.last_batch = batch
         if self.roles.critic is not None:
             # values from before this step's update: how well the critic predicted returns it had not seen
             metrics["critic/explained_var"] = explained_variance(batch["returns"], batch["values"], mask)
         return metrics
+
+    def _device_metrics(self, tokens: float, context: float, seconds: float) -> dict[str, float]:
+        """On GPU: each trainer role's peak memory over the step, and the actor's MFU in training."""
+        out, device = {}, None
+        for name in ("actor", "ref", "critic"):
+            group = getattr(self.roles, name)
+            if group is None:
+                continue
+            stats = group.all("device_stats")
+            if stats[0]["device"] == "cpu":
+                return {}
+            device = stats[0]["device"]
+            out[f"perf/{name}_peak_memory_gb"] = max(s["peak_memory_gb"] for s in stats)
+        peak = peak_flops(device)
+        if peak and self.roles.model_path:
+            if self._model_config is None:
+                from transformers import AutoConfig
+
+                self._model_config = AutoConfig.from_pretrained(self.roles.model_path)
+            flops = train_flops_per_token(self._model_config, context) * tokens
+            out["perf/actor_mfu"] = flops / max(seconds, 1e-9) / (peak * self.roles.actor.world_size)
+        return out
+
+    _model_config = None
 
     def _rollout_metrics(self, batch, scores: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
         mask = batch["response_mask"]

@@ -30,6 +30,7 @@ class Roles:
     placement: Placement | None = None
     ref: TrainerGroup | None = None
     critic: TrainerGroup | None = None
+    model_path: str | None = None  # what the roles were started from (its config gives FLOPs per token)
 
     def sync_weights(self) -> int:
         """Push the actor's weights into every rollout engine; bytes sent."""
@@ -96,4 +97,4 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
     ray.get([e.__ray_ready__.remote() for e in engines])
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement)
+    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement, model_path=model_path)

@@ -71,6 +71,14 @@ class TrainerWorker:
         (on rank 0) and the trainer tensors the rollout model has no place for."""
         return self.sender.push(self.engine.export_weights(self.push_dtype)), sorted(self.sender.skipped)
 
+    def device_stats(self) -> dict:
+        """This rank's accelerator and its peak memory since the last call (then reset)."""
+        if not torch.cuda.is_available():
+            return {"device": "cpu", "peak_memory_gb": 0.0}
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return {"device": torch.cuda.get_device_name(), "peak_memory_gb": peak}
+
     def save(self, path: str) -> None:
         self.engine.save(path)
 

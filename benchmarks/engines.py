@@ -1,0 +1,136 @@
+"""Training engines side by side on the same batch: tokens/s, MFU and peak memory per engine.
+
+    python benchmarks/engines.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
+        [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 6] [--packing]
+
+Each engine runs as the product runs it (a trainer group of Ray actors, one GPU per rank) on the
+reference model's shape (benchmarks/reference_model.py, random weights), bf16 compute with fp32
+master weights and AdamW, an SFT step (forward, backward, optimizer) over `batch` sequences of
+`seq` random tokens. Step times are medians after one warm-up step; MFU counts the model FLOPs of
+engines/flops.py against the card's dense bf16 peak. A table is printed last; JSON goes to $OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def batch_of(batch: int, seq: int, vocab: int):
+    import torch
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.float32)
+    mask[:, 0] = 0
+    return TensorDict({"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(seq).expand(batch, seq).clone(),
+                       "response_mask": mask}, batch_size=[batch])
+
+
+def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> dict:
+    import ray
+
+    from engines import ENGINES
+    from engines.base import EngineConfig, OptimConfig
+    from engines.flops import peak_flops
+    from rlhf.algos.losses import SFTLoss
+    from rlhf.worker_group import TrainerGroup
+
+    cfg = EngineConfig(dtype="bfloat16", micro_batch_size=args.micro_batch, max_grad_norm=1.0, seed=0,
+                       trust_remote_code=False, tp_size=args.tp, packing=args.packing)
+    t = time.perf_counter()
+    group = TrainerGroup(args.world_size, ENGINES[name], model, cfg, trainable=True, num_cpus=1,
+                         num_gpus=1 if args.gpus else 0, name=f"bench-{name}")
+    start = time.perf_counter() - t
+    try:
+        group.all("configure_optimizer", OptimConfig(1e-6, 0.0, (0.9, 0.999), 0, args.steps + 1, "constant"))
+        tokens = float(batch["response_mask"].sum())
+        times = []
+        for step in range(args.steps + 1):
+            t = time.perf_counter()
+            group.dp("train_step", batch, SFTLoss(), tokens)
+            if step:  # the first step warms allocators and kernels up
+                times.append(time.perf_counter() - t)
+        stats = group.all("device_stats")
+    finally:
+        group.shutdown()
+    step = statistics.median(times)
+    tok_s = batch["input_ids"].numel() / step
+    peak = peak_flops(stats[0]["device"])
+    return {
+        "engine": name, "world_size": args.world_size, "tp": args.tp, "start_s": round(start, 1),
+        "step_s": round(step, 3), "tokens_per_s": round(tok_s), "device": stats[0]["device"],
+        "mfu": round(flops_per_token * tok_s / (peak * args.world_size), 4) if peak else None,
+        "peak_memory_gb": round(max(s["peak_memory_gb"] for s in stats), 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--model", default=None, help="model folder (built there if missing)")
+    ap.add_argument("--engines", default="automodel,fsdp")
+    ap.add_argument("--world-size", type=int, default=1)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--packing", action="store_true")
+    args = ap.parse_args()
+
+    import ray
+    import torch
+    from transformers import AutoConfig
+
+    from benchmarks.reference_model import build
+    from engines import ENGINES
+    from engines.flops import train_flops_per_token
+
+    args.gpus = torch.cuda.is_available()
+    work = Path(os.environ.get("TMPDIR", "/tmp"))
+    model = args.model or str(work / f"bench-{args.shape}-{args.layers or 'full'}")
+    if not Path(model, "config.json").is_file():
+        t = time.perf_counter()
+        build(model, args.shape, args.layers)
+        print(f"built {model} in {time.perf_counter() - t:.0f} s", flush=True)
+    config = AutoConfig.from_pretrained(model)
+    batch = batch_of(args.batch, args.seq, config.vocab_size)
+    flops = train_flops_per_token(config, args.seq)
+    ray.init(num_cpus=max(2, args.world_size + 1), include_dashboard=False)
+    rows = []
+    try:
+        for name in args.engines.split(","):
+            if name not in ENGINES:
+                print(f"engine {name!r} is not registered here (have: {', '.join(ENGINES)}); skipped", flush=True)
+                continue
+            rows.append(run_engine(name, model, args, batch, flops))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+    shape = f"{args.shape}{f' ({config.num_hidden_layers} layers)' if args.layers else ''}"
+    summary = {"shape": shape, "batch": args.batch, "seq": args.seq, "packing": args.packing, "rows": rows}
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"engines-{args.shape}-ws{args.world_size}-tp{args.tp}.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n{shape}, {args.batch} x {args.seq} tokens, bf16, world {args.world_size}, tp {args.tp}")
+    print("| engine | step s | tokens/s | MFU | peak GiB | start s |\n| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['engine']} | {r['step_s']} | {r['tokens_per_s']} | {r['mfu'] if r['mfu'] is not None else 'n/a'} | "
+              f"{r['peak_memory_gb']} | {r['start_s']} |")
+    if len(rows) == 2:
+        print(f"{rows[0]['engine']} / {rows[1]['engine']} tokens/s: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
