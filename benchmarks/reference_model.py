@@ -33,6 +33,14 @@ SHAPES = {
         "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 32768,
         "tie_word_embeddings": False,
     },
+    # A small random Qwen3-MoE (8 experts, 2 per token): Automodel's own MoE model class on GPU,
+    # for expert parallelism (actor.ep_size) and the weight export of routed experts.
+    "qwen3-moe-tiny": {
+        "model_type": "qwen3_moe", "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 1024, "moe_intermediate_size": 256,
+        "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True, "decoder_sparse_step": 1,
+        "vocab_size": 32768, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+    },
     # Small enough to run the scripts on a CPU; head_dim 64 as above (vLLM's CPU attention has
     # no kernel for some smaller ones). Its vocabulary is still larger than the tokenizer's,
     # but a quarter of the samples are known tokens, so even 8-token responses get rewards that vary.
@@ -53,7 +61,7 @@ def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None =
     """Write the HF folder (config, bf16 safetensors, generation config, tokenizer); return its path.
     `layers`: fewer decoder layers than the shape has (a model too large for the machine at hand)."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     if shape not in SHAPES:
         raise ValueError(f"shape={shape!r} is not one of {', '.join(SHAPES)}")
@@ -62,8 +70,10 @@ def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None =
     train, held_out = task_problems()
     tok = build_tokenizer(corpus(train + held_out), out)
     eos = tok.eos_token_id
-    config = Qwen2Config(
-        **{"tie_word_embeddings": True, **SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})},
+    spec = {"model_type": "qwen2", "tie_word_embeddings": True, **SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})}
+    config = AutoConfig.for_model(
+        spec.pop("model_type"),
+        **spec,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         rms_norm_eps=1e-6,
         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,

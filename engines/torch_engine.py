@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
 
 from engines import micro_batches
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
@@ -118,14 +119,22 @@ class TorchEngine(TrainingEngine):
     def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
         """Per-token quantities of a micro-batch, in its [b, t] layout."""
         mb = mb.to(self.device)
+        hf = isinstance(self.model, PreTrainedModel)
+        if self.cfg.packing and not hf:
+            raise ValueError(
+                f"packing=true needs a Hugging Face model class, which reads sequence boundaries from the position "
+                f"ids; {type(self.model).__name__} is the engine's own class (it packs another way, not supported "
+                f"here yet): set packing=false for this model")
         if self.cfg.packing:
             ids, positions, keep = micro_batches.pack_rows(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
             # No attention mask: the model reads the sequence boundaries from the positions.
             inputs = {"input_ids": ids, "position_ids": positions}
         else:
             inputs = {"input_ids": mb["input_ids"], "attention_mask": mb["attention_mask"], "position_ids": mb["position_ids"]}
+        if hf:
+            inputs["use_cache"] = False  # no KV cache in training (with one, HF also stops detecting packed rows)
         with self._autocast or contextlib.nullcontext():
-            logits = self.model(**inputs, use_cache=False).logits
+            logits = self.model(**inputs).logits
         if isinstance(logits, DTensor):
             # Tensor parallel leaves the logits sharded over the vocabulary; gathering them is
             # simple and differentiable (a vocab-parallel log-softmax would move less).

@@ -1,6 +1,6 @@
 """Training engines side by side on the same batch: tokens/s, MFU and peak memory per engine.
 
-    python benchmarks/engines.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
+    python benchmarks/engine_throughput.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
         [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 6] [--packing]
 
 Each engine runs as the product runs it (a trainer group of Ray actors, one GPU per rank) on the
