@@ -69,6 +69,16 @@ class InferenceEngine(ABC):
         are gathered from the shards as they are produced), and every rank gets every tensor."""
 
 
+    @abstractmethod
+    def offload(self, what: str) -> None:
+        """Move "optimizer" state (and gradients) or "all" (weights too) to CPU, freeing the
+        accelerator for a colocated rollout engine (no-op on CPU)."""
+
+    @abstractmethod
+    def onload(self) -> None:
+        """Bring back what `offload` moved."""
+
+
 class TrainingEngine(InferenceEngine):
     @abstractmethod
     def configure_optimizer(self, cfg: OptimConfig) -> None:

@@ -70,6 +70,7 @@ class TorchEngine(TrainingEngine):
         )
 
         self.optimizer = self.scheduler = None
+        self._offloaded: list[tuple[dict, str]] = []  # optimizer state entries moved to CPU by `offload`
         self._last_logprobs = torch.zeros(0)
         if not trainable:
             self.model.requires_grad_(False)
@@ -232,6 +233,35 @@ class TorchEngine(TrainingEngine):
             }
         )
         return metrics
+
+    def offload(self, what: str) -> None:
+        """Free this rank's GPU for the rollout engine: "optimizer" moves the optimizer state to
+        CPU (and drops gradients); "all" the weights too. A no-op off CUDA."""
+        if self.device.type != "cuda":
+            return
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            for state in self.optimizer.state.values():
+                for key, value in state.items():
+                    # only what lives on the GPU (AdamW keeps its step counts on CPU)
+                    if torch.is_tensor(value) and value.device.type == "cuda":
+                        state[key] = value.to("cpu", non_blocking=True)
+                        self._offloaded.append((state, key))
+        if what == "all":
+            self._reshard()
+            self.model.to("cpu")
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+    def onload(self) -> None:
+        """Undo `offload`."""
+        if self.device.type != "cuda":
+            return
+        self.model.to(self.device)
+        for state, key in self._offloaded:
+            state[key] = state[key].to(self.device, non_blocking=True)
+        self._offloaded = []
+        torch.cuda.synchronize()
 
     def last_logprobs(self) -> torch.Tensor:
         return self._last_logprobs

@@ -98,6 +98,7 @@ class RolloutConfig:
     weight_transport: str
     seed_per_prompt: bool
     bucket_bytes: int
+    sleep: bool
 
 
 @dataclass
@@ -420,6 +421,9 @@ def _check_layout(cfg: RunConfig) -> None:
     _choice("rollout.weight_transport", r.weight_transport, ["auto", "cuda_ipc", "object_store"])
     if r.num_engines < 1:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
+    if r.sleep and r.num_gpus == 0:
+        raise ConfigError("rollout.sleep=true needs the engines on GPUs (rollout.num_gpus > 0): on CPU nothing is freed "
+                          "by sleeping; set rollout.sleep=false")
     if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
         raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
     if r.num_gpus > 1 or (r.num_gpus and r.tensor_parallel_size > 1):

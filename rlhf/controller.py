@@ -125,6 +125,7 @@ class Controller:
         t = time.perf_counter()
         batch = pack_masked([self.render.sft_example(r) for r in rows], self.pad)
         tokens = float(batch["response_mask"].sum())
+        self.roles.prepare_training()
         metrics = self.roles.actor.dp("train_step", batch, SFTLoss(), tokens)[0]
         metrics["sft/loss"] = metrics.pop("loss")
         metrics["time/step"] = time.perf_counter() - t
@@ -198,6 +199,7 @@ class Controller:
         if algo.overlong_filter:
             batch["response_mask"] = batch["response_mask"] * (~batch["truncated"]).float()[:, None]
         timing["time/rollout"], t = time.perf_counter() - t, time.perf_counter()
+        self.roles.prepare_training()
 
         # One update per batch and no reference: the training forward gives the old log-probs
         # (masked importance sampling needs them before the update, so it takes the extra forward).

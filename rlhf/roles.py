@@ -32,9 +32,36 @@ class Roles:
     critic: TrainerGroup | None = None
     model_path: str | None = None  # what the roles were started from (its config gives FLOPs per token)
 
+    sleep: bool = False  # trainers and vLLM take turns on the GPUs (rollout.sleep)
+
+    def trainers(self) -> list[TrainerGroup]:
+        return [g for g in (self.actor, self.ref, self.critic) if g is not None]
+
+    def prepare_training(self) -> None:
+        """Before trainer work (after generation): with sleep, vLLM frees the GPUs and the
+        trainers move back onto them."""
+        if not self.sleep or self._turn == "train":
+            return
+        self.rollout.all("sleep")
+        if self._turn == "rollout":
+            for group in self.trainers():
+                group.all("onload")
+        self._turn = "train"
+
     def sync_weights(self) -> int:
-        """Push the actor's weights into every rollout engine; bytes sent."""
+        """Push the actor's weights into every rollout engine; bytes sent. With sleep, vLLM wakes
+        its weights for the push, the trainers move to CPU, then vLLM wakes its KV cache."""
+        self.prepare_training()
+        if self.sleep:
+            for group in self.trainers():
+                group.all("offload", "optimizer")  # not needed for the push
+            self.rollout.all("wake", ["weights"])
         sent, skipped = self.actor.all("sync_weights")[0]
+        if self.sleep:
+            for group in self.trainers():
+                group.all("offload", "all")
+            self.rollout.all("wake", ["kv_cache"])
+            self._turn = "rollout"
         if skipped and not self._told:
             print(f"[rlhf] weight sync: {len(skipped)} trainer tensor(s) have no place in the rollout model and "
                   f"are not sent: {', '.join(skipped[:5])}", flush=True)
@@ -42,6 +69,7 @@ class Roles:
         return sent
 
     _told = False
+    _turn = "both"  # who holds the GPUs: both (at start-up), train, or rollout
 
 
 def plan_placement(cfg: RunConfig) -> Placement:
@@ -82,6 +110,7 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         max_num_batched_tokens=r.max_num_batched_tokens,
         weight_transport=transport,
         trust_remote_code=cfg.model.trust_remote_code,
+        sleep=r.sleep,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
     return [cls.options(name=f"rollout-{i}", **(placement.options(i) if r.num_gpus else {}))
@@ -97,4 +126,5 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
     ray.get([e.__ray_ready__.remote() for e in engines])
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement, model_path=model_path)
+    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement, model_path=model_path,
+                 sleep=cfg.rollout.sleep)

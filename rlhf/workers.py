@@ -71,6 +71,12 @@ class TrainerWorker:
         (on rank 0) and the trainer tensors the rollout model has no place for."""
         return self.sender.push(self.engine.export_weights(self.push_dtype)), sorted(self.sender.skipped)
 
+    def offload(self, what: str) -> None:
+        self.engine.offload(what)
+
+    def onload(self) -> None:
+        self.engine.onload()
+
     def device_stats(self) -> dict:
         """This rank's accelerator and its peak memory since the last call (then reset)."""
         if not torch.cuda.is_available():
@@ -104,6 +110,12 @@ class RolloutWorker:
 
     def weight_names(self) -> list[str]:
         return self.engine.weight_names
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self, tags: list[str]) -> None:
+        self.engine.wake(tags)
 
     def begin_weight_update(self) -> None:
         self.receiver.begin()

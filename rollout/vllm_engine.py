@@ -29,6 +29,7 @@ class VLLMConfig:
     max_num_batched_tokens: int | None
     weight_transport: str  # the weight_sync transport that feeds this engine
     trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
+    sleep: bool = False  # sleep mode on (CUDA): `sleep` and `wake` free and restore GPU memory
 
 
 class _DropRepeatedNoise(logging.Filter):
@@ -69,6 +70,7 @@ class VLLMRollout(RolloutEngine):
             kwargs["weight_transfer_config"] = {"backend": "ipc"}
         if cuda:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = cfg.sleep
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
         for handler in logging.getLogger("vllm").handlers:
@@ -129,6 +131,15 @@ class VLLMRollout(RolloutEngine):
     def load_buckets(self, buckets: list[Bucket]) -> None:
         """Host buckets (the object-store transport) loaded by every vLLM worker."""
         self.llm.collective_rpc("load_buckets", args=(buckets,))
+
+    def sleep(self) -> None:
+        """Weights to CPU, KV cache dropped: the GPU memory goes to the trainers until `wake`."""
+        self.llm.sleep(level=1)
+
+    def wake(self, tags: list[str]) -> None:
+        """Restore "weights" (before a push lands in them) or "kv_cache" (once the trainers have
+        moved out), so both never hold the GPU at once."""
+        self.llm.wake_up(tags=tags)
 
     def weights_updated(self) -> None:
         # Cached prefixes hold KV computed with the old weights.
