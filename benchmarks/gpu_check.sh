@@ -6,6 +6,8 @@
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
+#   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
+#          and the reference workload (ours)
 # Logs and summaries go to $OUT; a table is printed last.
 set -uo pipefail
 python3 .device/kit/b/setup.py >/dev/null && python3 .device/kit/a/setup.py --all >/dev/null && . /tmp/kit/env.sh
@@ -34,6 +36,13 @@ case ${1:-one} in
   two)
     ref ours_dp2 actor.world_size=2
     ref ours_tp2 actor.world_size=2 actor.tp_size=2 ;;
+  engines1)
+    timeout 240 python3 benchmarks/engine_throughput.py --shape qwen2.5-0.5b > "$OUT/engines_0.5b.log" 2>&1
+    echo "engines rc=$?" >> "$OUT/table.txt"; tail -6 "$OUT/engines_0.5b.log" >> "$OUT/table.txt"
+    timeout 300 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider \
+      -k "logprobs_match_hf or offload or sleep_mode" > "$OUT/tests1.log" 2>&1
+    grep -E "passed|failed|offload freed|sleep mode|max \|dlogp" "$OUT/tests1.log" >> "$OUT/table.txt"
+    ref ours_1gpu rollout.seed_per_prompt=false ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac
