@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
-# .device/trl:   bash benchmarks/gpu_check.sh one|two|tests
+# .device/trl:   bash benchmarks/gpu_check.sh one|ours|two|tests|nccl
 #   one:   the reference workload on one GPU, ours (unseeded requests, as TRL's) then TRL 1.16
 #          (benchmarks/vs_trl), same card
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
@@ -8,6 +8,8 @@
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
+#   nccl:  weight push on two GPUs (benchmarks/nccl_push.py): disaggregated over NCCL against a
+#          plain NCCL broadcast, then vLLM TP=2 fed by a 2-rank trainer; then the NCCL GPU test
 # Logs and summaries go to $OUT; a table is printed last.
 set -uo pipefail
 python3 .device/kit/b/setup.py >/dev/null && python3 .device/kit/a/setup.py --all >/dev/null && . /tmp/kit/env.sh
@@ -43,6 +45,12 @@ case ${1:-one} in
       -k "logprobs_match_hf or offload or sleep_mode" > "$OUT/tests1.log" 2>&1
     grep -E "passed|failed|offload freed|sleep mode|max \|dlogp" "$OUT/tests1.log" >> "$OUT/table.txt"
     ref ours_1gpu rollout.seed_per_prompt=false ;;
+  nccl)
+    for mode in nccl tp2; do
+      timeout 400 python3 benchmarks/nccl_push.py --model $model --mode $mode > "$OUT/nccl_push_$mode.log" 2>&1
+      echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
+    done
+    python3 -m pytest -q -s -m gpu tests/test_gpu.py -k two_gpus -p no:cacheprovider 2>&1 | tee "$OUT/tests_nccl.log" | tail -20 ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac

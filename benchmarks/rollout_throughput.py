@@ -42,7 +42,8 @@ def main() -> None:
     engine = VLLMRollout(args.model, VLLMConfig(
         dtype="bfloat16" if cuda else "float32", tensor_parallel_size=1, max_model_len=64 + args.tokens,
         kv_cache_bytes=1 << 30, gpu_memory_utilization=args.gpu_memory_utilization, seed=0, enforce_eager=None,
-        max_num_seqs=None, max_num_batched_tokens=None, weight_transport="object_store"))
+        max_num_seqs=None, max_num_batched_tokens=None, weight_transport="object_store",
+        trust_remote_code=False, gpu_share=1.0, ray_bundles=()))
     tok = AutoTokenizer.from_pretrained(args.model)
     train, _ = task_problems()
     prompts = [tok(p.prompt).input_ids for p in train[: args.prompts]]

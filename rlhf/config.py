@@ -64,6 +64,7 @@ class EngineGroupConfig:
     ep_size: int
     num_cpus_per_worker: float
     num_gpus_per_worker: float
+    resources: dict
     dtype: str
     micro_batch_size: int
     packing: bool
@@ -95,7 +96,9 @@ class RolloutConfig:
     max_num_batched_tokens: Optional[int]
     num_cpus: float
     num_gpus: float
+    resources: dict
     weight_transport: str
+    placement: str
     seed_per_prompt: bool
     bucket_bytes: int
     sleep: bool
@@ -118,6 +121,7 @@ class RLConfig:
     temperature: float
     top_p: float
     top_k: int
+    stop: list[str]
     max_new_tokens: int
     lr: float
     warmup_steps: int
@@ -418,7 +422,9 @@ def _check_layout(cfg: RunConfig) -> None:
     from engines import ENGINES
 
     r = cfg.rollout
-    _choice("rollout.weight_transport", r.weight_transport, ["auto", "cuda_ipc", "object_store"])
+    _choice("rollout.weight_transport", r.weight_transport, ["auto", "cuda_ipc", "nccl", "object_store"])
+    _choice("rollout.placement", r.placement, ["colocated", "disaggregated"])
+    _check_resources("rollout.resources", r.resources)
     if r.num_engines < 1:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
     if r.sleep and r.num_gpus == 0:
@@ -426,17 +432,31 @@ def _check_layout(cfg: RunConfig) -> None:
                           "by sleeping; set rollout.sleep=false")
     if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
         raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
-    if r.num_gpus > 1 or (r.num_gpus and r.tensor_parallel_size > 1):
+    if r.weight_transport == "cuda_ipc" and r.placement == "disaggregated":
         raise ConfigError(
-            f"rollout.num_gpus={r.num_gpus:g} with rollout.tensor_parallel_size={r.tensor_parallel_size}: a rollout "
-            f"engine on GPU takes a share of one GPU (vLLM tensor parallel across GPUs is not supported yet); use "
-            f"rollout.num_engines for more GPUs"
+            "rollout.weight_transport=cuda_ipc cannot reach engines on GPUs of their own (rollout.placement="
+            "disaggregated): use rollout.weight_transport=nccl (or auto), or rollout.placement=colocated"
+        )
+    if r.weight_transport == "nccl" and (r.num_gpus == 0 or cfg.actor.num_gpus_per_worker == 0
+                                         or r.placement != "disaggregated"):
+        raise ConfigError(
+            f"rollout.weight_transport=nccl broadcasts from the trainer's GPU to the engines' GPUs: it needs "
+            f"actor.num_gpus_per_worker > 0, rollout.num_gpus > 0 and rollout.placement=disaggregated (NCCL "
+            f"cannot connect two processes on one GPU), got {cfg.actor.num_gpus_per_worker:g}, {r.num_gpus:g} and "
+            f"{r.placement}; for engines on the trainer's GPUs use cuda_ipc (or auto)"
+        )
+    if r.num_gpus > 1:
+        raise ConfigError(
+            f"rollout.num_gpus={r.num_gpus:g}: it is the share of one GPU each vLLM worker takes (at most 1); for "
+            f"more GPUs per engine raise rollout.tensor_parallel_size, for more engines rollout.num_engines"
         )
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(r, key) is not None and getattr(r, key) < 1:
             raise ConfigError(f"rollout.{key} must be at least 1 (or null for vLLM's default), got {getattr(r, key)}")
     if not 0 < cfg.rl.top_p <= 1 or cfg.rl.top_k < 0:
         raise ConfigError(f"rl.top_p must be in (0, 1] and rl.top_k >= 0 (0: off), got {cfg.rl.top_p} and {cfg.rl.top_k}")
+    if any(not s for s in cfg.rl.stop):
+        raise ConfigError(f"rl.stop={cfg.rl.stop!r} holds an empty string, which would end every response at once; remove it")
     for name, g in trainer_groups(cfg).items():
         _choice(f"{name}.engine", g.engine, ENGINES)
         _choice(f"{name}.dtype", g.dtype, ["float32", "bfloat16", "float16"])
@@ -456,6 +476,7 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"{name}.world_size={g.world_size} is not divisible by {name}.ep_size={g.ep_size}: experts are split "
                 f"over ep_size ranks of the world; make world_size a multiple of ep_size"
             )
+        _check_resources(f"{name}.resources", g.resources)
         if g.num_cpus_per_worker < 0 or g.num_gpus_per_worker < 0:
             raise ConfigError(f"{name}.num_cpus_per_worker and {name}.num_gpus_per_worker must be 0 or more")
         if g.num_gpus_per_worker > 1:
@@ -463,30 +484,56 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"{name}.num_gpus_per_worker={g.num_gpus_per_worker}: each rank drives one GPU (or a share of one); "
                 f"use at most 1 and raise {name}.world_size instead"
             )
-    # Colocated placement: GPU i holds rank i of every trainer group and rollout engine i.
-    shares: dict[int, float] = {}
-    for g in trainer_groups(cfg).values():
-        for i in range(g.world_size):
-            shares[i] = shares.get(i, 0.0) + g.num_gpus_per_worker
-    for i in range(r.num_engines):
-        shares[i] = shares.get(i, 0.0) + r.num_gpus
-    crowded = {i: s for i, s in shares.items() if s > 1 + 1e-9}
+    from rlhf.placement import gpu_layout
+
+    layout = gpu_layout(cfg)
+    where = ("rank i of each trainer group and rollout engine i share it" if r.placement == "colocated" else
+             "rank i of each trainer group shares it (rollout engines take the GPUs after the trainer's)")
+    crowded = {i: s for i, s in layout.shares.items() if s > 1 + 1e-9}
     if crowded:
         i, s = next(iter(crowded.items()))
         raise ConfigError(
-            f"GPU {i} would hold {s:g} GPUs of work: rank {i} of each trainer group and rollout engine {i} share it; "
-            f"lower num_gpus_per_worker / rollout.num_gpus so each GPU's shares add up to at most 1"
+            f"GPU {i} would hold {s:g} GPUs of work: {where}; lower num_gpus_per_worker / rollout.num_gpus so each "
+            f"GPU's shares add up to at most 1"
         )
-    gpus_needed = len([s for s in shares.values() if s > 0])
+    ipc = r.weight_transport == "cuda_ipc" or (r.weight_transport == "auto" and r.placement == "colocated"
+                                                and r.num_gpus > 0 and cfg.actor.num_gpus_per_worker > 0)
+    lonely = [i for gpus in layout.rollout for i in gpus if i not in layout.trainer.get("actor", [])]
+    if ipc and lonely:
+        raise ConfigError(
+            f"GPU {lonely[0]} would hold a vLLM worker but no actor rank, so CUDA IPC (the colocated transport) "
+            f"cannot reach it: {_gpu_plan(layout)}; make rollout.num_engines x rollout.tensor_parallel_size at most "
+            f"actor.world_size, or set rollout.placement=disaggregated"
+        )
+    gpus_needed = len(layout.shares)
     if gpus_needed and cfg.trainer.ray_address is None:
         import torch
 
         have = torch.cuda.device_count()
-        if gpus_needed > have + 1e-9:
+        if gpus_needed > have:
             raise ConfigError(
-                f"the roles need {gpus_needed} GPUs (GPU i holds rank i of every trainer group that asks for GPUs and "
-                f"rollout engine i) but this machine has {have}; lower the world sizes or rollout.num_engines"
+                f"rollout.placement={r.placement} needs {gpus_needed} GPUs for these roles ({_gpu_plan(layout)}) but "
+                f"this machine has {have}; lower the world sizes or rollout.num_engines"
+                + (", or use rollout.placement=colocated" if r.placement == "disaggregated" else "")
             )
+
+
+def _check_resources(path: str, resources: dict) -> None:
+    for key, amount in resources.items():
+        if key in ("CPU", "GPU", "memory") or isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise ConfigError(
+                f"{path} maps custom Ray resource names to positive amounts (e.g. {{rollout_node: 1}}), got "
+                f"{key}: {amount!r}; CPUs and GPUs have their own keys (num_cpus..., num_gpus...)"
+            )
+
+
+def _gpu_plan(layout) -> str:
+    parts = [f"{name} ranks on GPUs {ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else f"{name} on GPU {ranks[0]}"
+             for name, ranks in layout.trainer.items()]
+    gpus = [i for engine in layout.rollout for i in engine]
+    if gpus:
+        parts.append(f"vLLM on GPUs {gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else f"vLLM on GPU {gpus[0]}")
+    return ", ".join(parts)
 
 
 def validate(cfg: RunConfig) -> None:

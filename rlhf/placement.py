@@ -1,29 +1,72 @@
-"""Where the role processes run. Colocated (the only layout so far): GPU i holds trainer rank i of
-every trainer group and rollout engine i, each with its share of the GPU; a Ray placement group
-reserves one whole GPU per index, so shares that fit on one GPU are not spread over two.
+"""Where the role processes run, by `rollout.placement`:
 
-Without GPUs there is nothing to pin: roles go where Ray puts them (any node of the cluster).
+- colocated: GPU i holds rank i of every trainer group and rollout engine i, each with its share
+  of the GPU (the rollout engines take turns with the trainer on the same memory);
+- disaggregated: the trainer ranks on GPUs 0..W-1 (W: the largest trainer world size; rank i of
+  every trainer group on GPU i), the rollout engines on the GPUs after them, so generation and
+  training never share a GPU and weights travel between GPUs (NCCL).
+
+A Ray placement group reserves one whole GPU per index, so shares that fit on one GPU are not
+spread over two. Without GPUs there is nothing to pin: roles go where Ray puts them (any node).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+PLACEMENTS = ("colocated", "disaggregated")
+
+
+@dataclass
+class Layout:
+    """GPU indices of the role processes that ask for GPUs, and the GPUs of work on each index."""
+
+    trainer: dict[str, list[int]]  # trainer group name -> the GPU index of each rank
+    rollout: list[list[int]]  # the GPU indices of each rollout engine (one per tensor-parallel rank)
+    shares: dict[int, float]
+
+
+def gpu_layout(cfg) -> Layout:
+    """The layout `cfg` asks for (a `RunConfig`); pure, so it is checked before Ray starts."""
+    from rlhf.config import trainer_groups
+
+    groups = {name: g for name, g in trainer_groups(cfg).items() if g.num_gpus_per_worker > 0}
+    r = cfg.rollout
+    trainer = {name: list(range(g.world_size)) for name, g in groups.items()}
+    first = max((g.world_size for g in groups.values()), default=0) if r.placement == "disaggregated" else 0
+    tp = r.tensor_parallel_size
+    rollout = [[first + e * tp + k for k in range(tp)] for e in range(r.num_engines)] if r.num_gpus > 0 else []
+    shares: dict[int, float] = defaultdict(float)
+    for name, ranks in trainer.items():
+        for i in ranks:
+            shares[i] += groups[name].num_gpus_per_worker
+    for gpus in rollout:
+        for i in gpus:
+            shares[i] += r.num_gpus
+    return Layout(trainer, rollout, dict(shares))
+
 
 class Placement:
-    def __init__(self, slots: list[tuple[int, float]]):
-        """`slots`: one (index, cpus) per role process that needs a GPU; index = its GPU."""
-        cpus = defaultdict(float)
-        for index, c in slots:
-            cpus[index] += c
-        self.size = max(cpus) + 1 if cpus else 0
+    def __init__(self, slots: list[tuple[int, float, dict]], rollout: list[list[int]] | None = None):
+        """`slots`: one (index, cpus, custom resources) per role process that needs a GPU; index =
+        its GPU. `rollout`: the GPU indices of each rollout engine."""
+        bundles: dict[int, dict] = defaultdict(lambda: {"GPU": 1, "CPU": 0.0})
+        for index, cpus, resources in slots:
+            bundles[index]["CPU"] += cpus
+            for key, amount in resources.items():
+                bundles[index][key] = bundles[index].get(key, 0) + amount
+        self.size = max(bundles) + 1 if bundles else 0
+        self.rollout = rollout or []
         self.group = None
         if self.size:
-            self.group = placement_group([{"GPU": 1, "CPU": cpus[i]} for i in range(self.size)], strategy="PACK")
+            # a GPU's bundle with no CPU (a tensor-parallel worker alone on it) leaves the key out
+            self.group = placement_group([{k: v for k, v in bundles[i].items() if v} for i in range(self.size)],
+                                         strategy="PACK")
             ray.get(self.group.ready(), timeout=300)
 
     def options(self, index: int) -> dict:
@@ -31,6 +74,25 @@ class Placement:
         if self.group is None:
             return {}
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)}
+
+    def rollout_bundles(self, engine: int) -> tuple[int, ...]:
+        """The bundles of a tensor-parallel engine's GPUs, where vLLM's Ray executor starts one
+        worker each (`VLLMConfig.ray_bundles`); empty for an engine that is one process."""
+        gpus = self.rollout[engine] if self.rollout else []
+        return tuple(gpus) if len(gpus) > 1 else ()
+
+    def rollout_options(self, engine: int, num_gpus: float) -> dict:
+        """Ray actor options for rollout engine `engine` (empty when the engines take no GPU). A
+        tensor-parallel engine's own process takes no GPU: its workers, started by vLLM in this
+        placement group (captured), take a `num_gpus` share of one GPU each."""
+        if not self.rollout:
+            return {}
+        gpus = self.rollout[engine]
+        if len(gpus) == 1:
+            return {**self.options(gpus[0]), "num_gpus": num_gpus}
+        strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=gpus[0],
+                                                    placement_group_capture_child_tasks=True)
+        return {"scheduling_strategy": strategy, "num_gpus": 0}
 
     def remove(self) -> None:
         if self.group is not None:

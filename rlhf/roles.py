@@ -6,6 +6,7 @@ engine, is decided here, so neither the pipeline nor the controller knows about 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import ray
@@ -14,7 +15,7 @@ import torch
 from engines import ENGINES
 from engines.base import EngineConfig
 from rlhf.config import RunConfig, trainer_groups
-from rlhf.placement import Placement
+from rlhf.placement import Placement, gpu_layout
 from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
@@ -73,12 +74,20 @@ class Roles:
 
 
 def plan_placement(cfg: RunConfig) -> Placement:
-    """Colocated: rank i of every trainer group and rollout engine i on GPU i."""
-    slots = [(r, g.num_cpus_per_worker) for g in trainer_groups(cfg).values() if g.num_gpus_per_worker
-             for r in range(g.world_size)]
-    if cfg.rollout.num_gpus:
-        slots += [(e, cfg.rollout.num_cpus) for e in range(cfg.rollout.num_engines)]
-    return Placement(slots)
+    """`rollout.placement` (see `rlhf.placement`): a placement-group bundle per GPU index."""
+    layout = gpu_layout(cfg)
+    groups = trainer_groups(cfg)
+    slots = [(i, groups[name].num_cpus_per_worker, groups[name].resources)
+             for name, ranks in layout.trainer.items() for i in ranks]
+    # an engine's own process sits on its first GPU; its tensor-parallel workers ask for no CPU
+    slots += [(i, cfg.rollout.num_cpus if k == 0 else 0.0, cfg.rollout.resources if k == 0 else {})
+              for gpus in layout.rollout for k, i in enumerate(gpus)]
+    return Placement(slots, layout.rollout)
+
+
+def _resources(resources: dict) -> dict:
+    """Ray actor options asking for these custom resources (`*.resources` in the config)."""
+    return {"resources": dict(resources)} if resources else {}
 
 
 def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm",
@@ -92,7 +101,8 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
     where = placement if placement is not None and group.num_gpus_per_worker else None
     return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
                         num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head,
-                        options=[where.options(r) if where else {} for r in range(group.world_size)])
+                        options=[{**(where.options(r) if where else {}), **_resources(group.resources)}
+                                 for r in range(group.world_size)])
 
 
 def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement) -> list:
@@ -110,17 +120,22 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         max_num_batched_tokens=r.max_num_batched_tokens,
         weight_transport=transport,
         trust_remote_code=cfg.model.trust_remote_code,
+        gpu_share=r.num_gpus,
+        ray_bundles=(),
         sleep=r.sleep,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
-    return [cls.options(name=f"rollout-{i}", **(placement.options(i) if r.num_gpus else {}))
-            .remote(ROLLOUT_ENGINES[r.engine], model_path, rollout_cfg) for i in range(r.num_engines)]
+    return [cls.options(name=f"rollout-{i}", **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))
+            .remote(ROLLOUT_ENGINES[r.engine], model_path,
+                    dataclasses.replace(rollout_cfg, ray_bundles=placement.rollout_bundles(i)))
+            for i in range(r.num_engines)]
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     """The actor and the rollout engines, started together (both load `model_path`), and the
     weight transport between them."""
-    transport = choose_transport(cfg.rollout.weight_transport, cuda=cfg.rollout.num_gpus > 0 and torch.cuda.is_available())
+    on_gpu = cfg.rollout.num_gpus > 0 and cfg.actor.num_gpus_per_worker > 0 and torch.cuda.is_available()
+    transport = choose_transport(cfg.rollout.weight_transport, on_gpu, cfg.rollout.placement)
     placement = plan_placement(cfg)
     engines = start_rollout(cfg, model_path, transport, placement)
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)

@@ -117,6 +117,13 @@ class RolloutWorker:
     def wake(self, tags: list[str]) -> None:
         self.engine.wake(tags)
 
+    def weight_workers(self) -> int:
+        """The processes of this engine that receive weights (its tensor-parallel workers)."""
+        return self.engine.num_workers
+
+    def connect_weights(self, info: dict) -> None:
+        self.receiver.connect(info)
+
     def begin_weight_update(self) -> None:
         self.receiver.begin()
 

@@ -29,6 +29,10 @@ class VLLMConfig:
     max_num_batched_tokens: int | None
     weight_transport: str  # the weight_sync transport that feeds this engine
     trust_remote_code: bool  # run Python code shipped with the model folder (HF auto_map)
+    gpu_share: float  # the share of its GPU each vLLM worker takes (with ray_bundles)
+    # Tensor parallel on GPUs: the bundles of this process's placement group where vLLM's Ray
+    # executor starts one worker each (tensor_parallel_size of them); empty: vLLM runs here.
+    ray_bundles: tuple[int, ...]
     sleep: bool = False  # sleep mode on (CUDA): `sleep` and `wake` free and restore GPU memory
 
 
@@ -47,7 +51,14 @@ class VLLMRollout(RolloutEngine):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        cuda = torch.cuda.is_available()
+        # A tensor-parallel engine's own process holds no GPU; its workers do.
+        cuda = torch.cuda.is_available() or bool(cfg.ray_bundles)
+        if cfg.ray_bundles:
+            if len(cfg.ray_bundles) != cfg.tensor_parallel_size:
+                raise ValueError(f"{len(cfg.ray_bundles)} placement bundles for tensor_parallel_size="
+                                 f"{cfg.tensor_parallel_size}: give one bundle per tensor-parallel rank")
+            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, cfg.ray_bundles))
+            os.environ["VLLM_RAY_PER_WORKER_GPUS"] = str(cfg.gpu_share)
         kwargs = dict(
             model=model_path,
             dtype=cfg.dtype,
@@ -62,12 +73,14 @@ class VLLMRollout(RolloutEngine):
             trust_remote_code=cfg.trust_remote_code,
             load_format="safetensors",  # never unpickle weights
         )
+        if cfg.ray_bundles:
+            kwargs["distributed_executor_backend"] = "ray"
         if cfg.max_num_seqs is not None:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
         if cfg.max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
-        if cfg.weight_transport == "cuda_ipc":
-            kwargs["weight_transfer_config"] = {"backend": "ipc"}
+        if cfg.weight_transport in ("cuda_ipc", "nccl"):
+            kwargs["weight_transfer_config"] = {"backend": {"cuda_ipc": "ipc", "nccl": "nccl"}[cfg.weight_transport]}
         if cuda:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = cfg.sleep
@@ -94,7 +107,10 @@ class VLLMRollout(RolloutEngine):
                 top_k=sampling.top_k,
                 max_tokens=sampling.max_new_tokens,
                 logprobs=0,
-                detokenize=False,
+                # Stop strings are matched on the text; without them no text is needed.
+                detokenize=bool(sampling.stop),
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=True,  # the text then matches the token ids, which end with it
                 seed=seed,
             )
 
@@ -127,6 +143,11 @@ class VLLMRollout(RolloutEngine):
     @property
     def weight_names(self) -> list[str]:
         return self._weight_names
+
+    @property
+    def num_workers(self) -> int:
+        """vLLM's worker processes (tensor x pipeline parallel); each receives every pushed tensor."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
 
     def load_buckets(self, buckets: list[Bucket]) -> None:
         """Host buckets (the object-store transport) loaded by every vLLM worker."""

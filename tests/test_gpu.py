@@ -6,11 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlhf.metrics import read_metrics, rl_steps
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.gpu
 
@@ -135,3 +138,23 @@ def test_ppo_resume_on_one_gpu(tmp_path):
     print("resume on GPU, max |full - resumed| over steps 4-6:", {k: f"{v:.2e}" for k, v in worst.items()},
           f"final weights {weight_gap:.2e}")
     assert max(worst.values()) <= 1e-5 and weight_gap <= 1e-6
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("mode", ["nccl", "tp2"])
+def test_weight_push_on_two_gpus(tiny_model, tmp_path, mode):
+    """nccl: trainer on GPU 0, vLLM on GPU 1, weights over NCCL; tp2: a 2-rank trainer and vLLM
+    TP=2 sharing both GPUs, over CUDA IPC. vLLM's weights are first halved in place; after the
+    push it must score sampled responses like the trainer (float32 on both sides)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "nccl_push.py"), "--model", tiny_model, "--mode", mode, "--reps", "2",
+         "actor.dtype=float32", "rollout.dtype=float32", "rollout.max_model_len=64"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    print(proc.stdout[-1500:])
+    result = json.loads((tmp_path / f"nccl_push_{mode}.json").read_text())
+    assert result["transport"] == {"nccl": "NcclReceiver", "tp2": "CudaIpcReceiver"}[mode]
+    # the same bound as the one-GPU job test (NeMo-RL's functional test bounds the mean at 2e-3)
+    assert result["logprob_gap_after_push"] < 2e-3
+    assert result["logprob_gap_scrambled"] > 50 * result["logprob_gap_after_push"]

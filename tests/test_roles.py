@@ -42,7 +42,8 @@ def roles(tiny_model):
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
                              num_cpus=1, num_gpus=0, name="test-actor")
         vllm_cfg = VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0, enforce_eager=None, max_num_seqs=None,
-                              max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False)
+                              max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False,
+                              gpu_share=0.0, ray_bundles=())
         engines = [ray.remote(num_cpus=1)(RolloutWorker).remote(ROLLOUT_ENGINES["vllm"], tiny_model, vllm_cfg)
                    for _ in range(2)]
         # small buckets: several per push

@@ -10,12 +10,16 @@ from __future__ import annotations
 TRANSPORTS = {
     "object_store": ("weight_sync.object_store:ObjectStoreSender", "weight_sync.object_store:ObjectStoreReceiver"),
     "cuda_ipc": ("weight_sync.cuda_ipc:CudaIpcSender", "weight_sync.cuda_ipc:CudaIpcReceiver"),
+    "nccl": ("weight_sync.nccl:NcclSender", "weight_sync.nccl:NcclReceiver"),
 }
 
 
-def choose_transport(requested: str, cuda: bool) -> str:
-    """`auto`: CUDA IPC handles on GPU (trainer and rollout share the GPUs: colocated), Ray's
-    object store on CPU. An explicit name is taken as it is."""
+def choose_transport(requested: str, cuda: bool, placement: str) -> str:
+    """`auto`: on GPU (trainer and engines both on GPUs), CUDA IPC handles when they share the GPUs
+    (colocated) and an NCCL broadcast when the engines have GPUs of their own (disaggregated);
+    Ray's object store otherwise. An explicit name is taken as it is."""
     if requested != "auto":
         return requested
-    return "cuda_ipc" if cuda else "object_store"
+    if not cuda:
+        return "object_store"
+    return "cuda_ipc" if placement == "colocated" else "nccl"

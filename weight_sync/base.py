@@ -53,6 +53,10 @@ class WeightReceiver(ABC):
         self.expected = set(engine.weight_names)
         self.received: set[str] = set()
 
+    def connect(self, info: dict) -> None:
+        """Join the sender's channel, for transports that set one up first (NCCL's group)."""
+        raise WeightSyncError(f"{type(self).__name__} has no channel to connect; the sender and receiver transports differ")
+
     def begin(self) -> None:
         self.received = set()
         self._begin()

@@ -14,7 +14,8 @@ from dataclasses import asdict
 import ray
 import torch
 
-from weight_sync.base import WeightReceiver, WeightSender, WeightSyncError
+from weight_sync.base import WeightSender, WeightSyncError
+from weight_sync.vllm_native import VllmTransferReceiver
 
 
 class CudaIpcSender(WeightSender):
@@ -37,16 +38,10 @@ class CudaIpcSender(WeightSender):
         return sent
 
 
-class CudaIpcReceiver(WeightReceiver):
-    def _names(self, payload: dict) -> list[str]:
-        return payload["names"]
-
-    def _begin(self) -> None:
-        self.engine.llm.start_weight_update(is_checkpoint_format=True)
-
+class CudaIpcReceiver(VllmTransferReceiver):
     def _receive(self, payload: dict) -> None:
         try:
-            self.engine.llm.update_weights({"update_info": payload})
+            super()._receive(payload)
         except ValueError as e:
             if "IPC handle not found" in str(e):
                 raise WeightSyncError(
@@ -54,6 +49,3 @@ class CudaIpcReceiver(WeightReceiver):
                     f"engines on the trainer's GPUs, or set rollout.weight_transport=object_store"
                 ) from e
             raise
-
-    def _finish(self) -> None:
-        self.engine.llm.finish_weight_update()

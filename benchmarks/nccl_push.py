@@ -1,0 +1,162 @@
+"""One weight push through the product path (`Roles.sync_weights`) on two GPUs, its GB/s, and
+whether vLLM then scores like the trainer.
+
+    python benchmarks/nccl_push.py [--model DIR] [--mode nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32] [key=value ...]
+
+nccl: the trainer (one rank) on GPU 0 and one vLLM engine on GPU 1 (`rollout.placement=
+      disaggregated`, the transport `auto` picks: NCCL). Against it, a plain NCCL broadcast of the
+      same bytes between the same two processes, over the same communicator.
+tp2:  a 2-rank trainer and one vLLM engine with tensor_parallel_size=2 sharing the two GPUs
+      (colocated; the transport `auto` picks: CUDA IPC, each TP worker maps the handles on its GPU).
+
+The model is the Qwen2.5-0.5B-shaped reference model (benchmarks/reference_model.py) in bf16 on
+both sides. Before the timed pushes the engine's weights are scaled by 0.5 inside vLLM, so the
+log-prob check shows the push landing: mean |log-prob difference| vLLM vs trainer on sampled
+responses, with the scrambled weights and after the push. A short table is printed last; with
+$OUT set the numbers go to $OUT/nccl_push_<mode>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODES = {
+    "nccl": ["actor.world_size=1", "actor.num_gpus_per_worker=1", "rollout.num_gpus=1",
+             "rollout.placement=disaggregated", "rollout.gpu_memory_utilization=0.5"],
+    "tp2": ["actor.world_size=2", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
+            "rollout.tensor_parallel_size=2", "rollout.placement=colocated", "rollout.gpu_memory_utilization=0.3"],
+}
+COMMON = ["sft.steps=0", "actor.dtype=bfloat16", "rollout.dtype=bfloat16", "rollout.max_model_len=512",
+          "actor.micro_batch_size=32", "rollout.enforce_eager=true"]  # eager: a faster start, same push
+
+
+def _scramble(worker) -> None:
+    """In each vLLM worker: halve every weight (a model unlike the trainer's)."""
+    import torch
+
+    with torch.no_grad():
+        for p in worker.model_runner.model.parameters():
+            p.mul_(0.5)
+
+
+def _send_plain(trainer_worker, nbytes: int, reps: int) -> list[float]:
+    """In trainer rank 0: broadcast `nbytes` on the push's own NCCL communicator, timed."""
+    import torch
+
+    buf = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    group, times = trainer_worker.sender.group, []
+    for _ in range(reps + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times[1:]  # the first one warms NCCL up
+
+
+def _receive_plain(vllm_worker, nbytes: int, reps: int) -> None:
+    import torch
+
+    group = vllm_worker.weight_transfer_engine.model_update_group
+    buf = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    for _ in range(reps + 1):
+        group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
+        torch.cuda.synchronize()
+
+
+def _logprob_gap(roles, prompts, tokens: int) -> float:
+    import torch
+
+    from rollout.base import Sampling
+
+    batch = roles.rollout.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=tokens, seed=0))
+    trainer = torch.cat(roles.actor.dp("logprobs", batch))
+    mask = batch["response_mask"].bool()
+    return float((batch["rollout_logprobs"] - trainer)[mask].abs().mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="/tmp/ref-0.5b", help="the reference model folder (built there if missing)")
+    ap.add_argument("--mode", choices=sorted(MODES), default="nccl")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--prompts", type=int, default=64, help="prompts (x4 samples) of the log-prob check")
+    ap.add_argument("--tokens", type=int, default=32, help="new tokens per sample in the log-prob check")
+    args, overrides = ap.parse_known_args()
+
+    import ray
+    from transformers import AutoTokenizer
+
+    from benchmarks.reference_model import build, task_problems
+    from rlhf.config import load_config
+    from rlhf.pipeline import _start_ray
+    from rlhf.roles import start_roles
+
+    if not (Path(args.model) / "config.json").is_file():
+        build(args.model)
+    cfg = load_config([f"model.path={args.model}", *COMMON, *MODES[args.mode], *overrides])
+    tok = AutoTokenizer.from_pretrained(args.model)
+    train, _ = task_problems()
+    prompts = [tok(p.prompt).input_ids for p in train[: args.prompts]]
+    _start_ray(cfg)
+    result: dict = {"mode": args.mode, "overrides": MODES[args.mode] + overrides}
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[nccl_push {time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+
+    try:
+        roles = start_roles(cfg, args.model, tok.eos_token_id)
+        say("roles started")
+        result["transport"] = ray.get(roles.rollout.workers[0].__ray_call__.remote(
+            lambda w: type(w.receiver).__name__))
+        ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_scramble)) for w in roles.rollout.workers])
+        result["logprob_gap_scrambled"] = _logprob_gap(roles, prompts, args.tokens)
+        say(f"vLLM weights halved: mean |dlogp| {result['logprob_gap_scrambled']:.4f}")
+        times = []
+        for i in range(args.reps + 2):  # two warm-up pushes
+            t = time.perf_counter()
+            sent = roles.sync_weights()
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        say(f"pushes (s): {', '.join(f'{t:.4f}' for t in times)}")
+        result["logprob_gap_after_push"] = _logprob_gap(roles, prompts, args.tokens)
+        say(f"after the push: mean |dlogp| {result['logprob_gap_after_push']:.4f}")
+        push = statistics.median(times)
+        result.update(bytes=sent, push_s=push, push_gb_s=sent / push / 1e9, push_times_s=times)
+        if result["transport"] == "NcclReceiver":
+            recv = roles.rollout.workers[0].__ray_call__.remote(
+                lambda w, n, k: w.engine.llm.collective_rpc(_receive_plain, args=(n, k)), sent, args.reps)
+            plain = ray.get(roles.actor.workers[0].__ray_call__.remote(_send_plain, sent, args.reps))
+            ray.get(recv)
+            result.update(plain_s=statistics.median(plain), plain_gb_s=sent / statistics.median(plain) / 1e9,
+                          plain_times_s=plain)
+            result["push_vs_plain"] = result["plain_s"] / push
+    finally:
+        ray.shutdown()
+    rows = [("transport", result["transport"]), ("bytes pushed", f"{result['bytes'] / 1e9:.3f} GB"),
+            ("push (Roles.sync_weights), median", f"{result['push_s'] * 1e3:.1f} ms, {result['push_gb_s']:.1f} GB/s")]
+    if "plain_s" in result:
+        rows += [("plain NCCL broadcast, median", f"{result['plain_s'] * 1e3:.1f} ms, {result['plain_gb_s']:.1f} GB/s"),
+                 ("push speed / plain broadcast", f"{result['push_vs_plain']:.0%} (target >= 70%)")]
+    rows += [("mean |dlogp| vLLM vs trainer, scrambled", f"{result['logprob_gap_scrambled']:.4f}"),
+             ("mean |dlogp| vLLM vs trainer, after push", f"{result['logprob_gap_after_push']:.4f} (target <= 1e-2)")]
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"nccl_push_{args.mode}.json").write_text(json.dumps(result, indent=2))
+    print(f"\n| {args.mode} | |\n| --- | --- |")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
