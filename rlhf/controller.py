@@ -98,7 +98,7 @@ class Controller:
         k = self.cfg.eval.pass_k
         out, totals = {}, Counter()
         for name, rows in evals.items():
-            greedy = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
+            greedy = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens, stop=tuple(self.cfg.rl.stop))
             scores = self._score(rows, self.roles.rollout.generate(self.prompt_ids(rows), greedy),
                                  False).rewards
             right = sum(s >= 1.0 for s in scores)
@@ -106,7 +106,7 @@ class Controller:
             totals.update(right=right, reward=sum(scores), problems=len(rows))
             if k:
                 sampled = Sampling(n=k, temperature=self.cfg.eval.pass_temperature, max_new_tokens=self.cfg.eval.max_new_tokens,
-                                   seed=random.Random(f"{self.cfg.seed}:eval").randrange(2**30))
+                                   stop=tuple(self.cfg.rl.stop), seed=random.Random(f"{self.cfg.seed}:eval").randrange(2**30))
                 batch = self.roles.rollout.generate(self.prompt_ids(rows), sampled)
                 hit = torch.tensor(self._score(rows, batch, False).rewards).view(len(rows), k).ge(1.0).any(-1)
                 out[f"eval/{name}/pass@{k}"] = float(hit.float().mean())
@@ -135,7 +135,8 @@ class Controller:
         cfg = self.cfg
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
-                            top_p=cfg.rl.top_p, top_k=cfg.rl.top_k, seed_per_prompt=cfg.rollout.seed_per_prompt,
+                            top_p=cfg.rl.top_p, top_k=cfg.rl.top_k, stop=tuple(cfg.rl.stop),
+                            seed_per_prompt=cfg.rollout.seed_per_prompt,
                             seed=random.Random(f"{cfg.seed}:{self.stream}{self.draws}").randrange(2**30))
         t = time.perf_counter()
         batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling)

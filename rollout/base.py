@@ -15,6 +15,7 @@ class Sampling:
     max_new_tokens: int
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k cut
+    stop: tuple[str, ...] = ()  # a response ends with the first of these it produces (kept in it)
     # Prompt i's samples are drawn with seed + i: what a batch holds depends on the seed and the
     # prompts only, not on what the engine generated before, so a resumed run draws the same.
     seed: int | None = None
