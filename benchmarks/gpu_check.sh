@@ -9,7 +9,8 @@
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
 #   nccl:  weight push on two GPUs (benchmarks/nccl_push.py): disaggregated over NCCL against a
-#          plain NCCL broadcast, then vLLM TP=2 fed by a 2-rank trainer; then the NCCL GPU test
+#          plain NCCL broadcast, then vLLM TP=2 fed by a 2-rank trainer (tests on two GPUs also run
+#          test_weight_push_on_two_gpus)
 # Logs and summaries go to $OUT; a table is printed last.
 set -uo pipefail
 python3 .device/kit/b/setup.py >/dev/null && python3 .device/kit/a/setup.py --all >/dev/null && . /tmp/kit/env.sh
@@ -48,9 +49,8 @@ case ${1:-one} in
   nccl)
     for mode in nccl tp2; do
       timeout 400 python3 benchmarks/nccl_push.py --model $model --mode $mode > "$OUT/nccl_push_$mode.log" 2>&1
-      echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
-    done
-    python3 -m pytest -q -s -m gpu tests/test_gpu.py -k two_gpus -p no:cacheprovider 2>&1 | tee "$OUT/tests_nccl.log" | tail -20 ;;
+      echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
+    done ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac
