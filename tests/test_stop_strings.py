@@ -1,5 +1,5 @@
 """Stop strings (`rl.stop`): vLLM ends each response at the first stop string it produces, keeping
-it. Reference: the same greedy responses generated without stop strings, cut by a plain loop at
+it. Reference: the same seeded samples generated without stop strings, cut by a plain loop at
 the first token whose text completes a stop string."""
 
 import os
@@ -11,7 +11,7 @@ from rlhf.config import ConfigError, load_config
 from rollout.base import Sampling
 from rollout.vllm_engine import VLLMConfig, VLLMRollout
 
-STOP = ("1", "+")
+STOP = ("+", "=", "1")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,9 @@ def test_responses_end_at_the_first_stop_string(engine, tiny_model, task):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     _, (train, _) = task
     prompts = [tok(p.prompt).input_ids for p in train[:32]]
-    free = engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=12))
-    stopped = engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=12, stop=STOP))
+    # seeded per prompt: the samples agree token for token up to where a stop string ends one
+    free = engine.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=12, seed=5))
+    stopped = engine.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=12, seed=5, stop=STOP))
     cut = 0
     for ids, mine in zip(responses(free), responses(stopped)):
         want = ids
