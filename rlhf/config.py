@@ -64,7 +64,7 @@ class EngineGroupConfig:
     ep_size: int
     num_cpus_per_worker: float
     num_gpus_per_worker: float
-    resources: dict
+    resources: Optional[dict]
     dtype: str
     micro_batch_size: int
     packing: bool
@@ -96,7 +96,7 @@ class RolloutConfig:
     max_num_batched_tokens: Optional[int]
     num_cpus: float
     num_gpus: float
-    resources: dict
+    resources: Optional[dict]
     weight_transport: str
     placement: str
     seed_per_prompt: bool
@@ -518,8 +518,8 @@ def _check_layout(cfg: RunConfig) -> None:
             )
 
 
-def _check_resources(path: str, resources: dict) -> None:
-    for key, amount in resources.items():
+def _check_resources(path: str, resources: dict | None) -> None:
+    for key, amount in (resources or {}).items():
         if key in ("CPU", "GPU", "memory") or isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
             raise ConfigError(
                 f"{path} maps custom Ray resource names to positive amounts (e.g. {{rollout_node: 1}}), got "

@@ -77,15 +77,15 @@ def plan_placement(cfg: RunConfig) -> Placement:
     """`rollout.placement` (see `rlhf.placement`): a placement-group bundle per GPU index."""
     layout = gpu_layout(cfg)
     groups = trainer_groups(cfg)
-    slots = [(i, groups[name].num_cpus_per_worker, groups[name].resources)
+    slots = [(i, groups[name].num_cpus_per_worker, groups[name].resources or {})
              for name, ranks in layout.trainer.items() for i in ranks]
     # an engine's own process sits on its first GPU; its tensor-parallel workers ask for no CPU
-    slots += [(i, cfg.rollout.num_cpus if k == 0 else 0.0, cfg.rollout.resources if k == 0 else {})
+    slots += [(i, cfg.rollout.num_cpus if k == 0 else 0.0, (cfg.rollout.resources or {}) if k == 0 else {})
               for gpus in layout.rollout for k, i in enumerate(gpus)]
     return Placement(slots, layout.rollout)
 
 
-def _resources(resources: dict) -> dict:
+def _resources(resources: dict | None) -> dict:
     """Ray actor options asking for these custom resources (`*.resources` in the config)."""
     return {"resources": dict(resources)} if resources else {}
 
