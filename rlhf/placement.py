@@ -19,8 +19,6 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-PLACEMENTS = ("colocated", "disaggregated")
-
 
 @dataclass
 class Layout:
