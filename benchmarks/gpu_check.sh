@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
-# .device/trl:   bash benchmarks/gpu_check.sh one|ours|two|tests|nccl
+# .device/trl:   bash benchmarks/gpu_check.sh one|ours|two|tests|engines1|nccl
 #   one:   the reference workload on one GPU, ours (unseeded requests, as TRL's) then TRL 1.16
 #          (benchmarks/vs_trl), same card
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
