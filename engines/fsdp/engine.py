@@ -53,6 +53,14 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return 0.1 + coeff * 0.9
 
 
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
+    """`torch.optim.AdamW` (fused or foreach, as torch picks) over the trainable parameters, and
+    its LR schedule (`lr_factor`), stepped once per optimizer step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
 def tensor_parallel_plan(model: torch.nn.Module) -> dict:
     """The model's Hugging Face TP plan as PyTorch parallel styles, keyed by module pattern."""
     plan = getattr(model, "tp_plan", None) or {}
@@ -132,10 +140,7 @@ class FSDPEngine(TorchEngine):
                 attn.num_key_value_heads = kv_heads // tp
 
     def _build_optimizer(self, cfg: OptimConfig):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
-        return optimizer, scheduler
+        return build_optimizer(self.model, cfg)
 
 
 def build_engine(model_path: str, cfg: EngineConfig, trainable: bool, head: str = "lm") -> TrainingEngine:
