@@ -459,6 +459,11 @@ def _check_layout(cfg: RunConfig) -> None:
         raise ConfigError(f"rl.stop={cfg.rl.stop!r} holds an empty string, which would end every response at once; remove it")
     for name, g in trainer_groups(cfg).items():
         _choice(f"{name}.engine", g.engine, ENGINES)
+        if g.engine == "fsdp" and g.ep_size > 1:
+            raise ConfigError(
+                f"{name}.ep_size={g.ep_size}: the plain FSDP2 engine has no expert parallelism; use "
+                f"{name}.engine=automodel (or {name}.ep_size=1)"
+            )
         _choice(f"{name}.dtype", g.dtype, ["float32", "bfloat16", "float16"])
         for key in ("world_size", "tp_size", "ep_size", "micro_batch_size"):
             if getattr(g, key) < 1:

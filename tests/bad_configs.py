@@ -17,6 +17,7 @@ CASES = [
     # unknown choices
     (["algo=grpoo"], ["grpoo", "grpo"]),
     (["actor.engine=automodl"], ["automodl", "automodel"]),
+    (["actor.engine=fsdp", "actor.ep_size=2"], ["actor.ep_size", "actor.engine=automodel"]),
     (["actor.dtype=fp16"], ["actor.dtype", "float16"]),
     (["algo.loss_agg=token_mean"], ["algo.loss_agg", "token-mean"]),
     (["algo.adv_estimator=gea"], ["algo.adv_estimator", "gae"]),

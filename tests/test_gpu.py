@@ -158,3 +158,52 @@ def test_weight_push_on_two_gpus(tiny_model, tmp_path, mode):
     # the same bound as the one-GPU job test (NeMo-RL's functional test bounds the mean at 2e-3)
     assert result["logprob_gap_after_push"] < 2e-3
     assert result["logprob_gap_scrambled"] > 50 * result["logprob_gap_after_push"]
+
+
+def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task):
+    """Automodel vs the plain FSDP2 engine on 2 GPUs (NCCL), bf16 compute, at dp=2 and tp=2: the
+    first batch's log-probs and a 20-step SFT loss curve (same batches, seed, cosine schedule)."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from engines import ENGINES
+    from engines.base import EngineConfig, OptimConfig
+    from rlhf.algos.losses import SFTLoss
+    from rlhf.batch import pack
+    from rlhf.worker_group import TrainerGroup
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+    steps = 20
+    _, (train, _) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    batches = [pack([tok(p.prompt).input_ids for p in train[16 * s: 16 * s + 16]],
+                    [tok(p.answer).input_ids + [tok.eos_token_id] for p in train[16 * s: 16 * s + 16]],
+                    tok.eos_token_id) for s in range(steps)]
+    optim = OptimConfig(1e-3, 0.01, (0.9, 0.999), 4, steps, "cosine")
+    mask = batches[0]["attention_mask"].bool()
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
+    try:
+        for tp in (1, 2):
+            cfg = EngineConfig("bfloat16", 4, 1.0, 0, False, tp_size=tp, ep_size=1)
+            got = {}
+            for name in ("automodel", "fsdp"):
+                group = TrainerGroup(2, ENGINES[name], tiny_model, cfg, True, 1, 1, f"gpu-{name}-tp{tp}")
+                try:
+                    lp = torch.cat(group.dp("logprobs", batches[0]))
+                    group.all("configure_optimizer", optim)
+                    losses = [group.dp("train_step", b, SFTLoss(), float(b["response_mask"].sum()))[0]["loss"]
+                              for b in batches]
+                finally:
+                    group.shutdown()
+                got[name] = lp, losses
+            (lp_a, loss_a), (lp_f, loss_f) = got["automodel"], got["fsdp"]
+            dlp = (lp_a - lp_f)[mask].abs()
+            dloss = max(abs(x - y) for x, y in zip(loss_a, loss_f))
+            print(f"2 GPUs bf16 tp={tp} dp={2 // tp}: automodel vs fsdp max |dlogp| {dlp.max():.2e} (mean "
+                  f"{dlp.mean():.2e}); {steps}-step SFT max |dloss| {dloss:.2e}; loss automodel {loss_a[0]:.3f} -> "
+                  f"{loss_a[-1]:.3f}, fsdp {loss_f[0]:.3f} -> {loss_f[-1]:.3f}")
+            assert dlp.max() < 5e-2 and dloss < 5e-2
+            assert loss_f[-1] < loss_f[0] - 0.5
+    finally:
+        ray.shutdown()

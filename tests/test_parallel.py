@@ -1,5 +1,5 @@
-"""Parallel layouts of the Automodel engine (2 gloo ranks on CPU) against a plain HF model trained
-by a loop written here: data parallel (FSDP2) and tensor parallel must both be the same model."""
+"""Parallel layouts of both engines (2 gloo ranks on CPU) against a plain HF model trained by a
+loop written here: data parallel (FSDP2) and tensor parallel must both be the same model."""
 
 import pytest
 import ray
@@ -67,15 +67,18 @@ def plain_hf(tiny_model, task):
     return batches, first, losses, norms, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("tp,packing", [(1, False), (2, False), (1, True)], ids=["dp2", "tp2", "dp2-packed"])
-def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, packing, tmp_path):
+# The fsdp engine at dp=2 is checked against the Automodel engine and HF in tests/test_fsdp_engine.py.
+@pytest.mark.parametrize("engine,tp,packing", [("automodel", 1, False), ("automodel", 2, False), ("automodel", 1, True),
+                                               ("fsdp", 2, False)],
+                         ids=["dp2", "tp2", "dp2-packed", "fsdp-tp2"])
+def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, engine, tp, packing, tmp_path):
     """dp2-packed: packed rows in micro-batches of a token budget small enough that the two ranks
     plan different numbers of them (they must agree on one)."""
     batches, first, losses, norms, weights = plain_hf
     cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False,
                        tp_size=tp, ep_size=1, packing=packing, max_tokens_per_micro_batch=17 if packing else None)
-    group = TrainerGroup(2, ENGINES["automodel"], tiny_model, cfg, trainable=True, num_cpus=1, num_gpus=0,
-                         name=f"layout-tp{tp}{'-packed' if packing else ''}")
+    group = TrainerGroup(2, ENGINES[engine], tiny_model, cfg, trainable=True, num_cpus=1, num_gpus=0,
+                         name=f"layout-{engine}-tp{tp}{'-packed' if packing else ''}")
     try:
         assert group.dp_size == 2 // tp
         ours = torch.cat(group.dp("logprobs", batches[0]))
@@ -90,7 +93,7 @@ def test_layout_matches_plain_hf(ray_local, tiny_model, plain_hf, tp, packing, t
         assert abs(m["loss"] - loss) < 1e-5 and abs(m["actor/grad_norm"] - norm) < 1e-4 * max(1.0, norm)
     saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     worst = {k: float((saved[k] - weights[k]).abs().max()) for k in saved}
-    print(f"tp={tp}: max |weight - plain HF| after {STEPS} AdamW steps {max(worst.values()):.2e}; "
+    print(f"{engine} tp={tp} packing={packing}: max |weight - plain HF| after {STEPS} AdamW steps {max(worst.values()):.2e}; "
           f"max |loss diff| {max(abs(m['loss'] - x) for m, x in zip(got, losses)):.2e}")
     assert max(worst.values()) < 1e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
     # the steps moved every kind of weight, norms included
