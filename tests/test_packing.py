@@ -78,7 +78,7 @@ def one_rank_world():
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("engine_name", ["automodel"])
+@pytest.mark.parametrize("engine_name", ["automodel", "fsdp"])
 def test_engine_results_do_not_depend_on_packing_or_token_budget(tiny_model, task, one_rank_world, engine_name):
     from engines import ENGINES
     from rlhf.workers import load_object
