@@ -13,6 +13,7 @@
 #          test_weight_push_on_two_gpus)
 #   twoA:  on two GPUs: Automodel vs FSDP engines in bf16 (dp=2, tp=2), the two weight pushes of
 #          `nccl`, and a tiny Qwen3-MoE trained with expert parallelism (ep=2) feeding vLLM
+#   twoC:  the MoE run of twoA (2 steps) and the engines benchmark of twoB
 #   twoB:  on two GPUs: the engines benchmark on the Qwen2.5-7B shape (14 of 28 layers), and the
 #          reference workload on the FSDP engine (dp=2)
 # Logs and summaries go to $OUT; a table is printed last.
@@ -30,6 +31,18 @@ ref() {  # name, overrides...
   timeout ${REF_TIMEOUT:-420} python3 benchmarks/reference_workload.py "$work/$name" --model $model --steps ${STEPS:-7} "$@" \
     > "$OUT/$name.log" 2>&1; echo "$name rc=$?" >> "$OUT/table.txt"
   cp "$work/$name/summary.json" "$OUT/$name.json" 2>/dev/null; tail -3 "$OUT/$name.log" >> "$OUT/table.txt"
+}
+moe_ep2() {  # steps, timeout: a tiny Qwen3-MoE, Automodel with ep=2 on two GPUs, feeding vLLM
+    moe=/tmp/ref-moe
+    python3 benchmarks/reference_model.py $moe --shape qwen3-moe-tiny >/dev/null 2>&1
+    timeout $2 python3 -m rlhf.main model.path=$moe sft.steps=0 rl.steps=$1 rl.prompts_per_step=16 rl.n=4 \
+      rl.max_new_tokens=64 rl.lr=1e-6 rl.temperature=1.0 rollout.max_model_len=256 eval.max_new_tokens=8 \
+      task.num_eval=16 reward.fn=benchmarks/reference_rewards.py:length_reward actor.dtype=bfloat16 \
+      rollout.dtype=bfloat16 actor.world_size=2 actor.ep_size=2 actor.num_gpus_per_worker=0.5 rollout.num_gpus=0.5 \
+      rollout.gpu_memory_utilization=0.3 actor.micro_batch_size=16 trainer.output_dir=$work/moe > "$OUT/moe_ep2.log" 2>&1
+    echo "moe ep2 rc=$?" >> "$OUT/table.txt"; grep -E "Error|error:" "$OUT/moe_ep2.log" | tail -3 >> "$OUT/table.txt"
+    cp $work/moe/metrics.jsonl "$OUT/moe_metrics.jsonl" 2>/dev/null
+    python3 -c "import json;[print('moe step',r['step'],'|dlogp| mean',r.get('rollout/logprob_abs_diff_mean'),'max',r.get('rollout/logprob_abs_diff_max'),'train s',r.get('time/train'),'push s',r.get('time/push')) for r in map(json.loads,open('$work/moe/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
 }
 case ${1:-one} in
   ours)
@@ -63,16 +76,12 @@ case ${1:-one} in
       timeout 130 python3 benchmarks/nccl_push.py --model $model --mode $mode > "$OUT/nccl_push_$mode.log" 2>&1
       echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
     done
-    moe=/tmp/ref-moe
-    python3 benchmarks/reference_model.py $moe --shape qwen3-moe-tiny >/dev/null 2>&1
-    timeout 170 python3 -m rlhf.main model.path=$moe sft.steps=0 rl.steps=3 rl.prompts_per_step=16 rl.n=4 \
-      rl.max_new_tokens=64 rl.lr=1e-6 rl.temperature=1.0 rollout.max_model_len=256 eval.max_new_tokens=8 \
-      task.num_eval=16 reward.fn=benchmarks/reference_rewards.py:length_reward actor.dtype=bfloat16 \
-      rollout.dtype=bfloat16 actor.world_size=2 actor.ep_size=2 actor.num_gpus_per_worker=0.5 rollout.num_gpus=0.5 \
-      rollout.gpu_memory_utilization=0.3 actor.micro_batch_size=16 trainer.output_dir=$work/moe > "$OUT/moe_ep2.log" 2>&1
-    echo "moe ep2 rc=$?" >> "$OUT/table.txt"; grep -E "Error|error:" "$OUT/moe_ep2.log" | tail -3 >> "$OUT/table.txt"
-    cp $work/moe/metrics.jsonl "$OUT/moe_metrics.jsonl" 2>/dev/null
-    python3 -c "import json;[print('moe step',r['step'],'|dlogp| mean',r.get('rollout/logprob_abs_diff_mean'),'max',r.get('rollout/logprob_abs_diff_max'),'train s',r.get('time/train'),'push s',r.get('time/push')) for r in map(json.loads,open('$work/moe/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1 ;;
+    moe_ep2 3 170 ;;
+  twoC)
+    moe_ep2 2 190
+    timeout 290 python3 benchmarks/engine_throughput.py --shape qwen2.5-7b --layers 14 --world-size 2 --micro-batch 2 \
+      > "$OUT/engines_7b.log" 2>&1
+    echo "engines 7b rc=$?" >> "$OUT/table.txt"; tail -6 "$OUT/engines_7b.log" >> "$OUT/table.txt" ;;
   twoB)
     timeout 330 python3 benchmarks/engine_throughput.py --shape qwen2.5-7b --layers 14 --world-size 2 --micro-batch 2 \
       > "$OUT/engines_7b.log" 2>&1
