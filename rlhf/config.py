@@ -430,6 +430,9 @@ def _check_layout(cfg: RunConfig) -> None:
     if r.sleep and r.num_gpus == 0:
         raise ConfigError("rollout.sleep=true needs the engines on GPUs (rollout.num_gpus > 0): on CPU nothing is freed "
                           "by sleeping; set rollout.sleep=false")
+    if r.sleep and r.placement == "disaggregated":
+        raise ConfigError("rollout.sleep=true frees vLLM's GPU memory for trainers on the same GPUs, but with "
+                          "rollout.placement=disaggregated none share them; set rollout.sleep=false")
     if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
         raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
     if r.weight_transport == "cuda_ipc" and r.placement == "disaggregated":

@@ -57,3 +57,8 @@ def test_cli_fails_fast_before_ray(tmp_path):
     assert "rl.stpes" in proc.stderr and "rl.steps" in proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr and not (tmp_path / "out").exists()
     assert time.time() - t < 60
+
+
+def test_empty_stop_string_is_refused():
+    with pytest.raises(ConfigError, match="rl.stop"):
+        load_config(['rl.stop=["", "x"]'])

@@ -49,6 +49,8 @@ def test_without_gpus_nothing_is_pinned_and_weights_go_through_the_object_store(
     (CLUSTER + ["actor.num_gpus_per_worker=1", "rollout.num_gpus=1", "rollout.placement=disaggregated",
                 "rollout.weight_transport=cuda_ipc"], "cuda_ipc cannot reach engines"),
     (CLUSTER + ["rollout.num_gpus=1.5"], "rollout.num_gpus=1.5"),
+    (CLUSTER + ["actor.num_gpus_per_worker=1", "rollout.num_gpus=1", "rollout.placement=disaggregated",
+                "rollout.sleep=true"], "none share them"),
     (CLUSTER + ["rollout.placement=split"], "rollout.placement='split' is not one of"),
     pytest.param(["actor.world_size=2", "actor.num_gpus_per_worker=1", "rollout.num_gpus=1",
                   "rollout.placement=disaggregated"],

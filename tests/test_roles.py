@@ -147,6 +147,31 @@ def test_two_engines_sample_what_one_does(roles, tiny_model, task):
     assert torch.equal(a["input_ids"], b["input_ids"]) and len({tuple(r.tolist()) for r in a["input_ids"]}) > len(prompts)
 
 
+def test_responses_end_at_the_first_stop_string(roles, tiny_model, task):
+    """`rl.stop`: vLLM ends a response at the first stop string it produces, keeping it. Reference:
+    the same seeded samples without stop strings (they agree token for token up to the stop),
+    cut by a plain loop at the first token whose text completes a stop string."""
+    _, engines = roles
+    _, (train, _) = task
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    stop = ("+", "=", "1")
+    group = RolloutGroup(engines[:1], tok.eos_token_id)
+    prompts = [tok(p.prompt).input_ids for p in train[:32]]
+    free = group.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=12, seed=5))
+    stopped = group.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=12, seed=5, stop=stop))
+
+    def responses(batch):
+        mask = batch["response_mask"].bool()
+        return [batch["input_ids"][i][mask[i]].tolist() for i in range(len(mask))]
+
+    cut = 0
+    for ids, mine in zip(responses(free), responses(stopped)):
+        want = next((ids[:k] for k in range(1, len(ids) + 1) if any(s in tok.decode(ids[:k]) for s in stop)), ids)
+        cut += len(want) < len(ids)
+        assert mine == want, (tok.decode(ids), tok.decode(mine))
+    assert cut >= 3  # the stop strings did end some responses early
+
+
 def test_push_with_missing_or_misnamed_tensor_fails(roles, tiny_model):
     """A push must carry every weight under its real name, or it fails before serving."""
     from safetensors.torch import load_file
