@@ -21,6 +21,7 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     RowwiseParallel,
+    SequenceParallel,
     parallelize_module,
 )
 
@@ -34,6 +35,9 @@ _TP_STYLES = {
     "rowwise": lambda: RowwiseParallel(),
     "embedding_rowwise": lambda: RowwiseParallel(input_layouts=Replicate()),
     "colwise_gather_output": lambda: ColwiseParallel(output_layouts=Shard(-1), use_local_output=False),
+    # Qwen3's per-head q/k norms see [batch, seq, local heads, head_dim]: the weight stays
+    # replicated and its gradient, partial on each rank, is summed over the heads of all ranks.
+    "replicated_with_grad_allreduce": lambda: SequenceParallel(sequence_dim=2, use_local_output=True),
 }
 
 
