@@ -19,45 +19,46 @@ def _cost(lengths: list[int], packed: bool) -> int:
     return sum(lengths) if packed else len(lengths) * max(lengths)
 
 
-def count(lengths: torch.Tensor, micro_batch_size: int, max_tokens: int | None, packed: bool) -> int:
-    """How many micro-batches this rank needs: by rows, or the fewest that keep every one within
-    `max_tokens` (first fit over rows sorted longest first)."""
-    n = len(lengths)
-    if not max_tokens:
-        return math.ceil(n / micro_batch_size)
+def _first_fit(lengths: torch.Tensor, max_tokens: int, packed: bool) -> list[list[int]]:
+    """Rows (indices) in the fewest micro-batches that keep each within `max_tokens`: first fit,
+    longest rows first. A row longer than the budget gets a micro-batch of its own."""
     bins: list[list[int]] = []
-    for length in sorted(lengths.tolist(), reverse=True):
+    for i in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
         for b in bins:
-            if _cost(b + [length], packed) <= max_tokens:
-                b.append(length)
+            if _cost([int(lengths[j]) for j in b] + [int(lengths[i])], packed) <= max_tokens:
+                b.append(i)
                 break
         else:
-            bins.append([length])  # a row longer than the budget gets a micro-batch of its own
-    return len(bins)
+            bins.append([i])
+    return bins
+
+
+def count(lengths: torch.Tensor, micro_batch_size: int, max_tokens: int | None, packed: bool) -> int:
+    """How many micro-batches this rank needs: by rows, or the fewest that keep every one within
+    `max_tokens`."""
+    if not max_tokens:
+        return math.ceil(len(lengths) / micro_batch_size)
+    return len(_first_fit(lengths, max_tokens, packed))
 
 
 def split(lengths: torch.Tensor, parts: int, max_tokens: int | None, packed: bool) -> list[torch.Tensor]:
-    """Row indices of `parts` micro-batches (each non-empty, in ascending row order).
+    """Row indices of exactly `parts` non-empty micro-batches, each in ascending row order.
 
-    By rows: contiguous, near-equal chunks. By tokens: rows sorted longest first, each given to
-    the micro-batch with the least cost so far (longest-processing-time balancing), so the
-    micro-batches carry similar numbers of tokens."""
+    By rows: contiguous, near-equal chunks. By tokens: the first-fit micro-batches of `count`,
+    then (when another rank needs more of them) the costliest one halved until there are `parts`;
+    halving never raises a micro-batch's cost, so each stays within the budget (unless it is a
+    single row longer than the budget)."""
     n = len(lengths)
-    parts = min(parts, n)
+    if parts > n:
+        raise ValueError(f"{parts} micro-batches asked of {n} rows: every micro-batch needs a row")
     if not max_tokens:
         return list(torch.arange(n).tensor_split(parts))
-    order = sorted(range(n), key=lambda i: -int(lengths[i]))
-    bins: list[list[int]] = [[] for _ in range(parts)]
-    total, longest = [0] * parts, [0] * parts
-    for i in order:
-        length = int(lengths[i])
-        # cost of bin b with this row added (rows come longest first: a bin's first row is its longest)
-        costs = [total[b] + length if packed else (len(bins[b]) + 1) * max(longest[b], length) for b in range(parts)]
-        best = min(range(parts), key=lambda b: (costs[b], b))
-        bins[best].append(i)
-        total[best] += length
-        longest[best] = max(longest[best], length)
-    return [torch.tensor(sorted(b), dtype=torch.long) for b in bins if b]
+    bins = _first_fit(lengths, max_tokens, packed)
+    while len(bins) < parts:
+        worst = max((b for b in bins if len(b) > 1), key=lambda b: _cost([int(lengths[j]) for j in b], packed))
+        bins.remove(worst)
+        bins += [worst[: len(worst) // 2], worst[len(worst) // 2:]]
+    return [torch.tensor(sorted(b), dtype=torch.long) for b in bins]
 
 
 def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):

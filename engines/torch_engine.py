@@ -115,6 +115,8 @@ class TorchEngine(TrainingEngine):
 
     def configure_optimizer(self, cfg: OptimConfig) -> None:
         self._reshard()
+        self._offloaded = []  # the old optimizer's moments, if offloaded, are dropped with it
+        self.optimizer = None
         self.optimizer, self.scheduler = self._build_optimizer(cfg)
 
     def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
@@ -203,10 +205,11 @@ class TorchEngine(TrainingEngine):
         totals: dict[str, torch.Tensor] = {}
         self._last_logprobs = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
         for idx, mb in self._micro_batches(batch):
+            mb = mb.to(self.device)
             out = self._forward(mb, loss_fn.needs)
             if "logprobs" in out:
                 self._last_logprobs[idx, : mb["input_ids"].shape[1]] = out["logprobs"].detach().float().cpu()
-            loss_sum, stats = loss_fn(out, mb.to(self.device))
+            loss_sum, stats = loss_fn(out, mb)
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float()
@@ -250,6 +253,7 @@ class TorchEngine(TrainingEngine):
         if what == "all":
             self._reshard()
             self.model.to("cpu")
+        self._offloaded_what = what
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
@@ -258,10 +262,26 @@ class TorchEngine(TrainingEngine):
         if self.device.type != "cuda":
             return
         self.model.to(self.device)
+        self._offloaded_what = None
         for state, key in self._offloaded:
             state[key] = state[key].to(self.device, non_blocking=True)
         self._offloaded = []
         torch.cuda.synchronize()
+
+    _offloaded_what: str | None = None
+
+    @contextlib.contextmanager
+    def _weights_on_device(self):
+        """Collectives over weights and optimizer state (export, checkpoints) run on the
+        backend's device: bring what was offloaded back for them, and move it out again after."""
+        what = self._offloaded_what
+        if what is not None:
+            self.onload()
+        try:
+            yield
+        finally:
+            if what is not None:
+                self.offload(what)
 
     def last_logprobs(self) -> torch.Tensor:
         return self._last_logprobs
@@ -272,6 +292,10 @@ class TorchEngine(TrainingEngine):
         yield fqn, full
 
     def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        with self._weights_on_device():
+            yield from self._export(dtype)
+
+    def _export(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         self._reshard()
         embed, sent = None, set()
         for fqn, tensor in self.model.state_dict().items():
@@ -310,6 +334,10 @@ class TorchEngine(TrainingEngine):
             dist.barrier()
 
     def save_state(self, path: str) -> None:
+        with self._weights_on_device():
+            self._save_state(path)
+
+    def _save_state(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -321,6 +349,10 @@ class TorchEngine(TrainingEngine):
             dist.barrier()
 
     def load_state(self, path: str) -> None:
+        with self._weights_on_device():
+            self._load_state(path)
+
+    def _load_state(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (
             get_state_dict,

@@ -51,6 +51,8 @@ class NcclSender(WeightSender):
                              {"master_address": host, "master_port": port, "world_size": world})
         pending = joined
         while pending:  # an engine that fails to join raises here instead of NCCL waiting for it forever
+            if opened.done() and opened.exception() is not None:
+                raise WeightSyncError(f"the trainer's end of the NCCL weight group failed to open: {opened.exception()}")
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
             ray.get(done)
         group = opened.result(timeout=300)
