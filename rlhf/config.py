@@ -102,6 +102,8 @@ class RolloutConfig:
     seed_per_prompt: bool
     bucket_bytes: int
     sleep: bool
+    generate_timeout_s: Optional[float]
+    max_restarts: int
 
 
 @dataclass
@@ -740,6 +742,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0 < rollout.gpu_memory_utilization <= 1,
          "in (0, 1]"),
         ("rollout.kv_cache_bytes", rollout.kv_cache_bytes, rollout.kv_cache_bytes > 0, "> 0"),
+        ("rollout.generate_timeout_s", rollout.generate_timeout_s,
+         rollout.generate_timeout_s is None or rollout.generate_timeout_s > 0, "> 0 or null (no limit)"),
+        ("rollout.max_restarts", rollout.max_restarts, rollout.max_restarts >= 0, ">= 0 (0: a failed engine stops the run)"),
         ("rollout.max_model_len", rollout.max_model_len, rollout.max_model_len > longest,
          f"> {longest}, the longer of rl.max_new_tokens and eval.max_new_tokens (prompt and response must fit)"),
         ("task.max_operand", cfg.task.max_operand, cfg.task.max_operand >= 1, ">= 1"),

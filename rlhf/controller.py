@@ -283,6 +283,7 @@ class Controller:
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)
+        metrics["rollout/restarts_total"] = float(self.roles.rollout.restarts)
         metrics["actor/updated"] = float(train_actor)
         # Tokens per second: sampled by the rollout engine (generation only), and passed through
         # the trainer (prompt and response, every epoch).

@@ -49,9 +49,10 @@ def read_metrics(output_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def rl_steps(rows: list[dict]) -> dict[int, dict]:
-    """The RL step rows (those with rollout metrics; evaluation-only rows left out), by step."""
-    return {r["step"]: r for r in rows if r["stage"] == "rl" and "reward/mean" in r}
+def rl_steps(rows: list[dict], stage: str = "rl") -> dict[int, dict]:
+    """RL stage `stage`'s step rows (those with rollout metrics; evaluation-only and checkpoint rows
+    left out), by step."""
+    return {r["step"]: r for r in rows if r["stage"] == stage and "reward/mean" in r}
 
 
 def stage_bar(stage: str, total: int) -> tqdm:

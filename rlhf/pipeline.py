@@ -4,6 +4,7 @@ export the last one as `checkpoints/final`."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
 from rlhf.stop_signal import StopSignal
 from rlhf.trackers import open_trackers
 from rewards.manager import RewardErrorRateExceeded, RewardManager
+from rollout.group import RolloutFailed
 
 # Environment every role process gets (on any node of a cluster, not just this one).
 _ROLE_ENV = {
@@ -103,6 +105,7 @@ class _Job:
         self.roles = None
         self.stop: StopSignal | None = None
         self.summary: dict = {}
+        self.record: dict = {}  # the running stage's summary entries so far
         self._data: dict = {}
 
     def data(self, stage: Stage):
@@ -143,16 +146,36 @@ class _Job:
             print(f"[rlhf] {label}: {' | '.join(parts)}", flush=True)
         return acc
 
-    def sft(self, stage: Stage, ctl: Controller, train) -> None:
+    def save_state(self, stage: Stage, step: int, groups: dict, driver: dict) -> Path:
+        """A resumable state of `stage` after `step` (see run_state), its time logged."""
+        t = time.perf_counter()
+        driver = {"stage": stage.name, **driver, "summary": {**self.summary, **self.record}}
+        path = run_state.save(self.out, stage.name, step, self.cfg, groups, driver)
+        self.log.log(stage.name, step, {"time/checkpoint": time.perf_counter() - t})
+        return path
+
+    def sft(self, stage: Stage, ctl: Controller, train, start_path: str, resume) -> None:
         cfg = stage.cfg
         actor = self.roles.actor
         actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
         sampler = Sampler(train, cfg.seed + stage.index)
+        first = 1
+        if resume:
+            run_state.restore(resume, {"actor": actor})
+            sampler.load_state_dict(resume["sampler"])
+            first = resume["step"] + 1
+            print(f"[rlhf] resumed from {resume['path']}: continuing at SFT step {first}", flush=True)
         bar = stage_bar(stage.name, cfg.sft.steps)
-        for step in range(1, cfg.sft.steps + 1):
+        bar.update(first - 1)
+        for step in range(first, cfg.sft.steps + 1):
             m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
             self.log.log(stage.name, step, m)
-            self.stop.stop(f"during stage {stage.name} at step {step} (SFT is not resumable: a new run starts it again)")
+            if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or self.stop.requested:
+                saved = self.save_state(stage, step, {"actor": actor},
+                                        {"start_path": start_path, "sampler": sampler.state_dict()})
+                bar.write(f"[rlhf] saved {saved}")
+                self.stop.stop(f"after SFT step {step}; the state is saved in {saved}: continue with the same "
+                               f"overrides and trainer.resume=auto trainer.output_dir={self.out}")
             bar.update()
             bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
         bar.close()
@@ -194,19 +217,25 @@ class _Job:
             ctl.sync_weights()
             first = resume["step"] + 1
             print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
-        def save_state(step: int) -> Path:
-            driver = {"stage": stage.name, "start_path": start_path, "controller": ctl.state_dict(),
-                      "sampler": sampler.state_dict(), "rewards": rewards.state_dict(), "summary": self.summary}
-            t = time.perf_counter()
-            path = run_state.save(out, stage.name, step, self.cfg, groups, driver)
-            self.log.log(stage.name, step, {"time/checkpoint": time.perf_counter() - t})
-            return path
+
+        def position() -> dict:
+            return copy.deepcopy({"start_path": start_path, "controller": ctl.state_dict(),
+                                  "sampler": sampler.state_dict(), "rewards": rewards.state_dict()})
+
+        def save_state(step: int, driver: dict | None = None) -> Path:
+            return self.save_state(stage, step, groups, driver or position())
 
         bar = stage_bar(stage.name if stage.name != "rl" else cfg.algo.name, cfg.rl.steps)
         bar.update(first - 1)
         for step in range(first, cfg.rl.steps + 1):
+            before = position()  # the data position and counters this step starts from
             try:
                 m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps)
+            except RolloutFailed as e:
+                # the trainer is still where step - 1 left it: save that, with the position from before this step
+                saved = save_state(step - 1, before)
+                raise JobError(f"{e}.\nThe state after RL step {step - 1} is saved in {saved}: continue with the same "
+                               f"overrides plus trainer.resume=auto trainer.output_dir={out}") from e
             except RewardErrorRateExceeded as e:
                 report_reward_errors(bar.write)
                 saved = out / "checkpoints" / f"{stage.name}-stopped-at-step{step - 1}"
@@ -309,21 +338,22 @@ def run(cfg: RunConfig) -> dict:
             if stage.name in done:
                 continue
             renderer, train, evals, counts = job.data(stage)
-            log.log(stage.name, 0, counts)
+            stage_resume = resume if resume and resume.get("stage", "rl") == stage.name else None
+            if not stage_resume:  # a resumed stage has its step-0 row already
+                log.log(stage.name, 0, counts)
             rewards = RewardManager(stage.cfg.reward.specs(), fallback=stage.cfg.reward.fallback,
                                     timeout_s=stage.cfg.reward.timeout_s, num_workers=stage.cfg.reward.num_workers,
                                     max_error_rate=stage.cfg.reward.max_error_rate)
             try:
                 ctl = Controller(stage.cfg, job.roles, tok, rewards, renderer, stream=stage.name)
-                record: dict = {}
+                record = job.record = {}
                 if not done and not resume and stage is stages[0]:
                     acc = job.evaluate(ctl, evals, stage, 0, "at start")
                     if acc:
                         record["accuracy_at_start"] = acc["eval/accuracy"]
                 if stage.kind == "sft":
-                    job.sft(stage, ctl, train)
+                    job.sft(stage, ctl, train, stage_resume["start_path"] if stage_resume else start_path, stage_resume)
                 else:
-                    stage_resume = resume if resume and resume.get("stage", "rl") == stage.name else None
                     job.rl(stage, ctl, train, evals, rewards, stage_resume["start_path"] if stage_resume else start_path,
                            stage_resume)
                 acc = job.evaluate(ctl, evals, stage, stage.steps, f"after {stage.name}")
@@ -345,6 +375,10 @@ def run(cfg: RunConfig) -> dict:
                 if k.startswith("accuracy_")]
         print(f"[rlhf] accuracy: {' | '.join(accs) or 'no eval data'} | {job.summary['wall_time_s']}s", flush=True)
         return job.summary
+    except RolloutFailed as e:  # outside an RL step (an evaluation): no newer state than the last saved
+        state = run_state.latest(out, names)
+        raise JobError(f"{e}.\n" + (f"The last complete state is {state}: continue with the same overrides plus "
+                                    f"trainer.resume={state}." if state else "No state was saved.")) from e
     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
         # A rank whose peer died may fail first (a broken collective): look for the dead one.
         dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(job.roles)

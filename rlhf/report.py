@@ -38,6 +38,11 @@ def _rows(out: Path) -> list[dict]:
     return list(merged.values())
 
 
+def _stages(rows: list[dict], marker: str) -> list[str]:
+    """The stages (any names: sft, rl, rl2, ...) with a row holding `marker`, in run order."""
+    return list(dict.fromkeys(r["stage"] for r in rows if marker in r))
+
+
 def _series(rows: list[dict], stage: str, key: str) -> tuple[list, list]:
     pts = [(r["step"], r[key]) for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -61,15 +66,15 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
         plt.close(fig)
         made.append((name, title))
 
-    rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
+    rl_stages = _stages(rows, "reward/mean")
     # Held-out accuracy: one panel per stage (each on its own steps), sharing the accuracy axis.
-    stages = [st for st in ("sft", "rl") if _series(rows, st, "eval/accuracy")[0]]
+    stages = _stages(rows, "eval/accuracy")
     if stages:
-        fig, axes = plt.subplots(1, len(stages), figsize=(6, 3.5), sharey=True, squeeze=False)
-        for ax, st in zip(axes[0], stages):
+        fig, axes = plt.subplots(1, len(stages), figsize=(3 * max(len(stages), 2), 3.5), sharey=True, squeeze=False)
+        for i, (ax, st) in enumerate(zip(axes[0], stages)):
             x, y = _series(rows, st, "eval/accuracy")
-            if st == "rl" and "sft" in stages:  # RL starts from the last SFT measurement
-                x, y = [0, *x], [_series(rows, "sft", "eval/accuracy")[1][-1], *y]
+            if i and x[0] != 0:  # a stage starts from the last measurement of the one before
+                x, y = [0, *x], [_series(rows, stages[i - 1], "eval/accuracy")[1][-1], *y]
             ax.plot(x, y, "o-")
             for xi, yi in zip(x, y):
                 ax.annotate(f"{yi:.2f}", (xi, yi), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
@@ -77,29 +82,40 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
         axes[0][0].set_ylabel("held-out accuracy")
         fig.suptitle("Held-out accuracy", fontsize=11)
         save(fig, "eval_accuracy", "Held-out accuracy")
-    xs, ys = _series(rows, "sft", "sft/loss")
-    if xs:
+    sft_stages = _stages(rows, "sft/loss")
+    if sft_stages:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(xs, ys)
+        for st in sft_stages:
+            ax.plot(*_series(rows, st, "sft/loss"), label=st)
         ax.set(title="SFT loss", xlabel="SFT step", ylabel="loss")
+        if len(sft_stages) > 1:
+            ax.legend(fontsize=8)
         save(fig, "sft_loss", "SFT loss")
     for name, title, ylabel, keys in RL_PLOTS:
-        lines = [(legend, *_series(rl, "rl", key)) for key, legend in keys]
+        # one line per key and RL stage (named after the stage when there are several)
+        lines = [(legend if len(rl_stages) == 1 else f"{st}: {legend}", *_series(rows, st, key))
+                 for st in rl_stages for key, legend in keys]
         lines = [line for line in lines if line[1]]
         if not lines:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for legend, x, y in lines:
             ax.plot(x, y, marker="." if len(x) < 40 else None, label=legend)
-        if name == "reward" and _series(rl, "rl", "reward/std")[0]:
-            x, mean = _series(rl, "rl", "reward/mean")
-            std = _series(rl, "rl", "reward/std")[1]
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
-                            label="mean ± std")
+        for st in rl_stages if name == "reward" else []:
+            x, mean = _series(rows, st, "reward/mean")
+            std = _series(rows, st, "reward/std")[1]
+            if len(std) == len(mean):
+                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                                label="mean ± std" if len(rl_stages) == 1 else f"{st}: mean ± std")
         ax.set(title=title, xlabel="RL step", ylabel=ylabel)
         ax.legend(fontsize=8)
         save(fig, name, title)
-    by_step = {r["step"]: r for r in rows if r["stage"] == "rl" and ("reward/mean" in r or "time/checkpoint" in r)}
+    # RL steps of all RL stages, one after another (rl2's step 1 follows rl's last)
+    by_step, offset = {}, 0
+    for st in rl_stages:
+        mine = {r["step"]: r for r in rows if r["stage"] == st and ("reward/mean" in r or "time/checkpoint" in r)}
+        by_step.update({offset + s: r for s, r in mine.items()})
+        offset += max(mine)
     phases = [p for p in PHASES if any(isinstance(r.get(p), (int, float)) for r in by_step.values())]
     if phases:
         steps = sorted(s for s, r in by_step.items() if "reward/mean" in r)
@@ -120,7 +136,8 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
                 other = [max(float(by_step[s].get("time/step") or 0.0) - b, 0.0) for s, b in zip(steps, bottom)]
                 ax.bar(steps, other, bottom=bottom, label="other")
                 bottom = [b + o for b, o in zip(bottom, other)]
-        ax.set(title="Time per RL step, by phase", xlabel="RL step", ylabel="seconds")
+        ax.set(title="Time per RL step, by phase", ylabel="seconds",
+               xlabel="RL step" if len(rl_stages) == 1 else f"RL step ({', then '.join(rl_stages)})")
         ax.legend(fontsize=8, ncol=3)
         save(fig, "phase_times", "Time per RL step, by phase")
     return made
@@ -167,13 +184,21 @@ def build(out) -> Path:
     else:
         when = f"; its last row was written {time.time() - last:.0f} s ago" if last else ""
         lines += [f"Status: **not finished** (no summary.json: still running, stopped or crashed{when})."]
-    rl = [r for r in rows if r["stage"] == "rl" and "reward/mean" in r]
-    sft = [r for r in rows if r["stage"] == "sft" and "sft/loss" in r]
-    lines += ["", f"SFT steps logged: {len(sft)}; RL steps logged: {len(rl)}."]
-    if rl:
+    logged = {}
+    for r in rows:
+        if "sft/loss" in r or "reward/mean" in r:
+            kind = "SFT" if "sft/loss" in r else "RL"
+            logged[r["stage"]] = (kind, logged.get(r["stage"], (kind, 0))[1] + 1)
+    if set(logged) <= {"sft", "rl"}:
+        lines += ["", f"SFT steps logged: {logged.get('sft', ('', 0))[1]}; RL steps logged: {logged.get('rl', ('', 0))[1]}."]
+    else:
+        lines += ["", "Steps logged: " + "; ".join(f"{st} ({kind}) {n}" for st, (kind, n) in logged.items()) + "."]
+    for st in _stages(rows, "reward/mean"):
+        rl = [r for r in rows if r["stage"] == st and "reward/mean" in r]
         keys = ["reward/mean", "actor/kl_ref", "actor/entropy_estimate", "response/length_mean", "actor/clip_frac",
                 "actor/grad_norm", "throughput/generated_tokens_per_s", "throughput/trained_tokens_per_s", "time/step"]
-        lines += ["", "| RL metric | first step | last step | mean |", "| --- | --- | --- | --- |"]
+        name = "RL metric" if st == "rl" else f"{st} metric"
+        lines += ["", f"| {name} | first step | last step | mean |", "| --- | --- | --- | --- |"]
         for k in keys:
             vals = [r[k] for r in rl if isinstance(r.get(k), (int, float))]
             if vals:
@@ -199,10 +224,12 @@ def _median(vals: list[float]) -> float:
 def summary_table(rows: list[dict]) -> str:
     """The console's closing table: per stage, steps and the median of each timing and rate."""
     lines = [f"{'stage':<6}{'steps':>6}  {'metric':<34}{'median':>12}{'last':>12}"]
-    for stage, keys in [("sft", ["sft/loss", "time/step"]),
-                        ("rl", ["reward/mean", "time/step", "time/rollout", "time/reward", "time/logprobs", "time/train",
-                                "time/push", "time/checkpoint", "throughput/generated_tokens_per_s",
-                                "throughput/trained_tokens_per_s"])]:
+    sft_keys = ["sft/loss", "time/step"]
+    rl_keys = ["reward/mean", "time/step", "time/rollout", "time/reward", "time/logprobs", "time/train", "time/push",
+               "time/checkpoint", "throughput/generated_tokens_per_s",
+               "throughput/trained_tokens_per_s"]
+    kinds = {st: sft_keys for st in _stages(rows, "sft/loss")} | {st: rl_keys for st in _stages(rows, "reward/mean")}
+    for stage, keys in [(st, kinds[st]) for st in dict.fromkeys(r["stage"] for r in rows) if st in kinds]:
         steps = [r for r in rows if r["stage"] == stage and ("sft/loss" in r or "reward/mean" in r)]
         for i, key in enumerate(keys):
             vals = [r[key] for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]

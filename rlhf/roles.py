@@ -105,8 +105,10 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
                                  for r in range(group.world_size)])
 
 
-def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement) -> list:
-    """`rollout.num_engines` vLLM engines, each a Ray actor with its own copy of the model."""
+def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement,
+                  which: list[int] | None = None, name: str = "rollout-{}") -> list:
+    """`rollout.num_engines` vLLM engines (or those numbered `which`), each a Ray actor with its own
+    copy of the model."""
     r = cfg.rollout
     rollout_cfg = VLLMConfig(
         dtype=r.dtype,
@@ -125,10 +127,10 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         sleep=r.sleep,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
-    return [cls.options(name=f"rollout-{i}", **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))
+    return [cls.options(name=name.format(i), **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))
             .remote(ROLLOUT_ENGINES[r.engine], model_path,
                     dataclasses.replace(rollout_cfg, ray_bundles=placement.rollout_bundles(i)))
-            for i in range(r.num_engines)]
+            for i in (which or range(r.num_engines))]
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
@@ -141,5 +143,20 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
     ray.get([e.__ray_ready__.remote() for e in engines])
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-    return Roles(actor=actor, rollout=RolloutGroup(engines, pad_id), placement=placement, model_path=model_path,
-                 sleep=cfg.rollout.sleep)
+    roles = Roles(actor=actor, rollout=None, placement=placement, model_path=model_path, sleep=cfg.rollout.sleep)
+    restarted = 0
+
+    def restart(i: int, workers: list):
+        """A fresh engine i in the same place (put into `workers`, the group's list), connected to
+        the actor and given its current weights."""
+        nonlocal restarted
+        restarted += 1
+        engine = start_rollout(cfg, model_path, transport, placement, which=[i], name=f"rollout-{i}.{restarted}")[0]
+        ray.get(engine.__ray_ready__.remote())
+        workers[i] = engine
+        actor.all("connect_rollout", transport, workers, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
+        roles.sync_weights()  # with rollout.sleep, also puts every engine and trainer where a push leaves them
+        return engine
+
+    roles.rollout = RolloutGroup(engines, pad_id, restart, cfg.rollout.generate_timeout_s, cfg.rollout.max_restarts)
+    return roles

@@ -1,4 +1,4 @@
-"""Exact resume: everything an RL stage needs to continue as if it had never stopped.
+"""Exact resume: everything a stage (SFT or RL) needs to continue as if it had never stopped.
 
 A state folder `<output_dir>/checkpoints/state-<stage>-step<N>/` (e.g. state-rl-step20) holds the trainer groups' sharded
 weights, optimizer moments, LR schedules and RNG (one DCP folder per group, written by every
@@ -149,7 +149,7 @@ def check(cfg: RunConfig) -> dict | None:
 
 
 def rewind_metrics(out: Path, stage: str, step: int, later: list[str]) -> None:
-    """Drop the rows of `<out>/metrics.jsonl` from after step `step` of RL stage `stage` and those of
+    """Drop the rows of `<out>/metrics.jsonl` from after step `step` of stage `stage` and those of
     the `later` stages (steps a stopped run did not save), so the resumed run's file reads as one
     run; earlier stages' rows and that step's own row stay."""
     path = out / "metrics.jsonl"
@@ -164,7 +164,7 @@ def rewind_metrics(out: Path, stage: str, step: int, later: list[str]) -> None:
             continue
         if row["stage"] in later:
             continue
-        if row["stage"] != stage or row["step"] < step or (row["step"] == step and "reward/mean" in row):
+        if row["stage"] != stage or row["step"] < step or (row["step"] == step and ("reward/mean" in row or "sft/loss" in row)):
             keep.append(line)
     if len(keep) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
@@ -174,7 +174,7 @@ def rewind_metrics(out: Path, stage: str, step: int, later: list[str]) -> None:
 
 
 def save(out: Path, stage: str, step: int, cfg: RunConfig, groups: dict, driver: dict) -> Path:
-    """Write a state folder for the end of step `step` of RL stage `stage`; `groups` maps a name to
+    """Write a state folder for the end of step `step` of stage `stage` (SFT or RL); `groups` maps a name to
     a TrainerGroup.
 
     Written under a temporary name and renamed, then marked complete; the oldest states beyond

@@ -58,8 +58,8 @@ class Console:
         if "eval/accuracy" in metrics:
             tqdm.write(f"[eval {stage} step {step}] accuracy={metrics['eval/accuracy']:.3f} "
                        f"reward={metrics.get('eval/reward', float('nan')):.3f}")
-        if stage == "rl" and "reward/mean" in metrics and step % self.log_every == 0:
-            tqdm.write(f"[{self.label} {step}] " + fmt(metrics, list(self.RL_KEYS)))
+        if "reward/mean" in metrics and step % self.log_every == 0:  # an RL step of any RL stage (rl, rl2, ...)
+            tqdm.write(f"[{self.label}{'' if stage == 'rl' else ' ' + stage} {step}] " + fmt(metrics, list(self.RL_KEYS)))
 
     def close(self) -> None:
         pass

@@ -49,6 +49,8 @@ CASES = [
     (["task.demo_carry_error=1.5"], ["task.demo_carry_error", "[0, 1]"]),
     (["reward.max_error_rate=1.5"], ["reward.max_error_rate", "[0, 1]"]),
     (["trainer.max_consecutive_skips=-1"], ["trainer.max_consecutive_skips", ">= 0"]),
+    (["rollout.generate_timeout_s=0"], ["rollout.generate_timeout_s", "> 0 or null"]),
+    (["rollout.max_restarts=-1"], ["rollout.max_restarts", ">= 0"]),
     (["actor.world_size=0"], ["actor.world_size", "at least 1"]),
     (["algo.overlong_buffer=6"], ["algo.overlong_buffer", "rl.max_new_tokens"]),
     # batch divisibility

@@ -10,9 +10,13 @@ import time
 import uuid
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from rlhf import run_state
 from rlhf.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
@@ -49,54 +53,222 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run_with_a_saved_st
     assert max(float(w.abs().max()) for w in weights.values()) > 1e20  # the one update that went through
 
 
-def _trainer_pids(marker: str) -> list[int]:
-    """Ray worker processes of the run started with RLHF_FAULT_MARKER=marker that hold a trainer rank."""
+def _role_pids(marker: str, role: str) -> list[int]:
+    """Live Ray worker processes of the run started with RLHF_FAULT_MARKER=marker that hold a `role`
+    (TrainerWorker, RolloutWorker)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if not proc.name.isdigit() or b"TrainerWorker" not in (proc / "cmdline").read_bytes():
+            if not proc.name.isdigit() or role.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue
             if f"RLHF_FAULT_MARKER={marker}".encode() in (proc / "environ").read_bytes().split(b"\0"):
                 pids.append(int(proc.name))
-        except OSError:
+        except (OSError, IndexError):
             continue
     return pids
 
 
-def test_a_trainer_rank_killed_mid_run_stops_the_run_cleanly_with_its_last_state_intact(tmp_path):
+def _session(sid: int) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                found.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+# SFT then GRPO, a state every 2 steps of either. The entropy bonus gives every step a gradient
+# (a few SFT steps leave every reward 0), so losses, gradient norms and the weights move.
+# Responses of up to 24 tokens make a generation call last long enough to be caught in flight.
+ARGS = ["sft.steps=6", "rl.steps=8", "rl.prompts_per_step=8", "rl.n=4", "rl.max_new_tokens=24", "task.num_eval=16",
+        "trainer.save_every=2",
+        "algo.entropy_coef=0.01", "rollout.generate_timeout_s=10", "trainer.keep_last=0"]
+# what a run computes; times and the restart count are how it went
+_HOW = ("time", "throughput/", "weight_sync/", "rollout/restarts_total")
+
+
+class Run:
+    """`python -m rlhf.main ARGS` in its own session, with a marker in its environment to find its processes."""
+
+    def __init__(self, out: Path, log: Path, *args: str):
+        self.out, self.log, self.marker = out, log, uuid.uuid4().hex
+        with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.main", *ARGS, f"trainer.output_dir={out}", *args],
+                                         stdout=stdout, stderr=stderr, start_new_session=True,
+                                         env={**os.environ, "RLHF_FAULT_MARKER": self.marker})
+        self.stdout = self.stderr = ""
+        self.ended = None
+
+    def wait_for(self, done, what: str, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while not done():
+            assert self.proc.poll() is None, f"the run ended before {what}: {Path(f'{self.log}.err').read_text()[-4000:]}"
+            assert time.time() < deadline, f"no {what} after {timeout} s"
+            time.sleep(0.02)
+
+    def rows(self, stage: str, since: float = 0.0) -> dict[int, dict]:
+        """Step rows of `stage` so far (SFT: with the loss; RL: with rollout metrics), written after `since`."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return {}
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        return {r["step"]: r for r in rows
+                if r["stage"] == stage and ("sft/loss" in r or "reward/mean" in r) and r["time"] > since}
+
+    def finish(self, timeout: float = 600) -> int:
+        try:
+            self.proc.wait(timeout=timeout)
+            self.ended = time.time()
+        finally:
+            self.end()
+        self.stdout, self.stderr = Path(f"{self.log}.out").read_text(), Path(f"{self.log}.err").read_text()
+        return self.proc.returncode
+
+    def end(self) -> None:
+        """SIGKILL whatever of the run is left (a SIGKILLed driver leaves Ray's processes behind a while)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(1)
+        for pid in _session(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _same(a: dict, b: dict, where: str) -> None:
+    keys = {k for k in a if not k.startswith(_HOW)}
+    assert keys == {k for k in b if not k.startswith(_HOW)}, where
+    for k in sorted(keys):
+        assert a[k] == b[k], (where, k, a[k], b[k])
+
+
+def _kill_in_flight(pid: int) -> None:
+    """Called as a step's row appears, just before the next step's generation: stopped, the engine
+    cannot answer that call; once the driver has waited on it for a second, SIGKILL kills it with
+    the call in flight (a death, well within rollout.generate_timeout_s, not a hang)."""
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _complete(out: Path, stage: str, step: int):
+    return lambda: (out / "checkpoints" / f"state-{stage}-step{step}" / "COMPLETE").is_file()
+
+
+@pytest.mark.timeout(1800)  # five runs of the job, four of them one after another
+def test_a_run_survives_driver_trainer_and_rollout_faults_and_reproduces_the_uninterrupted_run(tmp_path):
+    """One job, four faults, against the uninterrupted run of the same config (run alongside):
+    1. the driver SIGKILLed during SFT, resumed with trainer.resume=auto (mid-SFT);
+    2. a trainer rank SIGKILLed during RL: the run stops cleanly; resumed with resume=auto;
+    3. the vLLM engine SIGKILLed while a generation call is in flight: replaced, re-synced, retried;
+    4. the new engine hung (SIGSTOP): killed after rollout.generate_timeout_s, replaced, retried.
+    Every later SFT and RL row equals the uninterrupted run's to the bit (losses, rewards, grad
+    norms, the rollout-vs-trainer gap), and the final weights are the same."""
     out = tmp_path / "run"
-    marker = uuid.uuid4().hex
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf.main", "sft.steps=0", "rl.steps=200", "rl.prompts_per_step=8", "rl.n=4",
-         "trainer.save_every=2", "task.num_eval=16", f"trainer.output_dir={out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RLHF_FAULT_MARKER": marker},
-    )
+    runs = [Run(tmp_path / "full", tmp_path / "full")]
+    full = runs[0]
     try:
-        state = out / "checkpoints" / "state-rl-step2"
-        deadline = time.time() + 800
-        while not (state / "driver.json").is_file():
-            assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first state"
-            time.sleep(0.5)
-        pids = _trainer_pids(marker)
+        # 1. the driver killed after SFT step 2's state is complete (SFT runs to step 6)
+        first = Run(out, tmp_path / "first")
+        runs.append(first)
+        first.wait_for(_complete(out, "sft", 2), "the state of SFT step 2")
+        first.proc.kill()
+        first.end()
+        assert max(first.rows("sft")) < 6 and not first.rows("rl")  # killed during SFT
+
+        # 2. resumed mid-SFT; a trainer rank killed once RL step 2's state is complete (RL runs to step 8)
+        second = Run(out, tmp_path / "second", "trainer.resume=auto")
+        runs.append(second)
+        second.wait_for(_complete(out, "rl", 2), "the state of RL step 2")
+        pids = _role_pids(second.marker, "TrainerWorker")
         assert len(pids) == 2  # the actor's two ranks
         t = time.time()
         os.kill(pids[1], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=300)
-        stopped_in = time.time() - t
-    finally:
-        if proc.poll() is None:  # SIGINT: the driver's cleanup (ray.shutdown) still runs
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-    assert proc.returncode == 2, stderr[-4000:]
-    assert f"pid {pids[1]}" in stderr and "trainer role 'actor' rank" in stderr
-    last = max((p for p in (out / "checkpoints").glob("state-rl-step*") if (p / "driver.json").is_file()),
-               key=lambda p: int(p.name.removeprefix("state-rl-step")))
-    assert f"trainer.resume={last}" in stderr
-    assert not _trainer_pids(marker)  # every role process is down
-    print(f"stopped {stopped_in:.1f} s after the kill; last state {last.name}")
-    # the last state is complete: a resumed run's start-up checks accept it
-    from rlhf.config import load_config
+        assert second.finish() == 2, second.stderr[-4000:]
+        stopped_in = second.ended - t
+        k_sft = int(re.search(r"continuing at SFT step (\d+)", second.stdout).group(1)) - 1
+        assert 2 <= k_sft < 6
+        assert f"pid {pids[1]}" in second.stderr and "trainer role 'actor' rank 1" in second.stderr
+        last = max(run_state.states(out, ["sft", "rl"]))[2]
+        assert last.name.startswith("state-rl-step") and f"trainer.resume={last}" in second.stderr
+        assert not _role_pids(second.marker, "TrainerWorker") and not _role_pids(second.marker, "RolloutWorker")
 
-    cfg = load_config(["sft.steps=0", "rl.steps=200", "rl.prompts_per_step=8", "rl.n=4", "trainer.save_every=2",
-                       "task.num_eval=16", f"trainer.output_dir={tmp_path / 'resumed'}", f"trainer.resume={last}"])
-    assert cfg.trainer.resume == str(last)
+        # 3, 4. resumed in RL; the engine killed mid-generation at the first resumed step, the new one
+        # hung at the next
+        k_rl = int(last.name.removeprefix("state-rl-step"))
+        assert k_rl <= 4
+        started = time.time()
+        third = Run(out, tmp_path / "third", "trainer.resume=auto")
+        runs.append(third)
+        third.wait_for(lambda: _role_pids(third.marker, "RolloutWorker"), "the rollout engine")
+        engine = _role_pids(third.marker, "RolloutWorker")
+        assert len(engine) == 1
+        third.wait_for(lambda: third.rows("rl", since=started), "the first resumed RL step")
+        _kill_in_flight(engine[0])
+        assert min(third.rows("rl", since=started)) == k_rl + 1
+        third.wait_for(lambda: k_rl + 2 in third.rows("rl"), "the step after the kill")
+        fresh = [p for p in _role_pids(third.marker, "RolloutWorker") if p != engine[0]]
+        assert len(fresh) == 1
+        os.kill(fresh[0], signal.SIGSTOP)  # hangs the next step's generation until the timeout
+        assert third.finish() == 0, third.stderr[-4000:]
+        assert full.finish() == 0, full.stderr[-4000:]
+    finally:
+        for run in runs:
+            run.end()
+
+    assert "rollout engine 0 died" in third.stdout and "rollout engine 0 gave no answer within" in third.stdout
+    rl = third.rows("rl")
+    killed, hung = k_rl + 2, k_rl + 3
+    assert rl[killed - 1]["rollout/restarts_total"] == 0 and rl[killed]["rollout/restarts_total"] == 1
+    assert rl[hung]["rollout/restarts_total"] == 2 and rl[8]["rollout/restarts_total"] == 2
+    assert rl[killed]["time/rollout_recovery"] > 0 and rl[hung]["time/rollout_recovery"] > 0
+    assert rl[hung]["time/generate"] > 10  # waited out the timeout first
+    print(f"trainer rank kill: stopped {stopped_in:.1f} s after; resumed mid-SFT at step {k_sft + 1}, mid-RL at "
+          f"step {k_rl + 1}; rollout recovery: {rl[killed]['time/rollout_recovery']:.1f} s after the SIGKILL, "
+          f"{rl[hung]['time/rollout_recovery']:.1f} s after the hang (plus the 10 s timeout)")
+    for step in (killed, hung):  # the fresh engines serve the trained policy, not the weights they loaded
+        assert rl[step]["rollout/mismatch_kl_k3"] < 1e-3 and rl[step]["rollout/logprob_abs_diff_max"] < 1e-4
+
+    a_sft, a_rl, b_sft = full.rows("sft"), full.rows("rl"), third.rows("sft")
+    steps = [(r["stage"], r["step"]) for r in read_metrics(out) if "sft/loss" in r or "reward/mean" in r]
+    assert steps == [("sft", s) for s in range(1, 7)] + [("rl", s) for s in range(1, 9)]  # each once, in order
+    for step in range(k_sft + 1, 7):
+        _same(a_sft[step], b_sft[step], f"sft step {step}")
+    for step in range(k_rl + 1, 9):
+        _same(a_rl[step], rl[step], f"rl step {step}")
+        assert a_rl[step]["actor/grad_norm"] > 0
+    evals = lambda run: [(r["stage"], r["step"], r["eval/accuracy"]) for r in read_metrics(run.out) if "eval/accuracy" in r]
+    assert evals(full) == evals(third)
+    wa = load_file(full.out / "checkpoints" / "final" / "model.safetensors")
+    wb = load_file(out / "checkpoints" / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_an_engine_failing_beyond_max_restarts_stops_the_run_with_the_state_before_the_step(tmp_path):
+    """rollout.max_restarts=0: the engine SIGKILLed after RL step 1 stops the run at step 2's
+    generation, saving the state after step 1 with the data position and seeds from before step 2."""
+    out = tmp_path / "run"
+    run = Run(out, tmp_path / "run", "sft.steps=0", "rl.steps=4", "trainer.save_every=0", "rollout.max_restarts=0")
+    try:
+        run.wait_for(lambda: _role_pids(run.marker, "RolloutWorker"), "the rollout engine")
+        engine = _role_pids(run.marker, "RolloutWorker")
+        assert len(engine) == 1
+        run.wait_for(lambda: run.rows("rl"), "RL step 1")
+        _kill_in_flight(engine[0])
+        assert run.finish() == 2, run.stderr[-4000:]
+    finally:
+        run.end()
+    state = out / "checkpoints" / "state-rl-step1"
+    assert "rollout engine(s) 0 (died" in run.stderr and "rollout.max_restarts=0" in run.stderr
+    assert f"The state after RL step 1 is saved in {state}" in run.stderr and "trainer.resume=auto" in run.stderr
+    assert run_state.problem(state) is None
+    driver = json.loads((state / "driver.json").read_text())
+    # one generation round and 8 prompts drawn: step 1's, not step 2's as well
+    assert driver["step"] == 1 and driver["controller"]["draws"] == 1 and driver["sampler"] == {"epoch": 0, "pos": 8}
+    assert sorted(run.rows("rl")) == [1]

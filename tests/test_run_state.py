@@ -110,3 +110,14 @@ def test_auto_orders_states_by_stage_then_step_and_rewinds_later_stages(tmp_path
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_state.rewind_metrics(out, "rl", 5, ["rl2", "rl3"])  # resuming rl at step 5: rl's step 6 and rl2, rl3 go
     assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows[:1]
+
+
+def test_resuming_mid_sft_keeps_the_sft_rows_up_to_the_state_and_drops_the_rest(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = [{"stage": "sft", "step": 0, "eval/accuracy": 0.1}, {"stage": "sft", "step": 1, "sft/loss": 2.0},
+            {"stage": "sft", "step": 2, "sft/loss": 1.9}, {"stage": "sft", "step": 2, "time/checkpoint": 0.5},
+            {"stage": "sft", "step": 3, "sft/loss": 1.8}, {"stage": "rl", "step": 1, "reward/mean": 0.1}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_state.rewind_metrics(out, "sft", 2, ["rl"])
+    assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows[:3]
