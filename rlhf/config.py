@@ -429,9 +429,9 @@ def _check_layout(cfg: RunConfig) -> None:
     _check_resources("rollout.resources", r.resources)
     if r.num_engines < 1:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
-    if r.sleep and r.num_gpus == 0:
-        raise ConfigError("rollout.sleep=true needs the engines on GPUs (rollout.num_gpus > 0): on CPU nothing is freed "
-                          "by sleeping; set rollout.sleep=false")
+    if r.sleep and (r.num_gpus == 0 or cfg.actor.num_gpus_per_worker == 0):
+        raise ConfigError("rollout.sleep=true needs the engines and the actor on GPUs (rollout.num_gpus > 0 and "
+                          "actor.num_gpus_per_worker > 0): otherwise nothing is freed by sleeping; set rollout.sleep=false")
     if r.sleep and r.placement == "disaggregated":
         raise ConfigError("rollout.sleep=true frees vLLM's GPU memory for trainers on the same GPUs, but with "
                           "rollout.placement=disaggregated none share them; set rollout.sleep=false")

@@ -99,6 +99,7 @@ class Controller:
         out, totals = {}, Counter()
         for name, rows in evals.items():
             greedy = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens, stop=tuple(self.cfg.rl.stop))
+            self.roles.prepare_rollout()
             scores = self._score(rows, self.roles.rollout.generate(self.prompt_ids(rows), greedy),
                                  False).rewards
             right = sum(s >= 1.0 for s in scores)
@@ -139,6 +140,7 @@ class Controller:
                             seed_per_prompt=cfg.rollout.seed_per_prompt,
                             seed=random.Random(f"{cfg.seed}:{self.stream}{self.draws}").randrange(2**30))
         t = time.perf_counter()
+        self.roles.prepare_rollout()
         batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling)
         self._add_timing({"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
         t = time.perf_counter()
@@ -244,6 +246,7 @@ class Controller:
             tis_cap=algo.tis_cap if algo.rollout_correction == "tis" else None,
         )
         updates: list[dict] = []
+        actor_seconds = 0.0  # the actor's share of the train phase (a critic trains in it too)
         for _ in range(algo.epochs):
             for mb in split(batch, algo.mini_batches):  # whole groups stay together
                 mb_mask = mb["response_mask"]
@@ -252,7 +255,9 @@ class Controller:
                     continue
                 m = {}
                 if train_actor:
+                    ta = time.perf_counter()
                     m = self.roles.actor.dp("train_step", mb, policy_loss, norm)[0]
+                    actor_seconds += time.perf_counter() - ta
                     m["actor/policy_loss"] = m.pop("loss")
                 if self.roles.critic is not None:
                     c = self.roles.critic.dp("train_step", mb, ValueLoss(algo.value_clip), float(mb_mask.sum()))[0]
@@ -292,7 +297,7 @@ class Controller:
             float(batch["attention_mask"].sum()) * algo.epochs / max(timing["time/train"], 1e-9) if train_actor else 0.0)
         if train_actor:
             metrics.update(self._device_metrics(float(batch["attention_mask"].sum()) * algo.epochs,
-                                                float(batch["attention_mask"].sum(-1).float().mean()), timing["time/train"]))
+                                                float(batch["attention_mask"].sum(-1).float().mean()), actor_seconds))
         self.last_batch = batch
         if self.roles.critic is not None:
             # values from before this step's update: how well the critic predicted returns it had not seen
@@ -316,7 +321,8 @@ class Controller:
             if self._model_config is None:
                 from transformers import AutoConfig
 
-                self._model_config = AutoConfig.from_pretrained(self.roles.model_path)
+                self._model_config = AutoConfig.from_pretrained(self.roles.model_path,
+                                                                trust_remote_code=self.cfg.model.trust_remote_code)
             flops = train_flops_per_token(self._model_config, context) * tokens
             out["perf/actor_mfu"] = flops / max(seconds, 1e-9) / (peak * self.roles.actor.world_size)
         return out

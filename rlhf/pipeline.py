@@ -195,6 +195,8 @@ class _Job:
                         f.write(f"--- {kind}\n{tb}\n")
 
         rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
+        if cfg.algo.uses_reference or cfg.algo.uses_critic:
+            roles.prepare_training()  # with rollout.sleep, new trainer groups load while vLLM sleeps
         if cfg.algo.uses_reference:
             t = time.time()
             roles.ref = start_trainer(cfg, "ref", start_path, trainable=False, placement=roles.placement)

@@ -49,6 +49,17 @@ class Roles:
                 group.all("onload")
         self._turn = "train"
 
+    def prepare_rollout(self) -> None:
+        """Before generation: with sleep, after trainer work that pushed no weights (critic
+        pre-training, an evaluation between steps), the trainers move out and vLLM wakes with the
+        weights it slept with."""
+        if not self.sleep or self._turn != "train":
+            return
+        for group in self.trainers():
+            group.all("offload", "all")
+        self.rollout.all("wake", ["weights", "kv_cache"])
+        self._turn = "rollout"
+
     def sync_weights(self) -> int:
         """Push the actor's weights into every rollout engine; bytes sent. With sleep, vLLM wakes
         its weights for the push, the trainers move to CPU, then vLLM wakes its KV cache."""
