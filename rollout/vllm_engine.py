@@ -86,9 +86,13 @@ class VLLMRollout(RolloutEngine):
             kwargs["enable_sleep_mode"] = cfg.sleep
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
-        for handler in logging.getLogger("vllm").handlers:
-            handler.addFilter(_DropRepeatedNoise())
         self.llm = LLM(**kwargs)
+        # vLLM sets its handlers up lazily, so the filter goes on its loggers themselves (a logger's
+        # filter sees the records created on it), once they all exist.
+        noise = _DropRepeatedNoise()
+        for name in list(logging.root.manager.loggerDict):
+            if name == "vllm" or name.startswith("vllm."):
+                logging.getLogger(name).addFilter(noise)
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self._weight_names = checkpoint_weight_names(model_path, tied)
         self.eos_id = self.llm.get_tokenizer().eos_token_id
