@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,10 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
-import re
-
 import pytest
 import torch
+from procs import session_processes
 from safetensors.torch import load_file
 
 from rlhf import run_state
@@ -70,17 +70,6 @@ def _role_pids(marker: str, role: str) -> list[int]:
     return pids
 
 
-def _session(sid: int) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                found.append(int(pid))
-        except (OSError, IndexError):
-            pass
-    return found
-
-
 # SFT then GRPO, a state every 2 steps of either. The entropy bonus gives every step a gradient
 # (a few SFT steps leave every reward 0), so losses, gradient norms and the weights move.
 # Responses of up to 24 tokens make a generation call last long enough to be caught in flight.
@@ -134,7 +123,7 @@ class Run:
             self.proc.kill()
             self.proc.wait()
         time.sleep(1)
-        for pid in _session(self.proc.pid):
+        for pid in session_processes(self.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from procs import session_processes
 from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification
 
@@ -36,18 +36,6 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "rlhf.main", *ARGS, *args], capture_output=True, text=True, timeout=900)
 
 
-def _session(sid: int) -> list[int]:
-    """Processes of session `sid` (the driver's, started with start_new_session)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                found.append(int(pid))
-        except (OSError, IndexError):
-            pass
-    return found
-
-
 def _run_and_kill(marker, *args):
     """Run the driver until `marker` exists, then SIGKILL it, as a crashed node would."""
     proc = subprocess.Popen([sys.executable, "-m", "rlhf.main", *ARGS, *args], stdout=subprocess.DEVNULL,
@@ -60,7 +48,7 @@ def _run_and_kill(marker, *args):
     proc.wait()
     # Ray's agents outlive a SIGKILLed driver for a while: end the ones this run started.
     time.sleep(2)
-    for pid in _session(proc.pid):
+    for pid in session_processes(proc.pid):
         os.kill(pid, signal.SIGKILL)
 
 
