@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, carrying .device/kit/b, .device/kit/a and
-# .device/trl:   bash benchmarks/gpu_check.sh one|ours|two|tests|engines1|nccl
+# .device/trl:   bash benchmarks/gpu_check.sh MODE (below)
 #   one:   the reference workload on one GPU, ours (unseeded requests, as TRL's) then TRL 1.16
 #          (benchmarks/vs_trl), same card
+#   push1: one GPU: the colocated CUDA IPC push (tiny fp32 test with small buckets, then the 0.5B
+#          shape's push time, phases and log-prob gap), then `one` with 6 steps
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
-#   nccl:  weight push on two GPUs (benchmarks/nccl_push.py): disaggregated over NCCL against a
+#   nccl:  weight push on two GPUs (benchmarks/weight_push.py): disaggregated over NCCL against a
 #          plain NCCL broadcast, then vLLM TP=2 fed by a 2-rank trainer (tests on two GPUs also run
 #          test_weight_push_on_two_gpus)
 #   twoA:  on two GPUs: Automodel vs FSDP engines in bf16 (dp=2, tp=2), the two weight pushes of
@@ -44,15 +46,24 @@ moe_ep2() {  # steps, timeout: a tiny Qwen3-MoE, Automodel with ep=2 on two GPUs
     cp $work/moe/metrics.jsonl "$OUT/moe_metrics.jsonl" 2>/dev/null
     python3 -c "import json;[print('moe step',r['step'],'|dlogp| mean',r.get('rollout/logprob_abs_diff_mean'),'max',r.get('rollout/logprob_abs_diff_max'),'train s',r.get('time/train'),'push s',r.get('time/push')) for r in map(json.loads,open('$work/moe/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
 }
+vs_trl() {  # the reference workload, ours (unseeded requests, as TRL's) then TRL 1.16, same card
+    ref ours_1gpu rollout.seed_per_prompt=false
+    python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
+    PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout ${TRL_TIMEOUT:-420} python3 benchmarks/vs_trl/run_trl.py --model $model \
+      --steps ${STEPS:-7} > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt"
+}
 case ${1:-one} in
   ours)
     timeout 300 python3 benchmarks/rollout_throughput.py $model > "$OUT/rollout_bench.log" 2>&1; tail -7 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
     ref ours_1gpu ;;
   one)
-    ref ours_1gpu rollout.seed_per_prompt=false  # TRL seeds no request either
-    python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
-    PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout 420 python3 benchmarks/vs_trl/run_trl.py --model $model --steps 7 \
-      > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt" ;;
+    vs_trl ;;
+  push1)
+    timeout 120 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "test_weight_push and ipc" \
+      > "$OUT/push_test.log" 2>&1; grep -E "passed|failed|Error" "$OUT/push_test.log" | tail -3 >> "$OUT/table.txt"
+    timeout 130 python3 benchmarks/weight_push.py --model $model --mode ipc > "$OUT/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; tail -14 "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
+    STEPS=6 REF_TIMEOUT=170 TRL_TIMEOUT=190 vs_trl ;;
   two)
     ref ours_dp2 actor.world_size=2
     ref ours_tp2 actor.world_size=2 actor.tp_size=2 ;;
@@ -65,16 +76,16 @@ case ${1:-one} in
     ref ours_1gpu rollout.seed_per_prompt=false ;;
   nccl)
     for mode in nccl tp2; do
-      timeout 400 python3 benchmarks/nccl_push.py --model $model --mode $mode > "$OUT/nccl_push_$mode.log" 2>&1
-      echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
+      timeout 400 python3 benchmarks/weight_push.py --model $model --mode $mode > "$OUT/weight_push_$mode.log" 2>&1
+      echo "weight_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/weight_push_$mode.log" >> "$OUT/table.txt"
     done ;;
   twoA)
     timeout 160 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k engines_agree \
       > "$OUT/engines_agree.log" 2>&1
     grep -E "passed|failed|automodel vs fsdp|Error" "$OUT/engines_agree.log" | tail -6 >> "$OUT/table.txt"
     for mode in nccl tp2; do
-      timeout 130 python3 benchmarks/nccl_push.py --model $model --mode $mode > "$OUT/nccl_push_$mode.log" 2>&1
-      echo "nccl_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/nccl_push_$mode.log" >> "$OUT/table.txt"
+      timeout 130 python3 benchmarks/weight_push.py --model $model --mode $mode > "$OUT/weight_push_$mode.log" 2>&1
+      echo "weight_push $mode rc=$?" >> "$OUT/table.txt"; tail -12 "$OUT/weight_push_$mode.log" >> "$OUT/table.txt"
     done
     moe_ep2 3 170 ;;
   twoC)

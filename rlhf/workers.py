@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 
 import ray
 import torch
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from weight_sync import TRANSPORTS
 
@@ -25,10 +25,7 @@ class TrainerWorker:
         self.engine = None
 
     def free_address(self) -> tuple[str, int]:
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), get_free_port()
 
     def init(self, address: tuple[str, int], engine_spec: str, model_path: str, engine_cfg, trainable: bool,
              head: str) -> tuple[int, int]:

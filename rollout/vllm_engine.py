@@ -95,6 +95,9 @@ class VLLMRollout(RolloutEngine):
                 logging.getLogger(name).addFilter(noise)
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self._weight_names = checkpoint_weight_names(model_path, tied)
+        # vLLM processes weights after loading only when quantized or on CPU; otherwise a push can
+        # load straight into the live parameters (see weight_sync.vllm_native).
+        self.loads_in_place = cuda and self.llm.llm_engine.model_config.quantization is None
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:
@@ -156,6 +159,10 @@ class VLLMRollout(RolloutEngine):
     def load_buckets(self, buckets: list[Bucket]) -> None:
         """Host buckets (the object-store transport) loaded by every vLLM worker."""
         self.llm.collective_rpc("load_buckets", args=(buckets,))
+
+    def load_in_place(self, update_info: dict, reused: bool) -> None:
+        """One payload of vLLM's weight-transfer engine, loaded by every vLLM worker in place."""
+        self.llm.collective_rpc("load_in_place", args=(update_info, reused))
 
     def sleep(self) -> None:
         """Weights to CPU, KV cache dropped: the GPU memory goes to the trainers until `wake`."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import torch
+
 from weight_sync.buckets import Bucket, unpack_bucket
 
 
@@ -19,3 +23,48 @@ class BucketLoader:
         # reload_weights (not model.load_weights) also works after CPU kernels re-packed weights.
         self.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
         return len(names)
+
+    def load_in_place(self, update_info: dict, reused: bool) -> None:
+        """One payload of vLLM's weight-transfer engine, loaded by the model's own `load_weights`
+        straight into the live parameters (which re-shards for this TP rank and fuses q/k/v and
+        gate/up). vLLM's default, a layer-by-layer reload, rebuilds each layer and copies it back,
+        which is needed only where weights are processed after loading (quantized or CPU models);
+        unquantized CUDA weights are used as loaded, and CUDA graphs keep their addresses.
+
+        The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
+        here, so each is opened once, and their tensors are read in place instead of cloned."""
+        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
+
+        engine = self.weight_transfer_engine
+        info = engine.parse_update_info(dict(update_info))
+        model = self.model_runner.model
+        with torch.device(self.device):
+            if isinstance(engine, IPCWeightTransferEngine) and info.packed:
+                model.load_weights(self._ipc_tensors(info, reused))
+            else:
+                engine.receive_weights(info, load_weights=model.load_weights)
+        torch.accelerator.synchronize()  # the sender may overwrite its buffer once this returns
+
+    def _ipc_tensors(self, info, reused: bool) -> list[tuple[str, torch.Tensor]]:
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+        from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
+
+        device = torch.accelerator.current_device_index()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        if uuid not in info.ipc_handles:
+            raise ValueError(f"IPC handle not found for GPU UUID {uuid}. Available UUIDs: {list(info.ipc_handles)}")
+        args = list(info.ipc_handles[uuid])
+        args[6] = device  # the handle names the sender's device index; this process numbers its own
+        mapped = self.__dict__.setdefault("_ipc_mapped", OrderedDict())
+        key = (args[7], args[9], args[3])  # the memory handle, its storage offset, the tensor's offset
+        buffer = mapped.get(key)
+        if buffer is None:
+            buffer = rebuild_cuda_tensor(*args)
+            if reused:
+                mapped[key] = buffer
+                while len(mapped) > 2:  # a new sender's buffers (after a reconnect) replace the old ones
+                    mapped.popitem(last=False)
+        elif reused:
+            mapped.move_to_end(key)
+        dtypes = [getattr(torch, d) for d in info.dtype_names]
+        return unpack_tensor(buffer[: sum(info.tensor_sizes)], info.names, info.shapes, dtypes, info.tensor_sizes)

@@ -3,13 +3,13 @@ and the whole job with Ray, vLLM (CUDA) and the trainer sharing one GPU."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from rlhf.metrics import read_metrics, rl_steps
 
@@ -25,9 +25,7 @@ def test_automodel_cuda_engine_logprobs_match_hf(tiny_model, task):
     from engines.base import EngineConfig
     from rlhf.batch import pack
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
+    port = get_free_port()
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     engine = AutomodelEngine(tiny_model, EngineConfig("float32", 8, 1.0, 0, False), trainable=False)
     _, (train, _) = task
@@ -54,9 +52,7 @@ def test_offload_frees_the_gpu_and_onload_restores_the_engine(tiny_model, task):
     from rlhf.batch import pack
 
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
+        port = get_free_port()
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     engine = AutomodelEngine(tiny_model, EngineConfig("float32", 8, 1.0, 0, False), trainable=True)
     engine.configure_optimizer(OptimConfig(1e-3, 0.0, (0.9, 0.999), 0, 10, "constant"))
@@ -140,21 +136,26 @@ def test_ppo_resume_on_one_gpu(tmp_path):
     assert max(worst.values()) <= 1e-5 and weight_gap <= 1e-6
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-@pytest.mark.parametrize("mode", ["nccl", "tp2"])
-def test_weight_push_on_two_gpus(tiny_model, tmp_path, mode):
-    """nccl: trainer on GPU 0, vLLM on GPU 1, weights over NCCL; tp2: a 2-rank trainer and vLLM
+@pytest.mark.parametrize("mode", ["ipc", "nccl", "tp2"])
+def test_weight_push(tiny_model, tmp_path, mode):
+    """ipc: trainer and vLLM sharing one GPU, over CUDA IPC, in 64 KiB buckets (so many buckets
+    reuse the two IPC buffers, and the embedding, larger than a bucket, travels on its own);
+    nccl: trainer on GPU 0, vLLM on GPU 1, weights over NCCL; tp2: a 2-rank trainer and vLLM
     TP=2 sharing both GPUs, over CUDA IPC. vLLM's weights are first halved in place; after the
     push it must score sampled responses like the trainer (float32 on both sides)."""
+    gpus = 1 if mode == "ipc" else 2
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"needs {gpus} GPU(s)")
+    small = ["rollout.bucket_bytes=65536"] if mode == "ipc" else []
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "nccl_push.py"), "--model", tiny_model, "--mode", mode, "--reps", "2",
-         "actor.dtype=float32", "rollout.dtype=float32", "rollout.max_model_len=64"],
+        [sys.executable, str(ROOT / "benchmarks" / "weight_push.py"), "--model", tiny_model, "--mode", mode, "--reps", "2",
+         "actor.dtype=float32", "rollout.dtype=float32", "rollout.max_model_len=64", *small],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     print(proc.stdout[-1500:])
-    result = json.loads((tmp_path / f"nccl_push_{mode}.json").read_text())
-    assert result["transport"] == {"nccl": "NcclReceiver", "tp2": "CudaIpcReceiver"}[mode]
+    result = json.loads((tmp_path / f"weight_push_{mode}.json").read_text())
+    assert result["transport"] == {"ipc": "CudaIpcReceiver", "nccl": "NcclReceiver", "tp2": "CudaIpcReceiver"}[mode]
     # the same bound as the one-GPU job test (NeMo-RL's functional test bounds the mean at 2e-3)
     assert result["logprob_gap_after_push"] < 2e-3
     assert result["logprob_gap_scrambled"] > 50 * result["logprob_gap_after_push"]

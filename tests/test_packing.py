@@ -3,10 +3,10 @@ against each sequence run alone through plain Hugging Face, and across the engin
 
 import os
 import random
-import socket
 
 import pytest
 import torch
+from torch.distributed.elastic.utils.distributed import get_free_port
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engines import micro_batches
@@ -81,9 +81,7 @@ def test_packed_forward_equals_each_sequence_alone(tiny_model, task):
 def one_rank_world():
     import torch.distributed as dist
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
+    port = get_free_port()
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     existed = dist.is_initialized()  # e.g. an in-process vLLM of an earlier test made it: not ours to end
     yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,16 +53,20 @@ class WeightReceiver(ABC):
         self.engine = engine
         self.expected = set(engine.weight_names)
         self.received: set[str] = set()
+        self.busy_s = 0.0  # time spent receiving and loading the last push (its share of the push time)
 
     def connect(self, info: dict) -> None:
         """Join the sender's channel, for transports that set one up first (NCCL's group)."""
         raise WeightSyncError(f"{type(self).__name__} has no channel to connect; the sender and receiver transports differ")
 
     def begin(self) -> None:
+        t = time.perf_counter()
         self.received = set()
         self._begin()
+        self.busy_s = time.perf_counter() - t
 
     def receive(self, payload) -> None:
+        t = time.perf_counter()
         names = self._names(payload)
         unknown = sorted(set(names) - self.expected)
         if unknown:
@@ -71,8 +76,10 @@ class WeightReceiver(ABC):
             )
         self._receive(payload)
         self.received.update(names)
+        self.busy_s += time.perf_counter() - t
 
     def finish(self) -> int:
+        t = time.perf_counter()
         missing = sorted(self.expected - self.received)
         if missing:
             raise WeightSyncError(
@@ -80,6 +87,7 @@ class WeightReceiver(ABC):
                 f"rollout engine would keep serving their old values"
             )
         self._finish()
+        self.busy_s += time.perf_counter() - t
         return len(self.received)
 
     @abstractmethod

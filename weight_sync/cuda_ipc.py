@@ -1,41 +1,106 @@
 """Transport by CUDA IPC handles, for trainer ranks and vLLM engines that share GPUs (colocated).
 
-Built on vLLM's own weight-transfer engine (`backend="ipc"`): every trainer rank packs the full
-tensors into one reusable GPU buffer per chunk and shares a handle to it; the handles of all ranks
-are merged by GPU UUID, so each vLLM worker maps the buffer on its own GPU and loads straight from
-it. No byte leaves the GPU.
+Every trainer rank keeps two GPU buffers of `bucket_bytes` for the life of the run, shared once
+with CUDA IPC (their handles merged across ranks by GPU UUID, so each vLLM worker maps the buffer
+on its own GPU, once). A push casts each full tensor straight into a buffer; a full buffer is
+announced to the engines (vLLM's packed IPC update info) and the next one filled while they load
+it. The trainer waits only before refilling a buffer the engines may still be reading, and rank
+0 issues every call of a push before waiting on any, so a push costs one round trip plus the
+copies. No byte leaves the GPU. A tensor larger than a bucket is shared from its own memory.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import asdict
 
 import ray
 import torch
+import torch.distributed as dist
 
 from weight_sync.base import WeightSender, WeightSyncError
 from weight_sync.vllm_native import VllmTransferReceiver
 
 
+def _gpu_uuid() -> str:
+    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+
+def _share(tensor: torch.Tensor) -> dict[str, tuple]:
+    """This rank's IPC handle of `tensor`, merged with every other rank's (a collective)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    mine = {_gpu_uuid(): reduce_tensor(tensor)[1]}
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return mine
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return {uuid: args for handles in every for uuid, args in handles.items()}
+
+
 class CudaIpcSender(WeightSender):
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str]):
+        super().__init__(rank, receivers, bucket_bytes, names)
+        self.buffers: list[torch.Tensor] = []
+        self.handles: list[dict] = []
+        self.timing: dict[str, float] = {}
+
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerSendWeightsArgs, IPCWeightTransferEngine
+        if not self.buffers:  # once per run (a collective: every rank is here)
+            self.buffers = [torch.empty(self.bucket_bytes, dtype=torch.uint8, device="cuda") for _ in range(2)]
+            self.handles = [_share(b) for b in self.buffers]
+        lead = self.rank == 0
+        calls: list[list] = [[], []]  # per buffer, the engines' calls that may still read it
+        other: list = []  # begin and finish
+        if lead:
+            other += [r.begin_weight_update.remote() for r in self.receivers]
+        meta: list[tuple[str, torch.dtype, list[int], int]] = []
+        b = used = sent = flushed = 0
+        waited = 0.0
+        t0 = time.perf_counter()
 
-        sent = 0
+        def wait(refs: list) -> None:
+            nonlocal waited
+            t = time.perf_counter()
+            if lead:
+                ray.get(refs)
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.barrier()  # every rank's buffer is free once rank 0 knows the engines are done
+            waited += time.perf_counter() - t
 
-        def deliver(update_info) -> None:  # rank 0 only, once per packed chunk
-            nonlocal sent
-            sent += sum(update_info.tensor_sizes or [])
-            ray.get([r.receive_weights.remote(asdict(update_info)) for r in self.receivers])
+        def announce(handles: dict, meta: list, reused: bool) -> list:
+            torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
+            info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
+                    "shapes": [m[2] for m in meta], "tensor_sizes": [m[3] for m in meta], "ipc_handles": handles,
+                    "packed": True, "reused": reused}
+            return [r.receive_weights.remote(info) for r in self.receivers] if lead else []
 
-        if self.rank == 0:
-            ray.get([r.begin_weight_update.remote() for r in self.receivers])
-        args = IPCTrainerSendWeightsArgs(send_mode=deliver, packed=True, packed_buffer_size_bytes=self.bucket_bytes)
-        IPCWeightTransferEngine.trainer_send_weights(weights, args)
-        if self.rank == 0:
-            ray.get([r.finish_weight_update.remote() for r in self.receivers])
-        return sent
+        for name, tensor in weights:
+            nbytes = tensor.numel() * tensor.element_size()
+            if nbytes > self.bucket_bytes:  # on its own, from its own memory, waited for at once
+                own = tensor.detach().contiguous()
+                wait(announce(_share(own), [(name, tensor.dtype, list(tensor.shape), nbytes)], reused=False))
+                sent += nbytes
+                continue
+            if used + nbytes > self.bucket_bytes:
+                calls[b] = announce(self.handles[b], meta, reused=True)
+                sent, flushed = sent + used, flushed + 1
+                b, meta, used = 1 - b, [], 0
+                if flushed >= 2:  # this buffer was announced before: the engines may still read it
+                    wait(calls[b])
+                    calls[b] = []
+            view = self.buffers[b][used : used + nbytes].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor)
+            meta.append((name, tensor.dtype, list(tensor.shape), nbytes))
+            used += nbytes
+        if used:
+            calls[b] = announce(self.handles[b], meta, reused=True)
+            sent += used
+        if lead:
+            other += [r.finish_weight_update.remote() for r in self.receivers]
+        wait(calls[0] + calls[1] + other)
+        self.timing = {"push_wait_s": waited, "push_total_s": time.perf_counter() - t0}
+        return sent if lead else 0
 
 
 class CudaIpcReceiver(VllmTransferReceiver):

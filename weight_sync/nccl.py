@@ -14,21 +14,15 @@ trainer ranks only take part in gathering each full tensor.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
 import torch
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from weight_sync.base import WeightSender, WeightSyncError
 from weight_sync.vllm_native import VllmTransferReceiver
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class NcclSender(WeightSender):
@@ -38,11 +32,13 @@ class NcclSender(WeightSender):
 
     def _connect(self):
         """Open the trainer's end (rank 0) while every engine's workers join theirs."""
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
+        from vllm.distributed.weight_transfer.nccl_engine import (
+            NCCLWeightTransferEngine,
+        )
 
         sizes = ray.get([r.weight_workers.remote() for r in self.receivers])
         world = 1 + sum(sizes)
-        host, port = ray.util.get_node_ip_address(), _free_port()
+        host, port = ray.util.get_node_ip_address(), get_free_port()
         joined = [r.connect_weights.remote({"master_address": host, "master_port": port,
                                             "rank_offset": 1 + sum(sizes[:e]), "world_size": world})
                   for e, r in enumerate(self.receivers)]
@@ -67,8 +63,8 @@ class NcclSender(WeightSender):
         device = torch.device("cuda", torch.cuda.current_device())
         stream = torch.cuda.current_stream()
         buffer = torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device)
-        ray.get([r.begin_weight_update.remote() for r in self.receivers])
-        loading: list = []  # the engines' calls for the bucket in flight
+        # the engines' calls in flight (an actor runs one caller's calls in order): begin, then a bucket
+        loading: list = [r.begin_weight_update.remote() for r in self.receivers]
         meta: list[tuple[str, torch.dtype, list[int]]] = []
         used = sent = 0
 
@@ -95,9 +91,8 @@ class NcclSender(WeightSender):
             used += raw.numel()
         if used:
             broadcast(buffer[:used], meta)
-        self._wait(loading)
         stream.synchronize()
-        ray.get([r.finish_weight_update.remote() for r in self.receivers])
+        self._wait(loading + [r.finish_weight_update.remote() for r in self.receivers])
         return sent
 
     @staticmethod

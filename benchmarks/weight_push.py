@@ -1,7 +1,10 @@
-"""One weight push through the product path (`Roles.sync_weights`) on two GPUs, its GB/s, and
-whether vLLM then scores like the trainer.
+"""One weight push through the product path (`Roles.sync_weights`), its GB/s, where its time
+goes, and whether vLLM then scores like the trainer.
 
-    python benchmarks/nccl_push.py [--model DIR] [--mode nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32] [key=value ...]
+    python benchmarks/weight_push.py [--model DIR] [--mode ipc|nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32] [key=value ...]
+
+ipc:  one GPU: the trainer (one rank) and one vLLM engine share it in separate processes
+      (colocated; the transport `auto` picks: CUDA IPC). Target: a push of 20 ms or less.
 
 nccl: the trainer (one rank) on GPU 0 and one vLLM engine on GPU 1 (`rollout.placement=
       disaggregated`, the transport `auto` picks: NCCL). Against it, a plain NCCL broadcast of the
@@ -13,7 +16,7 @@ The model is the Qwen2.5-0.5B-shaped reference model (benchmarks/reference_model
 both sides. Before the timed pushes the engine's weights are scaled by 0.5 inside vLLM, so the
 log-prob check shows the push landing: mean |log-prob difference| vLLM vs trainer on sampled
 responses, with the scrambled weights and after the push. A short table is printed last; with
-$OUT set the numbers go to $OUT/nccl_push_<mode>.json.
+$OUT set the numbers go to $OUT/weight_push_<mode>.json.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODES = {
+    "ipc": ["actor.world_size=1", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
+            "rollout.placement=colocated", "rollout.gpu_memory_utilization=0.3"],
     "nccl": ["actor.world_size=1", "actor.num_gpus_per_worker=1", "rollout.num_gpus=1",
              "rollout.placement=disaggregated", "rollout.gpu_memory_utilization=0.5"],
     "tp2": ["actor.world_size=2", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
@@ -73,6 +78,18 @@ def _receive_plain(vllm_worker, nbytes: int, reps: int) -> None:
         torch.cuda.synchronize()
 
 
+def _export_only(trainer_worker) -> float:
+    """In a trainer rank: the export alone (every full tensor produced, cast, nothing sent), timed."""
+    import torch
+
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in trainer_worker.engine.export_weights(trainer_worker.push_dtype):
+        pass
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def _logprob_gap(roles, prompts, tokens: int) -> float:
     import torch
 
@@ -112,7 +129,7 @@ def main() -> int:
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
-        print(f"[nccl_push {time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+        print(f"[weight_push {time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
     try:
         roles = start_roles(cfg, args.model, tok.eos_token_id)
@@ -122,13 +139,22 @@ def main() -> int:
         ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_scramble)) for w in roles.rollout.workers])
         result["logprob_gap_scrambled"] = _logprob_gap(roles, prompts, args.tokens)
         say(f"vLLM weights halved: mean |dlogp| {result['logprob_gap_scrambled']:.4f}")
-        times = []
+        times, phases = [], []
         for i in range(args.reps + 2):  # two warm-up pushes
             t = time.perf_counter()
             sent = roles.sync_weights()
             if i >= 2:
                 times.append(time.perf_counter() - t)
+                phases.append({
+                    "engine_busy_s": max(ray.get([w.__ray_call__.remote(lambda w: w.receiver.busy_s)
+                                                  for w in roles.rollout.workers])),
+                    **ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: getattr(w.sender, "timing", {}))),
+                    "export_only_s": max(ray.get([w.__ray_call__.remote(_export_only) for w in roles.actor.workers])),
+                })
         say(f"pushes (s): {', '.join(f'{t:.4f}' for t in times)}")
+        result["phases"] = phases
+        result["phase_medians_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        say(f"phase medians (s): {result['phase_medians_s']}")
         result["logprob_gap_after_push"] = _logprob_gap(roles, prompts, args.tokens)
         say(f"after the push: mean |dlogp| {result['logprob_gap_after_push']:.4f}")
         push = statistics.median(times)
@@ -145,13 +171,14 @@ def main() -> int:
         ray.shutdown()
     rows = [("transport", result["transport"]), ("bytes pushed", f"{result['bytes'] / 1e9:.3f} GB"),
             ("push (Roles.sync_weights), median", f"{result['push_s'] * 1e3:.1f} ms, {result['push_gb_s']:.1f} GB/s")]
+    rows += [(f"  of which {k.removesuffix('_s')}", f"{v * 1e3:.1f} ms") for k, v in result["phase_medians_s"].items()]
     if "plain_s" in result:
         rows += [("plain NCCL broadcast, median", f"{result['plain_s'] * 1e3:.1f} ms, {result['plain_gb_s']:.1f} GB/s"),
                  ("push speed / plain broadcast", f"{result['push_vs_plain']:.0%} (target >= 70%)")]
     rows += [("mean |dlogp| vLLM vs trainer, scrambled", f"{result['logprob_gap_scrambled']:.4f}"),
              ("mean |dlogp| vLLM vs trainer, after push", f"{result['logprob_gap_after_push']:.4f} (target <= 1e-2)")]
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"nccl_push_{args.mode}.json").write_text(json.dumps(result, indent=2))
+        Path(os.environ["OUT"], f"weight_push_{args.mode}.json").write_text(json.dumps(result, indent=2))
     print(f"\n| {args.mode} | |\n| --- | --- |")
     for k, v in rows:
         print(f"| {k} | {v} |")
