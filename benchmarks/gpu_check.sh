@@ -5,6 +5,9 @@
 #          (benchmarks/vs_trl), same card
 #   push1: one GPU: the colocated CUDA IPC push (tiny fp32 test with small buckets, then the 0.5B
 #          shape's push time, phases and log-prob gap), then `one` with 6 steps
+#   pushB: two GPUs: the IPC push test, the 0.5B pushes (ipc, nccl, tp2), the workload disaggregated
+#   engC:  two GPUs: engines agree at tp=2; the workload at dp=2 colocated with sleep mode and 2
+#          vLLM engines, and on the FSDP engine
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
@@ -98,6 +101,21 @@ case ${1:-one} in
       > "$OUT/engines_7b.log" 2>&1
     echo "engines 7b rc=$?" >> "$OUT/table.txt"; tail -6 "$OUT/engines_7b.log" >> "$OUT/table.txt"
     STEPS=4 REF_TIMEOUT=240 ref ours_dp2_fsdp actor.world_size=2 actor.engine=fsdp ;;
+  pushB)  # two GPUs: the pushes (IPC on one GPU, NCCL, vLLM TP=2) and the workload disaggregated
+    timeout 110 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "test_weight_push and ipc" \
+      > "$OUT/push_test.log" 2>&1; grep -E "passed|failed|Error" "$OUT/push_test.log" | tail -3 >> "$OUT/table.txt"
+    for mode in ipc nccl tp2; do
+      timeout 110 python3 benchmarks/weight_push.py --model $model --mode $mode > "$OUT/weight_push_$mode.log" 2>&1
+      echo "weight_push $mode rc=$?" >> "$OUT/table.txt"; grep -A16 "^| $mode" "$OUT/weight_push_$mode.log" >> "$OUT/table.txt"
+    done
+    STEPS=6 REF_TIMEOUT=170 ref ours_disagg actor.num_gpus_per_worker=1 rollout.num_gpus=1 \
+      rollout.placement=disaggregated rollout.gpu_memory_utilization=0.6 ;;
+  engC)  # two GPUs: Automodel vs FSDP at tp=2 in bf16; the workload on 2 GPUs colocated (sleep mode, 2 engines), and on the FSDP engine
+    timeout 150 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "engines_agree and tp2" \
+      > "$OUT/engines_agree.log" 2>&1
+    grep -E "passed|failed|automodel vs fsdp|Error" "$OUT/engines_agree.log" | tail -6 >> "$OUT/table.txt"
+    STEPS=5 REF_TIMEOUT=200 ref ours_dp2_sleep actor.world_size=2 rollout.num_engines=2 rollout.sleep=true
+    STEPS=4 REF_TIMEOUT=190 ref ours_dp2_fsdp actor.world_size=2 rollout.num_engines=2 actor.engine=fsdp ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac

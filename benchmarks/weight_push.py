@@ -90,6 +90,12 @@ def _export_only(trainer_worker) -> float:
     return time.perf_counter() - t
 
 
+def _replayed(vllm_worker) -> int | None:
+    """In a vLLM worker: loads done by replaying a recorded plan (rollout/load_plan.py)."""
+    replay = getattr(vllm_worker, "_replay", None)
+    return None if replay is None else replay.replayed
+
+
 def _logprob_gap(roles, prompts, tokens: int) -> float:
     import torch
 
@@ -152,6 +158,8 @@ def main() -> int:
                     "export_only_s": max(ray.get([w.__ray_call__.remote(_export_only) for w in roles.actor.workers])),
                 })
         say(f"pushes (s): {', '.join(f'{t:.4f}' for t in times)}")
+        result["replayed_loads"] = ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_replayed))
+                                            for w in roles.rollout.workers])
         result["phases"] = phases
         result["phase_medians_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
         say(f"phase medians (s): {result['phase_medians_s']}")
@@ -172,6 +180,7 @@ def main() -> int:
     rows = [("transport", result["transport"]), ("bytes pushed", f"{result['bytes'] / 1e9:.3f} GB"),
             ("push (Roles.sync_weights), median", f"{result['push_s'] * 1e3:.1f} ms, {result['push_gb_s']:.1f} GB/s")]
     rows += [(f"  of which {k.removesuffix('_s')}", f"{v * 1e3:.1f} ms") for k, v in result["phase_medians_s"].items()]
+    rows += [("loads replayed per vLLM worker (rollout/load_plan.py)", str(result["replayed_loads"]))]
     if "plain_s" in result:
         rows += [("plain NCCL broadcast, median", f"{result['plain_s'] * 1e3:.1f} ms, {result['plain_gb_s']:.1f} GB/s"),
                  ("push speed / plain broadcast", f"{result['push_vs_plain']:.0%} (target >= 70%)")]

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import torch
 
+from rollout.load_plan import ReplayLoader
 from weight_sync.buckets import Bucket, unpack_bucket
 
 
@@ -29,7 +30,8 @@ class BucketLoader:
         straight into the live parameters (which re-shards for this TP rank and fuses q/k/v and
         gate/up). vLLM's default, a layer-by-layer reload, rebuilds each layer and copies it back,
         which is needed only where weights are processed after loading (quantized or CPU models);
-        unquantized CUDA weights are used as loaded, and CUDA graphs keep their addresses.
+        unquantized CUDA weights are used as loaded, and CUDA graphs keep their addresses. Once a
+        layout has loaded, its copies are replayed without `load_weights` (rollout/load_plan.py).
 
         The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
         here, so each is opened once, and their tensors are read in place instead of cloned."""
@@ -37,12 +39,13 @@ class BucketLoader:
 
         engine = self.weight_transfer_engine
         info = engine.parse_update_info(dict(update_info))
-        model = self.model_runner.model
+        if "_replay" not in self.__dict__:  # after the first push of a layout, its copies replayed
+            self._replay = ReplayLoader(self.model_runner.model.load_weights)
         with torch.device(self.device):
             if isinstance(engine, IPCWeightTransferEngine) and info.packed:
-                model.load_weights(self._ipc_tensors(info, reused))
+                self._replay(self._ipc_tensors(info, reused))
             else:
-                engine.receive_weights(info, load_weights=model.load_weights)
+                engine.receive_weights(info, load_weights=self._replay)
         torch.accelerator.synchronize()  # the sender may overwrite its buffer once this returns
 
     def _ipc_tensors(self, info, reused: bool) -> list[tuple[str, torch.Tensor]]:

@@ -161,8 +161,9 @@ def test_weight_push(tiny_model, tmp_path, mode):
     assert result["logprob_gap_scrambled"] > 50 * result["logprob_gap_after_push"]
 
 
-def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task):
-    """Automodel vs the plain FSDP2 engine on 2 GPUs (NCCL), bf16 compute, at dp=2 and tp=2: the
+@pytest.mark.parametrize("tp", [1, 2], ids=["dp2", "tp2"])
+def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task, tp):
+    """Automodel vs the plain FSDP2 engine on 2 GPUs (NCCL), bf16 compute, at dp=2 or tp=2: the
     first batch's log-probs and a 20-step SFT loss curve (same batches, seed, cosine schedule)."""
     import ray
     from transformers import AutoTokenizer
@@ -185,27 +186,26 @@ def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task):
     mask = batches[0]["attention_mask"].bool()
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
     try:
-        for tp in (1, 2):
-            cfg = EngineConfig("bfloat16", 4, 1.0, 0, False, tp_size=tp, ep_size=1)
-            got = {}
-            for name in ("automodel", "fsdp"):
-                group = TrainerGroup(2, ENGINES[name], tiny_model, cfg, True, 1, 1, f"gpu-{name}-tp{tp}")
-                try:
-                    lp = torch.cat(group.dp("logprobs", batches[0]))
-                    group.all("configure_optimizer", optim)
-                    losses = [group.dp("train_step", b, SFTLoss(), float(b["response_mask"].sum()))[0]["loss"]
-                              for b in batches]
-                finally:
-                    group.shutdown()
-                got[name] = lp, losses
-            (lp_a, loss_a), (lp_f, loss_f) = got["automodel"], got["fsdp"]
-            dlp = (lp_a - lp_f)[mask].abs()
-            dloss = max(abs(x - y) for x, y in zip(loss_a, loss_f))
-            print(f"2 GPUs bf16 tp={tp} dp={2 // tp}: automodel vs fsdp max |dlogp| {dlp.max():.2e} (mean "
-                  f"{dlp.mean():.2e}); {steps}-step SFT max |dloss| {dloss:.2e}; loss automodel {loss_a[0]:.3f} -> "
-                  f"{loss_a[-1]:.3f}, fsdp {loss_f[0]:.3f} -> {loss_f[-1]:.3f}")
-            # bf16 rounding, and on GPU Automodel's own model classes and kernels: loose bounds
-            assert dlp.mean() < 1e-2 and dlp.max() < 0.1 and dloss < 5e-2
-            assert loss_f[-1] < loss_f[0] - 0.5
+        cfg = EngineConfig("bfloat16", 4, 1.0, 0, False, tp_size=tp, ep_size=1)
+        got = {}
+        for name in ("automodel", "fsdp"):
+            group = TrainerGroup(2, ENGINES[name], tiny_model, cfg, True, 1, 1, f"gpu-{name}-tp{tp}")
+            try:
+                lp = torch.cat(group.dp("logprobs", batches[0]))
+                group.all("configure_optimizer", optim)
+                losses = [group.dp("train_step", b, SFTLoss(), float(b["response_mask"].sum()))[0]["loss"]
+                          for b in batches]
+            finally:
+                group.shutdown()
+            got[name] = lp, losses
+        (lp_a, loss_a), (lp_f, loss_f) = got["automodel"], got["fsdp"]
+        dlp = (lp_a - lp_f)[mask].abs()
+        dloss = max(abs(x - y) for x, y in zip(loss_a, loss_f))
+        print(f"2 GPUs bf16 tp={tp} dp={2 // tp}: automodel vs fsdp max |dlogp| {dlp.max():.2e} (mean "
+              f"{dlp.mean():.2e}); {steps}-step SFT max |dloss| {dloss:.2e}; loss automodel {loss_a[0]:.3f} -> "
+              f"{loss_a[-1]:.3f}, fsdp {loss_f[0]:.3f} -> {loss_f[-1]:.3f}")
+        # bf16 rounding, and on GPU Automodel's own model classes and kernels: loose bounds
+        assert dlp.mean() < 1e-2 and dlp.max() < 0.1 and dloss < 5e-2
+        assert loss_f[-1] < loss_f[0] - 0.5
     finally:
         ray.shutdown()

@@ -1,0 +1,108 @@
+"""A push's loading recorded once as plain copies, then replayed.
+
+vLLM's `model.load_weights` maps each checkpoint tensor onto its parameters in Python (fused q/k/v
+and gate/up, the tensor-parallel shard, vocabulary padding): about 80 us a tensor, most of a
+push's time on a GPU, and the same every push, since the names, shapes and the parameters never
+change. So the first push of a given layout runs `load_weights` under a dispatch mode that sees
+every tensor operation; if all it did was take views and copy pushed data into parameters (or fill
+parameter padding with a constant), those copies are the whole effect, and later pushes of the
+same layout replay them directly: each source is the same view of the new push's tensor, each
+destination the same view of the parameter. Any other operation (a clone, a cast, arithmetic,
+reading a value) makes the layout's plan void, and that layout keeps using `load_weights`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_COPY, _FILLS = torch.ops.aten.copy_.default, {torch.ops.aten.fill_.Scalar, torch.ops.aten.zero_.default}
+
+
+class _Void(Exception):
+    """The loading did something a replay of copies would not reproduce."""
+
+
+def _spans(weights: list[tuple[str, torch.Tensor]]) -> list[tuple[int, int]]:
+    return [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for _, t in weights]
+
+
+def _source(spans: list[tuple[int, int]], weights: list[tuple[str, torch.Tensor]], x: torch.Tensor):
+    """Which pushed tensor `x` is a view of, and how, or None if it is none of them."""
+    for i, (lo, hi) in enumerate(spans):
+        if lo <= x.data_ptr() < hi:
+            base = weights[i][1]
+            if x.dtype != base.dtype or x.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+                raise _Void(f"a view of pushed tensor {weights[i][0]} with another dtype or storage")
+            return i, tuple(x.shape), tuple(x.stride()), x.storage_offset() - base.storage_offset()
+    return None
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, weights: list[tuple[str, torch.Tensor]]):
+        super().__init__()
+        self.weights, self.spans = weights, _spans(weights)
+        self.steps: list[tuple] = []  # ("copy", dst, (i, size, stride, offset)) or ("fill", func, dst, args)
+        self.void: str | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.void is None:
+            try:
+                self._note(func, args, kwargs)
+            except _Void as e:
+                self.void = str(e)
+        return out
+
+    def _note(self, func, args, kwargs) -> None:
+        if func.is_view:
+            return
+        if func is _COPY and not kwargs:
+            dst, src = args
+            if _source(self.spans, self.weights, dst) is not None:
+                raise _Void("a pushed tensor is written to")
+            where = _source(self.spans, self.weights, src)
+            if where is None:
+                raise _Void("a parameter is copied from something other than pushed data")
+            self.steps.append(("copy", dst, where))
+        elif func in _FILLS and not kwargs:
+            if any(isinstance(a, torch.Tensor) and _source(self.spans, self.weights, a) is not None for a in args):
+                raise _Void("a pushed tensor is filled")
+            self.steps.append(("fill", func, args[0], args[1:]))
+        else:
+            raise _Void(f"{func} is neither a view nor a copy")
+
+
+class ReplayLoader:
+    """`loader(weights)` loads a list of (name, tensor) into the model as `load_weights` would."""
+
+    def __init__(self, load_weights: Callable[[list[tuple[str, torch.Tensor]]], object]):
+        self.load_weights = load_weights
+        self.plans: dict[tuple, list | None] = {}  # per layout; None: void, load_weights it is
+        self.replayed = 0  # loads done by replay (for tests and benchmarks)
+
+    def __call__(self, weights) -> None:
+        weights = list(weights)
+        key = tuple((name, tuple(t.shape), t.dtype) for name, t in weights)
+        if key not in self.plans:
+            recorder = _Recorder(weights)
+            with recorder:
+                self.load_weights(weights)
+            self.plans[key] = None if recorder.void else recorder.steps
+            return
+        plan = self.plans[key]
+        if plan is None:
+            self.load_weights(weights)
+            return
+        with torch.no_grad():
+            for step in plan:
+                if step[0] == "copy":
+                    i, size, stride, offset = step[2]
+                    base = weights[i][1]
+                    step[1].copy_(base.as_strided(size, stride, base.storage_offset() + offset))
+                else:
+                    step[1](step[2], *step[3])
+        self.replayed += 1

@@ -1,0 +1,109 @@
+"""rollout/load_plan.py: loads replayed from a recorded plan equal loads by the model's own
+`load_weights`, written here plainly in vLLM's style (fused q/k/v, a tensor-parallel shard, a padded
+vocabulary), and a loader doing more than copies is never replayed."""
+
+from __future__ import annotations
+
+import torch
+
+from rollout.load_plan import ReplayLoader
+
+H, V, PAD = 8, 10, 16  # hidden, vocabulary, padded vocabulary
+
+
+class VllmStyle(torch.nn.Module):
+    """q, k and v fused in one parameter, an embedding padded to PAD rows, the second of two
+    tensor-parallel shards of an MLP weight."""
+
+    def __init__(self, transpose_with_clone: bool = False):
+        super().__init__()
+        self.qkv = torch.nn.Parameter(torch.zeros(3 * H, H), requires_grad=False)
+        self.embed = torch.nn.Parameter(torch.full((PAD, H), 7.0), requires_grad=False)
+        self.mlp = torch.nn.Parameter(torch.zeros(H, H), requires_grad=False)
+        self.transpose_with_clone = transpose_with_clone
+
+    def load_weights(self, weights) -> None:
+        for name, w in weights:
+            if name in ("q", "k", "v"):
+                shard = "qkv".index(name)
+                self.qkv.data.narrow(0, shard * H, H).copy_(w)
+            elif name == "embed":
+                self.embed[: w.shape[0]].data.copy_(w)
+                self.embed[w.shape[0] :].data.fill_(0)
+            elif name == "mlp":
+                w = w.narrow(1, H, H)  # this rank's half of the columns
+                self.mlp.data.copy_(w.t().contiguous() if self.transpose_with_clone else w)
+
+
+def packed(tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The tensors back to back in one byte buffer, as a push delivers them (IPC or NCCL)."""
+    raw = [t.contiguous().view(-1).view(torch.uint8) for t in tensors.values()]
+    buf = torch.cat(raw)
+    out, offset = [], 0
+    for (name, t), r in zip(tensors.items(), raw):
+        out.append((name, buf[offset : offset + r.numel()].view(t.dtype).view(t.shape)))
+        offset += r.numel()
+    return out
+
+
+def push(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"q": torch.randn(H, H, generator=g), "k": torch.randn(H, H, generator=g), "v": torch.randn(H, H, generator=g),
+            "embed": torch.randn(V, H, generator=g), "mlp": torch.randn(H, 2 * H, generator=g)}
+
+
+def expected(seed: int, clone: bool = False) -> dict[str, torch.Tensor]:
+    ref = VllmStyle(clone)
+    ref.load_weights(push(seed).items())
+    return {n: p.detach().clone() for n, p in ref.named_parameters()}
+
+
+def test_replay_equals_load_weights_push_after_push():
+    model = VllmStyle()
+    loader = ReplayLoader(model.load_weights)
+    for seed in range(4):  # the first push records; every push lands in a fresh buffer (as over NCCL)
+        loader(packed(push(seed)))
+        for name, p in model.named_parameters():
+            assert torch.equal(p, expected(seed)[name]), (seed, name)
+    assert loader.replayed == 3
+    # padding rows are zero, though the model started with 7s there
+    assert torch.equal(model.embed[V:], torch.zeros(PAD - V, H))
+
+
+def test_replay_reads_a_reused_buffer_in_place():
+    """CUDA IPC reuses one buffer: the same views, new bytes in them."""
+    model = VllmStyle()
+    loader = ReplayLoader(model.load_weights)
+    weights = packed(push(0))
+    loader(weights)
+    for seed in (1, 2):
+        for (_, t), new in zip(weights, push(seed).values()):
+            t.copy_(new)
+        loader(weights)
+        for name, p in model.named_parameters():
+            assert torch.equal(p, expected(seed)[name])
+    assert loader.replayed == 2
+
+
+def test_a_loader_that_clones_is_never_replayed():
+    model = VllmStyle(transpose_with_clone=True)
+    loader = ReplayLoader(model.load_weights)
+    for seed in range(3):
+        loader(packed(push(seed)))
+        for name, p in model.named_parameters():
+            assert torch.equal(p, expected(seed, clone=True)[name])
+    assert loader.replayed == 0
+
+
+def test_a_new_layout_records_its_own_plan():
+    model = VllmStyle()
+    loader = ReplayLoader(model.load_weights)
+    full = push(0)
+    loader(packed({n: full[n] for n in ("q", "k")}))
+    loader(packed({n: full[n] for n in ("v", "embed", "mlp")}))
+    loader(packed(push(1)))  # three layouts so far, each recorded once
+    assert loader.replayed == 0
+    loader(packed(push(2)))
+    assert loader.replayed == 1
+    for name, p in model.named_parameters():
+        assert torch.equal(p, expected(2)[name])
