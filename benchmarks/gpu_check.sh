@@ -8,6 +8,8 @@
 #   pushB: two GPUs: the IPC push test, the 0.5B pushes (ipc, nccl, tp2), the workload disaggregated
 #   engC:  two GPUs: engines agree at tp=2; the workload at dp=2 colocated with sleep mode and 2
 #          vLLM engines, and on the FSDP engine
+#   pushD: two GPUs: the IPC push (one GPU), vLLM TP=2 from 2 ranks in 200 MB buckets, the
+#          workload at dp=2 with sleep mode and 2 engines
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
 #   tests: the GPU-marked tests (tests/test_gpu.py)
@@ -116,6 +118,14 @@ case ${1:-one} in
     grep -E "passed|failed|automodel vs fsdp|Error" "$OUT/engines_agree.log" | tail -6 >> "$OUT/table.txt"
     STEPS=5 REF_TIMEOUT=200 ref ours_dp2_sleep actor.world_size=2 rollout.num_engines=2 rollout.sleep=true
     STEPS=4 REF_TIMEOUT=190 ref ours_dp2_fsdp actor.world_size=2 rollout.num_engines=2 actor.engine=fsdp ;;
+  pushD)  # two GPUs: the IPC push on one GPU (cold start first), vLLM TP=2 fed by 2 ranks in 200 MB buckets
+          # (the embedding travels on its own), then the workload at dp=2 with sleep mode and 2 engines
+    timeout 200 python3 benchmarks/weight_push.py --model $model --mode ipc > "$OUT/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A16 "^| ipc" "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
+    timeout 130 python3 benchmarks/weight_push.py --model $model --mode tp2 rollout.bucket_bytes=200000000 \
+      > "$OUT/weight_push_tp2.log" 2>&1
+    echo "weight_push tp2 rc=$?" >> "$OUT/table.txt"; grep -A16 "^| tp2" "$OUT/weight_push_tp2.log" >> "$OUT/table.txt"
+    STEPS=3 REF_TIMEOUT=150 ref ours_dp2_sleep actor.world_size=2 rollout.num_engines=2 rollout.sleep=true ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac
