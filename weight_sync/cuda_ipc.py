@@ -78,7 +78,7 @@ class CudaIpcSender(WeightSender):
         for name, tensor in weights:
             nbytes = tensor.numel() * tensor.element_size()
             if nbytes > self.bucket_bytes:  # on its own, from its own memory, waited for at once
-                own = tensor.detach().contiguous()
+                own = tensor.detach().contiguous().view(-1).view(torch.uint8)  # bytes, as a buffer is
                 wait(announce(_share(own), [(name, tensor.dtype, list(tensor.shape), nbytes)], reused=False))
                 sent += nbytes
                 continue
