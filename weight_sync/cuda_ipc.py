@@ -45,10 +45,12 @@ class CudaIpcSender(WeightSender):
         self.handles: list[dict] = []
         self.timing: dict[str, float] = {}
 
+    def _allocate(self, device: torch.device) -> None:
+        """Once per run, beside the weights (a collective: every rank is here)."""
+        self.buffers = [torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
+        self.handles = [_share(b) for b in self.buffers]
+
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
-        if not self.buffers:  # once per run (a collective: every rank is here)
-            self.buffers = [torch.empty(self.bucket_bytes, dtype=torch.uint8, device="cuda") for _ in range(2)]
-            self.handles = [_share(b) for b in self.buffers]
         lead = self.rank == 0
         calls: list[list] = [[], []]  # per buffer, the engines' calls that may still read it
         other: list = []  # begin and finish
@@ -69,13 +71,16 @@ class CudaIpcSender(WeightSender):
             waited += time.perf_counter() - t
 
         def announce(handles: dict, meta: list, reused: bool) -> list:
-            torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
+            if self.buffers[0].is_cuda:
+                torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
             info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
                     "shapes": [m[2] for m in meta], "tensor_sizes": [m[3] for m in meta], "ipc_handles": handles,
                     "packed": True, "reused": reused}
             return [r.receive_weights.remote(info) for r in self.receivers] if lead else []
 
         for name, tensor in weights:
+            if not self.buffers:
+                self._allocate(tensor.device)
             nbytes = tensor.numel() * tensor.element_size()
             if nbytes > self.bucket_bytes:  # on its own, from its own memory, waited for at once
                 own = tensor.detach().contiguous().view(-1).view(torch.uint8)  # bytes, as a buffer is

@@ -1,0 +1,86 @@
+"""weight_sync/cuda_ipc.py's bucketing and buffer reuse, on CPU: IPC handles and Ray are faked so
+that an engine reads a shared buffer only when the trainer waits on its call (as a real engine
+may read it any time before), so a buffer refilled too early shows as wrong weights."""
+
+from __future__ import annotations
+
+import torch
+
+import weight_sync.cuda_ipc as ipc
+
+
+class Deferred:
+    def __init__(self, fn, *args):
+        self.fn, self.args, self.done = fn, args, False
+
+    def run(self):
+        if not self.done:
+            self.done = True
+            self.fn(*self.args)
+
+
+class FakeRay:
+    """`ray.get` runs the engines' pending calls in the order they were issued (an actor's order),
+    up to the last one asked for."""
+
+    def __init__(self):
+        self.issued: list[Deferred] = []
+
+    def get(self, refs):
+        if refs:
+            last = max(self.issued.index(r) for r in refs)
+            for call in self.issued[: last + 1]:
+                call.run()
+
+
+class Method:
+    def __init__(self, fake_ray, fn):
+        self.fake_ray, self.fn = fake_ray, fn
+
+    def remote(self, *args):
+        call = Deferred(self.fn, *args)
+        self.fake_ray.issued.append(call)
+        return call
+
+
+class Engine:
+    """Reads each tensor out of the shared bytes named by the handle (here, the buffer itself)."""
+
+    def __init__(self, fake_ray):
+        self.got: dict[str, torch.Tensor] = {}
+        self.begin_weight_update = Method(fake_ray, lambda: None)
+        self.finish_weight_update = Method(fake_ray, lambda: None)
+        self.receive_weights = Method(fake_ray, self._receive)
+
+    def _receive(self, info):
+        shared = info["ipc_handles"]["gpu"]
+        assert shared.dtype == torch.uint8 and shared.dim() == 1
+        offset = 0
+        for name, dtype, shape, size in zip(info["names"], info["dtype_names"], info["shapes"], info["tensor_sizes"]):
+            self.got[name] = shared[offset : offset + size].view(getattr(torch, dtype)).view(shape).clone()
+            offset += size
+
+
+def weights(seed: int) -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = [(f"layer{i}.w", torch.randn(16, 16, generator=g)) for i in range(7)]  # 1 KiB each in float32
+    out.insert(3, ("embed", torch.randn(40, 16, generator=g)))  # 2.5 KiB: larger than a bucket
+    out.append(("norm", torch.randn(16, generator=g).to(torch.bfloat16)))
+    return out
+
+
+def test_every_tensor_arrives_intact_push_after_push(monkeypatch):
+    fake_ray = FakeRay()
+    monkeypatch.setattr(ipc, "ray", fake_ray)
+    monkeypatch.setattr(ipc, "_share", lambda t: {"gpu": t})
+    engines = [Engine(fake_ray), Engine(fake_ray)]
+    sender = ipc.CudaIpcSender(0, engines, bucket_bytes=2100, names=[n for n, _ in weights(0)])
+    for seed in range(3):  # the buffers are reused from push to push
+        sent = weights(seed)
+        assert sender.push(iter(sent)) == sum(t.numel() * t.element_size() for _, t in sent)
+        for engine in engines:
+            assert set(engine.got) == {n for n, _ in sent}
+            for name, t in sent:
+                assert torch.equal(engine.got[name], t), (seed, name)
+    assert all(call.done for call in fake_ray.issued)
+    assert len(sender.buffers) == 2 and all(b.numel() == 2100 for b in sender.buffers)
