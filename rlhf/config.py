@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -109,10 +110,20 @@ class RolloutConfig:
 @dataclass
 class SFTConfig:
     steps: int
+    epochs: Optional[float]
     batch_size: int
     lr: float
     warmup_steps: int
     lr_schedule: str
+    eval_fraction: float
+    eval_every: int
+
+    def steps_for(self, rows: int) -> int:
+        """Steps of an SFT stage over `rows` training rows: `epochs` full passes when set (the
+        last batch of a pass that does not divide evenly runs into the next pass), else `steps`."""
+        if self.epochs is None:
+            return self.steps
+        return math.ceil(self.epochs * rows / self.batch_size)
 
 
 @dataclass
@@ -722,6 +733,11 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("rl.lr", cfg.rl.lr, cfg.rl.lr > 0, "> 0"),
         ("critic.lr", cfg.critic.lr, cfg.critic.lr > 0, "> 0"),
         ("sft.warmup_steps", cfg.sft.warmup_steps, cfg.sft.warmup_steps >= 0, ">= 0"),
+        ("sft.epochs", cfg.sft.epochs, cfg.sft.epochs is None or cfg.sft.epochs > 0,
+         "> 0 or null (null: sft.steps sets the length; sft.steps=0 skips SFT)"),
+        ("sft.eval_fraction", cfg.sft.eval_fraction, 0 <= cfg.sft.eval_fraction < 1,
+         "in [0, 1) (the share of SFT rows held out for sft/eval_loss; 0: none)"),
+        ("sft.eval_every", cfg.sft.eval_every, cfg.sft.eval_every >= 0, ">= 0 (0: only at the end of the stage)"),
         ("rl.warmup_steps", cfg.rl.warmup_steps, cfg.rl.warmup_steps >= 0, ">= 0"),
         ("critic.warmup_steps", cfg.critic.warmup_steps, cfg.critic.warmup_steps >= 0, ">= 0"),
         ("algo.clip_low", algo.clip_low, 0 < algo.clip_low < 1, "in (0, 1) (the ratio is clipped at 1 - clip_low)"),
@@ -758,3 +774,6 @@ def _check_ranges(cfg: RunConfig) -> None:
     for path, value, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path} must be {want}, got {value!r}")
+    if cfg.sft.eval_every and not cfg.sft.eval_fraction:
+        raise ConfigError(f"sft.eval_every={cfg.sft.eval_every} measures the SFT eval loss on held-out rows, but "
+                          f"sft.eval_fraction=0 holds out none; set sft.eval_fraction (e.g. 0.05) or sft.eval_every=0")

@@ -132,6 +132,14 @@ class Controller:
         metrics["time/step"] = time.perf_counter() - t
         return metrics
 
+    def sft_eval_loss(self, rows: list[Row]) -> float:
+        """The SFT loss on `rows` without training (token-mean NLL over the loss-masked tokens),
+        from the trainer's log-prob forward: no gradient, no optimizer state or RNG touched."""
+        batch = pack_masked([self.render.sft_example(r) for r in rows], self.pad)
+        self.roles.prepare_training()
+        logprobs = torch.cat(self.roles.actor.dp("logprobs", batch))
+        return float(-(logprobs * batch["response_mask"]).sum() / batch["response_mask"].sum())
+
     def _generate_and_score(self, rows: list[Row], group_offset: int):
         cfg = self.cfg
         self.draws += 1

@@ -18,6 +18,7 @@ from engines.base import OptimConfig
 from rlhf import report, run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller
+from rlhf.data.holdout import hold_out
 from rlhf.data.render import Renderer, keep_fitting
 from rlhf.data.rows import DataError
 from rlhf.data.sampler import Sampler
@@ -109,10 +110,12 @@ class _Job:
         self._data: dict = {}
 
     def data(self, stage: Stage):
-        """The stage's rows, rendered prompts over the limit dropped and counted."""
+        """The stage's rows, rendered prompts over the limit dropped and counted; an SFT stage's
+        training rows less those held out for its eval loss (sft.eval_fraction), and those."""
         cfg = stage.cfg
+        fraction = cfg.sft.eval_fraction if stage.kind == "sft" else 0.0
         key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.task), cfg.prompt_limit(),
-                          stage.kind, cfg.seed])
+                          stage.kind, cfg.seed, fraction])
         if key not in self._data:
             renderer = Renderer(self.tok, cfg.data.chat_template, cfg.data.system_prompt)
             try:
@@ -120,6 +123,7 @@ class _Job:
                 limit, width = cfg.prompt_limit(), cfg.rollout.max_model_len
                 train = keep_fitting(raw.train, renderer, limit, width, sft=stage.kind == "sft")
                 evals = {name: keep_fitting(rows, renderer, limit, width, sft=False) for name, rows in raw.evals.items()}
+                train.rows, sft_eval = hold_out(train.rows, fraction, cfg.seed)
             except DataError as e:
                 raise JobError(str(e)) from e
             if not train.rows:
@@ -127,14 +131,16 @@ class _Job:
                                f"rollout.max_model_len={width}); raise those limits")
             counts = {"data/train_rows": len(train.rows), "data/dropped_long_prompts": train.long_prompts,
                       "data/dropped_long_examples": train.long_examples,
+                      **({"data/sft_eval_rows": len(sft_eval)} if fraction else {}),
                       **{f"data/{n}/eval_rows": len(f.rows) for n, f in evals.items()},
                       **{f"data/{n}/dropped_long_prompts": f.long_prompts for n, f in evals.items()}}
             dropped = train.long_prompts + train.long_examples + sum(f.long_prompts for f in evals.values())
             print(f"[rlhf] stage {stage.name}: {len(train.rows)} training rows"
+                  + (f" ({len(sft_eval)} more held out for sft/eval_loss)" if sft_eval else "")
                   + "".join(f", {len(f.rows)} in eval set {n}" for n, f in evals.items())
                   + (f"; dropped {dropped} over the length limits (prompt {limit}, SFT example {width} tokens)"
                      if dropped else ""), flush=True)
-            self._data[key] = (renderer, train.rows, {n: f.rows for n, f in evals.items() if f.rows}, counts)
+            self._data[key] = (renderer, train.rows, {n: f.rows for n, f in evals.items() if f.rows}, counts, sft_eval)
         return self._data[key]
 
     def evaluate(self, ctl: Controller, evals, stage: Stage, step: int, label: str) -> dict:
@@ -154,10 +160,16 @@ class _Job:
         self.log.log(stage.name, step, {"time/checkpoint": time.perf_counter() - t})
         return path
 
-    def sft(self, stage: Stage, ctl: Controller, train, start_path: str, resume) -> None:
+    def sft(self, stage: Stage, ctl: Controller, train, held_out, start_path: str, resume) -> None:
+        """`held_out`: the rows of sft/eval_loss (sft.eval_fraction), measured every sft.eval_every
+        steps and at the last."""
         cfg = stage.cfg
         actor = self.roles.actor
-        actor.all("configure_optimizer", _optim(cfg, cfg.sft, cfg.sft.steps))
+        steps = stage.steps_for(len(train))
+        if cfg.sft.epochs is not None:
+            print(f"[rlhf] stage {stage.name}: sft.epochs={cfg.sft.epochs:g} over {len(train)} rows at sft.batch_size="
+                  f"{cfg.sft.batch_size} = {steps} steps (sft.steps is not used)", flush=True)
+        actor.all("configure_optimizer", _optim(cfg, cfg.sft, steps))
         sampler = Sampler(train, cfg.seed + stage.index)
         first = 1
         if resume:
@@ -165,10 +177,12 @@ class _Job:
             sampler.load_state_dict(resume["sampler"])
             first = resume["step"] + 1
             print(f"[rlhf] resumed from {resume['path']}: continuing at SFT step {first}", flush=True)
-        bar = stage_bar(stage.name, cfg.sft.steps)
+        bar = stage_bar(stage.name, steps)
         bar.update(first - 1)
-        for step in range(first, cfg.sft.steps + 1):
+        for step in range(first, steps + 1):
             m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
+            if held_out and (step == steps or (cfg.sft.eval_every and step % cfg.sft.eval_every == 0)):
+                m["sft/eval_loss"] = ctl.sft_eval_loss(held_out)
             self.log.log(stage.name, step, m)
             if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or self.stop.requested:
                 saved = self.save_state(stage, step, {"actor": actor},
@@ -177,7 +191,7 @@ class _Job:
                 self.stop.stop(f"after SFT step {step}; the state is saved in {saved}: continue with the same "
                                f"overrides and trainer.resume=auto trainer.output_dir={self.out}")
             bar.update()
-            bar.set_postfix_str(fmt(m, ["sft/loss", "actor/grad_norm"]))
+            bar.set_postfix_str(fmt(m, ["sft/loss", "sft/eval_loss", "actor/grad_norm"]))
         bar.close()
         ctl.sync_weights()
 
@@ -290,7 +304,7 @@ def run(cfg: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     names = stage_names(cfg)
-    stages = [s for s in plan(cfg) if s.steps]  # a stage of 0 steps is no stage
+    stages = [s for s in plan(cfg) if not s.empty]
     if resume:
         saved_stage = resume.get("stage", "rl")
         run_state.rewind_metrics(out, saved_stage, resume["step"], names[names.index(saved_stage) + 1:])
@@ -339,7 +353,7 @@ def run(cfg: RunConfig) -> dict:
         for i, stage in enumerate(stages):
             if stage.name in done:
                 continue
-            renderer, train, evals, counts = job.data(stage)
+            renderer, train, evals, counts, sft_eval = job.data(stage)
             stage_resume = resume if resume and resume.get("stage", "rl") == stage.name else None
             if not stage_resume:  # a resumed stage has its step-0 row already
                 log.log(stage.name, 0, counts)
@@ -353,12 +367,14 @@ def run(cfg: RunConfig) -> dict:
                     acc = job.evaluate(ctl, evals, stage, 0, "at start")
                     if acc:
                         record["accuracy_at_start"] = acc["eval/accuracy"]
+                steps = stage.steps_for(len(train))
                 if stage.kind == "sft":
-                    job.sft(stage, ctl, train, stage_resume["start_path"] if stage_resume else start_path, stage_resume)
+                    job.sft(stage, ctl, train, sft_eval, stage_resume["start_path"] if stage_resume else start_path,
+                            stage_resume)
                 else:
                     job.rl(stage, ctl, train, evals, rewards, stage_resume["start_path"] if stage_resume else start_path,
                            stage_resume)
-                acc = job.evaluate(ctl, evals, stage, stage.steps, f"after {stage.name}")
+                acc = job.evaluate(ctl, evals, stage, steps, f"after {stage.name}")
                 if acc:
                     record[f"accuracy_after_{stage.name}"] = acc["eval/accuracy"]
             finally:

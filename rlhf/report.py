@@ -85,10 +85,13 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
     sft_stages = _stages(rows, "sft/loss")
     if sft_stages:
         fig, ax = plt.subplots(figsize=(6, 3.5))
+        held = [st for st in sft_stages if _series(rows, st, "sft/eval_loss")[0]]
         for st in sft_stages:
-            ax.plot(*_series(rows, st, "sft/loss"), label=st)
+            ax.plot(*_series(rows, st, "sft/loss"), label=f"{st}: train" if held else st)
+        for st in held:
+            ax.plot(*_series(rows, st, "sft/eval_loss"), "o-", label=f"{st}: held out")
         ax.set(title="SFT loss", xlabel="SFT step", ylabel="loss")
-        if len(sft_stages) > 1:
+        if len(sft_stages) > 1 or held:
             ax.legend(fontsize=8)
         save(fig, "sft_loss", "SFT loss")
     for name, title, ylabel, keys in RL_PLOTS:

@@ -30,8 +30,13 @@ class Stage:
     cfg: RunConfig  # the run's config with this stage's overrides
 
     @property
-    def steps(self) -> int:
-        return self.cfg.sft.steps if self.kind == "sft" else self.cfg.rl.steps
+    def empty(self) -> bool:
+        """A stage of 0 steps is no stage (an SFT stage given in epochs always has some)."""
+        return self.cfg.rl.steps == 0 if self.kind == "rl" else self.cfg.sft.epochs is None and self.cfg.sft.steps == 0
+
+    def steps_for(self, rows: int) -> int:
+        """The stage's number of steps over `rows` training rows (SFT in epochs depends on them)."""
+        return self.cfg.sft.steps_for(rows) if self.kind == "sft" else self.cfg.rl.steps
 
     def checkpoint(self, out: Path) -> Path:
         return out / "checkpoints" / self.name

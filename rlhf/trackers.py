@@ -45,7 +45,8 @@ def _numbers(stage: str, metrics: dict) -> dict[str, float]:
 
 
 class Console:
-    """One compact line per RL step (every `log_every`), and every evaluation when measured."""
+    """One compact line per RL step (every `log_every`), and every evaluation (accuracy, SFT eval
+    loss) when measured."""
 
     RL_KEYS = ("reward/mean", "reward/groups_with_signal", "actor/kl_ref", "actor/clip_frac", "actor/grad_norm",
                "critic/value_loss", "critic/explained_var", "response/length_mean", "rollout/logprob_abs_diff_max",
@@ -58,6 +59,9 @@ class Console:
         if "eval/accuracy" in metrics:
             tqdm.write(f"[eval {stage} step {step}] accuracy={metrics['eval/accuracy']:.3f} "
                        f"reward={metrics.get('eval/reward', float('nan')):.3f}")
+        if "sft/eval_loss" in metrics:
+            tqdm.write(f"[eval {stage} step {step}] sft eval_loss={metrics['sft/eval_loss']:.4f} "
+                       f"(train loss {metrics['sft/loss']:.4f})")
         if "reward/mean" in metrics and step % self.log_every == 0:  # an RL step of any RL stage (rl, rl2, ...)
             tqdm.write(f"[{self.label}{'' if stage == 'rl' else ' ' + stage} {step}] " + fmt(metrics, list(self.RL_KEYS)))
 
