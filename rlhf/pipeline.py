@@ -346,6 +346,9 @@ def run(cfg: RunConfig) -> dict:
     _start_ray(cfg)
     job.stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
+        for stage in stages:  # every stage's rows read and checked before the roles start (minutes)
+            if stage.name not in done:
+                job.data(stage)
         print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
               f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
         job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

@@ -227,7 +227,7 @@ def _median(vals: list[float]) -> float:
 def summary_table(rows: list[dict]) -> str:
     """The console's closing table: per stage, steps and the median of each timing and rate."""
     lines = [f"{'stage':<6}{'steps':>6}  {'metric':<34}{'median':>12}{'last':>12}"]
-    sft_keys = ["sft/loss", "time/step"]
+    sft_keys = ["sft/loss", "sft/eval_loss", "time/step"]
     rl_keys = ["reward/mean", "time/step", "time/rollout", "time/reward", "time/logprobs", "time/train", "time/push",
                "time/checkpoint", "throughput/generated_tokens_per_s",
                "throughput/trained_tokens_per_s"]

@@ -66,7 +66,8 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
     import datasets
 
     train, test = EXAMPLE / "train.jsonl", EXAMPLE / "test.jsonl"
-    extra = []
+    # jsonl: SFT for one epoch over the rows left after a quarter is held out for sft/eval_loss
+    extra = ["sft.epochs=1", "sft.eval_fraction=0.25", "sft.eval_every=2"] if fmt == "jsonl" else []
     if fmt == "parquet":  # parquet files, and a tokenizer with a chat template: prompts are rendered with it
         train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
         for src, dst in [(EXAMPLE / "train.jsonl", train), (EXAMPLE / "test.jsonl", test)]:
@@ -76,12 +77,37 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
     proc = _main(*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]", f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
-    assert [r["step"] for r in rows if "sft/loss" in r] == [1, 2, 3, 4]
+    sft_steps = 5 if fmt == "jsonl" else 4  # jsonl: ceil(1 epoch x 18 rows / batch 4)
+    assert [r["step"] for r in rows if "sft/loss" in r] == list(range(1, sft_steps + 1))
     assert sorted(rl_steps(rows)) == [1, 2]
     evals = [r for r in rows if "eval/test/accuracy" in r]
-    assert [(r["stage"], r["step"]) for r in evals] == [("sft", 0), ("sft", 4), ("rl", 2)]
+    assert [(r["stage"], r["step"]) for r in evals] == [("sft", 0), ("sft", sft_steps), ("rl", 2)]
     assert all(0 <= r["eval/test/accuracy"] <= 1 and 0 <= r["eval/test/pass@2"] <= 1 for r in evals)
-    assert next(r for r in rows if "data/train_rows" in r)["data/train_rows"] == 24
+    counts = {r["stage"]: r for r in rows if "data/train_rows" in r}
+    assert counts["rl"]["data/train_rows"] == 24  # the RL stage holds nothing out
+    if fmt == "jsonl":
+        assert (counts["sft"]["data/train_rows"], counts["sft"]["data/sft_eval_rows"]) == (18, 6)
+        assert f"= {sft_steps} steps" in proc.stdout
+        held = {r["step"]: r["sft/eval_loss"] for r in rows if "sft/eval_loss" in r}
+        assert sorted(held) == [2, 4, 5]  # every 2 steps and at the stage's end
+        # the last is the token-mean NLL of the held-out rows under checkpoints/sft, by plain HF forwards
+        from rlhf.config import load_config
+        from rlhf.data.holdout import hold_out
+        from rlhf.data.render import Renderer
+        from rlhf.data.sources import load_data
+
+        cfg = load_config([*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]"])
+        tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "sft")
+        renderer = Renderer(tok, cfg.data.chat_template, cfg.data.system_prompt)
+        _, held_rows = hold_out(load_data(cfg.data, cfg.task, cfg.seed).train, cfg.sft.eval_fraction, cfg.seed)
+        sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
+        nll, tokens = 0.0, 0
+        for ids, mask in map(renderer.sft_example, held_rows):
+            nll -= float((_hf_logprobs(sft, ids) * torch.tensor(mask)).sum())
+            tokens += sum(mask)
+        print(f"[{fmt}] sft/eval_loss at step {sft_steps} {held[sft_steps]:.6f} vs a plain HF forward of checkpoints/sft "
+              f"{nll / tokens:.6f}: diff {abs(held[sft_steps] - nll / tokens):.1e}")
+        assert abs(held[sft_steps] - nll / tokens) < 1e-5
 
     tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "final")
     samples = [json.loads(line) for line in (out / "rollouts" / "rl-step1.jsonl").read_text().splitlines()]

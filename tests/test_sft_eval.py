@@ -58,6 +58,13 @@ def test_epochs_give_their_steps_and_every_training_row_once_per_pass(epochs, ba
     assert stage.steps_for(len(train)) == steps  # ceil(epochs x 18 / batch), by hand; sft.steps is not used
     sampler = Sampler(train, cfg.seed + stage.index)
     seen = [r.origin for _ in range(steps) for r in sampler.next(batch)]
+    stopped = Sampler(train, cfg.seed + stage.index)  # a run stopped after step 3 saves its data position
+    for _ in range(3):
+        stopped.next(batch)
+    resumed = Sampler(train, cfg.seed + stage.index)
+    state = stopped.state_dict()
+    resumed.load_state_dict(state)
+    assert [r.origin for _ in range(steps - 3) for r in resumed.next(batch)] == seen[3 * batch:]
     assert not set(seen) & {r.origin for r in held}
     passes = [seen[i: i + 18] for i in range(0, len(seen), 18)]
     for p in passes[: int(epochs)]:  # each whole pass: every training row once
