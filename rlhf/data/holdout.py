@@ -1,5 +1,5 @@
 """The SFT rows held out for the eval loss (`sft.eval_fraction`): drawn by seed, so a restarted
-or resumed run holds out the same rows, and never trained on."""
+or resumed run holds out the same rows, and never trained on in SFT (RL stages still use them)."""
 
 from __future__ import annotations
 
