@@ -47,13 +47,16 @@ class Controller:
         self.skipped, self.skipped_in_a_row = 0, 0
 
     def state_dict(self) -> dict:
+        """The counters a resumed run continues, the rollout group's engine restarts included (so
+        `rollout/restarts_total` counts over the whole run, not since the last resume)."""
         return {"draws": self.draws, "kl": self.kl.state_dict(), "skipped": self.skipped,
-                "skipped_in_a_row": self.skipped_in_a_row}
+                "skipped_in_a_row": self.skipped_in_a_row, "rollout_restarts": self.roles.rollout.restarts}
 
     def load_state_dict(self, state: dict) -> None:
         self.draws = state["draws"]
         self.kl.load_state_dict(state["kl"])
         self.skipped, self.skipped_in_a_row = state.get("skipped", 0), state.get("skipped_in_a_row", 0)
+        self.roles.rollout.restarts = state.get("rollout_restarts", 0)
 
     def count_skips(self, updates: list[dict]) -> int:
         """Count the updates (actor or critic) whose step the engine skipped; returns this step's."""

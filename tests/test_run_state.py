@@ -121,3 +121,29 @@ def test_resuming_mid_sft_keeps_the_sft_rows_up_to_the_state_and_drops_the_rest(
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_state.rewind_metrics(out, "sft", 2, ["rl"])
     assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows[:3]
+
+
+def test_rollout_restarts_carry_over_a_resume(tmp_path, start):
+    """`rollout/restarts_total` counts over the whole run: engines replaced before a state was saved
+    are still counted by the run resumed from it (the controller's counters travel in driver.json)."""
+    from rlhf.controller import Controller
+    from rlhf.roles import Roles
+    from rollout.group import RolloutGroup
+
+    out = tmp_path / "run"
+    cfg = _cfg(out)
+    tok = type("Tokenizer", (), {"eos_token_id": 0, "pad_token_id": 0})()
+
+    def controller():
+        return Controller(cfg, Roles(actor=None, rollout=RolloutGroup([], pad_id=0)), tok, None, None)
+
+    before = controller()
+    before.roles.rollout.restarts = 2  # two engines replaced up to RL step 3
+    run_state.save(out, "rl", 3, cfg, {"actor": FileGroup()},
+                   {"start_path": str(start), "summary": {}, "controller": before.state_dict()})
+    resumed = controller()
+    assert resumed.roles.rollout.restarts == 0
+    resumed.load_state_dict(run_state.check(_cfg(out, "trainer.resume=auto"))["controller"])
+    assert resumed.roles.rollout.restarts == 2
+    resumed.roles.rollout.restarts += 1  # an engine replaced after the resume
+    assert resumed.state_dict()["rollout_restarts"] == 3
