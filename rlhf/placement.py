@@ -8,16 +8,15 @@
 
 A Ray placement group reserves one whole GPU per index, so shares that fit on one GPU are not
 spread over two. Without GPUs there is nothing to pin: roles go where Ray puts them (any node).
+
+Ray is imported inside `Placement` only: `gpu_layout` runs in config validation, which must fail a
+bad config in well under 2 s, before Ray's ~1 s import.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-
-import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
 @dataclass
@@ -62,6 +61,9 @@ class Placement:
         self.rollout = rollout or []
         self.group = None
         if self.size:
+            import ray
+            from ray.util.placement_group import placement_group
+
             # a GPU's bundle with no CPU (a tensor-parallel worker alone on it) leaves the key out
             self.group = placement_group([{k: v for k, v in bundles[i].items() if v} for i in range(self.size)],
                                          strategy="PACK")
@@ -71,6 +73,8 @@ class Placement:
         """Ray actor options that put a process on GPU `index` (empty without GPUs)."""
         if self.group is None:
             return {}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)}
 
     def rollout_bundles(self, engine: int) -> tuple[int, ...]:
@@ -88,10 +92,14 @@ class Placement:
         gpus = self.rollout[engine]
         if len(gpus) == 1:
             return {**self.options(gpus[0]), "num_gpus": num_gpus}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=gpus[0],
                                                     placement_group_capture_child_tasks=True)
         return {"scheduling_strategy": strategy, "num_gpus": 0}
 
     def remove(self) -> None:
         if self.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
             remove_placement_group(self.group)
