@@ -72,7 +72,7 @@ Every config below fails in `load_config` (rlhf/config.py), before Ray or any mo
 `config error: ...` and exit code 2. Each case is a test (`tests/test_config.py`, cases in
 `tests/bad_configs.py`); `python benchmarks/config_errors.py` measures the times and rewrites this
 page. `{{tmp}}` stands for a folder the benchmark fills with broken model folders (weights only as
-pickle `.bin`, no tokenizer, code in `auto_map`).
+pickle `.bin`, no tokenizer, code in `auto_map`, 3 attention heads) and a data file.
 
 {summary}
 

@@ -528,15 +528,24 @@ def _check_layout(cfg: RunConfig) -> None:
         )
     gpus_needed = len(layout.shares)
     if gpus_needed and cfg.trainer.ray_address is None:
-        import torch
-
-        have = torch.cuda.device_count()
+        have = _gpu_count()
         if gpus_needed > have:
             raise ConfigError(
                 f"rollout.placement={r.placement} needs {gpus_needed} GPUs for these roles ({_gpu_plan(layout)}) but "
                 f"this machine has {have}; lower the world sizes or rollout.num_engines"
                 + (", or use rollout.placement=colocated" if r.placement == "disaggregated" else "")
             )
+
+
+def _gpu_count() -> int:
+    """The GPUs torch sees. A machine with no NVIDIA or AMD driver has none, known without importing
+    torch (over a second, most of what a bad config would take to fail); otherwise torch counts them
+    (CUDA_VISIBLE_DEVICES applied)."""
+    if not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _check_resources(path: str, resources: dict | None) -> None:
@@ -661,6 +670,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.eval_files and not cfg.data.train_files:
         raise ConfigError("data.eval_files needs data.train_files (with no training files the built-in task runs, "
                           "with its own held-out problems)")
+    for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
+        for file in files:
+            if not Path(file).exists():
+                raise ConfigError(f"{key}: {file} does not exist (relative paths start at {Path.cwd()}); give a "
+                                  f".jsonl/.json or .parquet file or a folder written by datasets' save_to_disk")
     if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
         raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
                           f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")
@@ -669,7 +683,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.rl.temperature <= 0:
         raise ConfigError(f"rl.temperature must be > 0 for sampling, got {cfg.rl.temperature}")
     if cfg.model.path is not None:
-        _check_model_folder(cfg.model.path, cfg.model.trust_remote_code)
+        _check_heads(cfg, _check_model_folder(cfg.model.path, cfg.model.trust_remote_code), f"model.path={cfg.model.path}")
+    else:
+        _check_heads(cfg, cfg.model.arch, "the embedded model (model.arch)")
     _check_ranges(cfg)
     from rlhf.trackers import check as check_trackers
 
@@ -691,8 +707,9 @@ def validate(cfg: RunConfig) -> None:
         run_state.check(cfg)
 
 
-def _check_model_folder(path: str, trust_remote_code: bool) -> None:
-    """A local HF folder with config, tokenizer and safetensors weights (nothing is unpickled)."""
+def _check_model_folder(path: str, trust_remote_code: bool) -> dict:
+    """A local HF folder with config, tokenizer and safetensors weights (nothing is unpickled);
+    returns its config.json, read as JSON (importing transformers would take seconds)."""
     import json
 
     folder = Path(path)
@@ -722,6 +739,31 @@ def _check_model_folder(path: str, trust_remote_code: bool) -> None:
             f"model.path={path!r} needs Python code shipped with the model (config.json has auto_map: "
             f"{sorted(config['auto_map'])}); read that code, then set model.trust_remote_code=true to run it"
         )
+    return config
+
+
+def _check_heads(cfg: RunConfig, model: dict, where: str) -> None:
+    """Tensor-parallel ranks hold whole attention heads: vLLM needs rollout.tensor_parallel_size to
+    divide the heads and to divide the key-value heads or be a multiple of them (then they are
+    replicated); the FSDP engine splits both by tp_size. Otherwise the run would fail only once
+    the engines load the model. A config without head counts at the top is left to the engines."""
+    heads = model.get("num_attention_heads")
+    if not isinstance(heads, int):
+        return
+    kv = model.get("num_key_value_heads") or heads
+    tp = cfg.rollout.tensor_parallel_size
+    if heads % tp or (kv % tp and tp % kv):
+        raise ConfigError(
+            f"rollout.tensor_parallel_size={tp} does not fit {where}: it has {heads} attention heads and {kv} "
+            f"key-value heads, and each vLLM tensor-parallel rank holds whole heads; use a tensor-parallel size that "
+            f"divides {heads} and divides {kv} or is a multiple of it"
+        )
+    for name, g in trainer_groups(cfg).items():
+        if g.engine == "fsdp" and (heads % g.tp_size or kv % g.tp_size):
+            raise ConfigError(
+                f"{name}.tp_size={g.tp_size} does not fit {where}: it has {heads} attention heads and {kv} key-value "
+                f"heads, and each tensor-parallel rank holds whole heads; use a tp_size that divides both"
+            )
 
 
 def _check_ranges(cfg: RunConfig) -> None:

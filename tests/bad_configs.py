@@ -2,7 +2,7 @@
 benchmarks/config_errors.py (which times each and writes docs/config-errors.md).
 
 Each case: (overrides, words the error must contain). `{tmp}` in an override is a folder that
-`make_fixtures` fills with broken model folders.
+`make_fixtures` fills with broken model folders and a data file.
 """
 
 import json
@@ -57,6 +57,14 @@ CASES = [
     (["rollout.max_restarts=-1"], ["rollout.max_restarts", ">= 0"]),
     (["actor.world_size=0"], ["actor.world_size", "at least 1"]),
     (["algo.overlong_buffer=6"], ["algo.overlong_buffer", "rl.max_new_tokens"]),
+    # parallel sizes that do not divide the world size or the model's heads, or exceed the GPUs
+    (["actor.tp_size=3"], ["actor.world_size=2", "actor.tp_size=3", "multiple of tp_size"]),
+    (["actor.ep_size=3"], ["actor.world_size=2", "actor.ep_size=3", "multiple of ep_size"]),
+    (["actor.world_size=64", "actor.num_gpus_per_worker=1"], ["needs 64 GPUs", "actor ranks on GPUs 0-63", "this machine has"]),
+    (["rollout.tensor_parallel_size=64", "rollout.num_gpus=1"], ["needs 64 GPUs", "vLLM on GPUs 0-63", "this machine has"]),
+    (["rollout.tensor_parallel_size=3"], ["rollout.tensor_parallel_size=3", "4 attention heads", "2 key-value heads"]),
+    (["model.path={tmp}/three_heads", "rollout.tensor_parallel_size=2"], ["rollout.tensor_parallel_size=2", "3 attention heads"]),
+    (["actor.engine=fsdp", "actor.world_size=4", "actor.tp_size=4"], ["actor.tp_size=4", "2 key-value heads", "divides both"]),
     # batch divisibility
     (["sft.batch_size=3"], ["sft.batch_size", "actor.world_size"]),
     (["algo=ppo", "algo.mini_batches=3"], ["algo.mini_batches=3"]),
@@ -73,6 +81,9 @@ CASES = [
     (["model.path={tmp}/pickled"], ["safetensors", "pytorch_model.bin"]),
     (["model.path={tmp}/no_tokenizer"], ["no tokenizer", "save_pretrained"]),
     (["model.path={tmp}/remote_code"], ["auto_map", "model.trust_remote_code=true"]),
+    (["data.train_files=[/nonexistent/train.jsonl]"], ["data.train_files", "/nonexistent/train.jsonl does not exist"]),
+    (["data.train_files=[{tmp}/data/train.jsonl]", "data.eval_files=[/nonexistent/test.jsonl]"],
+     ["data.eval_files", "/nonexistent/test.jsonl does not exist"]),
     (["trainer.resume=/nonexistent/state-rl-step3"], ["trainer.resume", "driver.json"]),
     (["reward.fn=/nonexistent/rewards.py:score"], ["/nonexistent/rewards.py"]),
     (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
@@ -80,9 +91,12 @@ CASES = [
 
 
 def make_fixtures(tmp: Path) -> None:
-    """Model folders that are broken in one way each."""
+    """Model folders that are broken in one way each, and a data file that is fine."""
     config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
     for name, files in {
+        "three_heads": {"config.json": {**config, "num_attention_heads": 3, "num_key_value_heads": 3},
+                        "tokenizer.json": {}, "model.safetensors": None},
+        "data": {"train.jsonl": {"prompt": "1+1=", "answer": "2"}},
         "pickled": {"config.json": config, "tokenizer.json": {}, "pytorch_model.bin": None},
         "no_tokenizer": {"config.json": config, "model.safetensors": None},
         "remote_code": {"config.json": {**config, "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}},
