@@ -59,6 +59,17 @@ def test_cli_fails_fast_before_ray(tmp_path):
     assert time.time() - t < 60
 
 
+def test_validation_imports_none_of_the_heavy_libraries(tmp_path):
+    """Bad configs fail in well under 2 s because validation imports none of the libraries that take
+    a second or more to import; checked on the default config, which passes every check."""
+    heavy = ["ray", "torch", "vllm", "transformers", "tensordict", "datasets", "nemo_automodel"]
+    code = (f"import sys; from rlhf.main import main; assert main(['--cfg', 'trainer.output_dir={tmp_path}/out']) == 0; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
 def test_empty_stop_string_is_refused():
     with pytest.raises(ConfigError, match="rl.stop"):
         load_config(['rl.stop=["", "x"]'])
