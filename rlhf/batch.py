@@ -17,28 +17,30 @@ Keys (tensor, [B, T] unless noted):
 
 from __future__ import annotations
 
+from itertools import chain
+
 import torch
 from tensordict import TensorDict
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TensorDict:
-    """Right-pad prompt+response token lists into the batch layout above."""
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    width = max(lengths)
+    """Right-pad prompt+response token lists into the batch layout above (a few tensor operations
+    for the whole batch: a rollout packs hundreds of rows every step)."""
     n = len(prompts)
+    plen = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    total = plen + torch.tensor([len(r) for r in responses], dtype=torch.long)
+    width = int(total.max()) if n else 0
+    cols = torch.arange(width).expand(n, width)
+    attention_mask = (cols < total[:, None]).long()
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    response_mask = torch.zeros((n, width), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p) : len(p) + len(r)] = 1.0
-    position_ids = torch.arange(width).expand(n, width).clone()
+    input_ids[attention_mask.bool()] = torch.tensor(
+        list(chain.from_iterable(chain(p, r) for p, r in zip(prompts, responses))), dtype=torch.long)
+    response_mask = ((cols >= plen[:, None]) & (cols < total[:, None])).float()
     return TensorDict(
         {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "position_ids": position_ids,
+            "position_ids": cols.clone(),
             "response_mask": response_mask,
         },
         batch_size=[n],
@@ -58,10 +60,7 @@ def pack_masked(examples: list[tuple[list[int], list[int]]], pad_id: int) -> Ten
 def scatter_response_values(batch: TensorDict, per_response: list[list[float]]) -> torch.Tensor:
     """Place per-response-token values (e.g. rollout log-probs) at their columns in the layout."""
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-    mask = batch["response_mask"].bool()
-    for i, vals in enumerate(per_response):
-        cols = mask[i].nonzero().squeeze(-1)
-        out[i, cols] = torch.tensor(vals, dtype=torch.float32)
+    out[batch["response_mask"].bool()] = torch.tensor(list(chain.from_iterable(per_response)), dtype=torch.float32)
     return out
 
 

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 bash scripts/setup.sh
 status=0
-.venv/bin/python -m pytest -ra "$@" || status=$?
+.venv/bin/python -m pytest -ra --durations=15 "$@" || status=$?
 # Nothing may outlive the tests: no Ray processes, no shared-memory segments.
 pkill -f "$RAY_TMPDIR" 2>/dev/null || true
 exit $status

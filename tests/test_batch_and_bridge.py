@@ -14,6 +14,40 @@ def test_pack_layout():
     assert torch.allclose(vals, torch.tensor([[0, 0, 0.1, 0.2, 0.3], [0, 0.4, 0, 0, 0]]))
 
 
+def test_pack_random_rows_against_a_plain_loop():
+    import random
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(50) for _ in range(rng.randint(1, 9))] for _ in range(40)]
+    responses = [[rng.randrange(50) for _ in range(rng.randint(0, 12))] for _ in range(40)]
+    b = pack(prompts, responses, pad_id=99)
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    vals = [[rng.random() for _ in r] for r in responses]
+    out = scatter_response_values(b, vals)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        assert b["input_ids"][i].tolist() == p + r + [99] * (width - n)
+        assert b["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
+        assert b["response_mask"][i].tolist() == [0] * len(p) + [1] * len(r) + [0] * (width - n)
+        assert b["position_ids"][i].tolist() == list(range(width))
+        assert out[i, len(p) : n].tolist() == torch.tensor(vals[i], dtype=torch.float32).tolist()
+        assert out[i, : len(p)].abs().sum() == 0 and out[i, n:].abs().sum() == 0
+
+
+def test_sampled_logprobs_from_flat_and_per_token_containers():
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    from rollout.vllm_engine import _sampled_logprobs
+
+    ids = [4, 9, 4]
+    per_token = [{4: Logprob(-0.5)}, {9: Logprob(-1.5), 2: Logprob(-0.1)}, {4: Logprob(-2.5)}]
+    flat = FlatLogprobs()
+    for position, t in zip(per_token, ids):
+        flat.append({t: position[t]})  # logprobs=0: only the sampled token per position
+    assert _sampled_logprobs(ids, flat) == [-0.5, -1.5, -2.5]
+    assert _sampled_logprobs(ids, per_token) == [-0.5, -1.5, -2.5]
+
+
 def test_split_even_and_in_order():
     b = pack([[1]] * 6, [[2]] * 6, 0)
     b["idx"] = torch.arange(6)
