@@ -13,8 +13,9 @@ tp2:  a 2-rank trainer and one vLLM engine with tensor_parallel_size=2 sharing t
       (colocated; the transport `auto` picks: CUDA IPC, each TP worker maps the handles on its GPU).
 
 The model is the Qwen2.5-0.5B-shaped reference model (benchmarks/reference_model.py) in bf16 on
-both sides. Before the timed pushes the engine's weights are scaled by 0.5 inside vLLM, so the
-log-prob check shows the push landing: mean |log-prob difference| vLLM vs trainer on sampled
+both sides. After two warm-up pushes (the first records the load plan of rollout/load_plan.py,
+so the timed ones replay it) the engine's weights are scaled by 0.5 inside vLLM, so the log-prob
+check shows the timed pushes landing: mean |log-prob difference| vLLM vs trainer on sampled
 responses, with the scrambled weights and after the push. A short table is printed last; with
 $OUT set the numbers go to $OUT/weight_push_<mode>.json.
 """
@@ -142,21 +143,22 @@ def main() -> int:
         say("roles started")
         result["transport"] = ray.get(roles.rollout.workers[0].__ray_call__.remote(
             lambda w: type(w.receiver).__name__))
+        for _ in range(2):  # warm-up pushes; the first records the load plan, the timed ones replay it
+            roles.sync_weights()
         ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_scramble)) for w in roles.rollout.workers])
         result["logprob_gap_scrambled"] = _logprob_gap(roles, prompts, args.tokens)
         say(f"vLLM weights halved: mean |dlogp| {result['logprob_gap_scrambled']:.4f}")
         times, phases = [], []
-        for i in range(args.reps + 2):  # two warm-up pushes
+        for _ in range(args.reps):
             t = time.perf_counter()
             sent = roles.sync_weights()
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-                phases.append({
-                    "engine_busy_s": max(ray.get([w.__ray_call__.remote(lambda w: w.receiver.busy_s)
-                                                  for w in roles.rollout.workers])),
-                    **ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: getattr(w.sender, "timing", {}))),
-                    "export_only_s": max(ray.get([w.__ray_call__.remote(_export_only) for w in roles.actor.workers])),
-                })
+            times.append(time.perf_counter() - t)
+            phases.append({
+                "engine_busy_s": max(ray.get([w.__ray_call__.remote(lambda w: w.receiver.busy_s)
+                                              for w in roles.rollout.workers])),
+                **ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: getattr(w.sender, "timing", {}))),
+                "export_only_s": max(ray.get([w.__ray_call__.remote(_export_only) for w in roles.actor.workers])),
+            })
         say(f"pushes (s): {', '.join(f'{t:.4f}' for t in times)}")
         result["replayed_loads"] = ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_replayed))
                                             for w in roles.rollout.workers])

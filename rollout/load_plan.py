@@ -8,12 +8,14 @@ every tensor operation; if all it did was take views and copy pushed data into p
 parameter padding with a constant), those copies are the whole effect, and later pushes of the
 same layout replay them directly: each source is the same view of the new push's tensor, each
 destination the same view of the parameter. Any other operation (a clone, a cast, arithmetic,
-reading a value) makes the layout's plan void, and that layout keeps using `load_weights`.
+reading a value), or a parameter replaced instead of written into, makes the layout's plan void,
+and that layout keeps using `load_weights`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -53,14 +55,14 @@ class _Recorder(TorchDispatchMode):
         if self.void is None:
             try:
                 self._note(func, args, kwargs)
-            except _Void as e:
-                self.void = str(e)
+            except Exception as e:  # noqa: BLE001 - anything unforeseen voids the plan; the load went through
+                self.void = f"{type(e).__name__}: {e}"
         return out
 
     def _note(self, func, args, kwargs) -> None:
         if func.is_view:
             return
-        if func is _COPY and not kwargs:
+        if func is _COPY and not kwargs and len(args) == 2:
             dst, src = args
             if _source(self.spans, self.weights, dst) is not None:
                 raise _Void("a pushed tensor is written to")
@@ -79,18 +81,21 @@ class _Recorder(TorchDispatchMode):
 class ReplayLoader:
     """`loader(weights)` loads a list of (name, tensor) into the model as `load_weights` would."""
 
-    def __init__(self, load_weights: Callable[[list[tuple[str, torch.Tensor]]], object]):
-        self.load_weights = load_weights
+    def __init__(self, load_weights: Callable[[list[tuple[str, torch.Tensor]]], object], model: torch.nn.Module):
+        self.load_weights, self.model = load_weights, model
         self.plans: dict[tuple, list | None] = {}  # per layout; None: void, load_weights it is
         self.replayed = 0  # loads done by replay (for tests and benchmarks)
 
     def __call__(self, weights) -> None:
         weights = list(weights)
-        key = tuple((name, tuple(t.shape), t.dtype) for name, t in weights)
+        key = tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in weights)
         if key not in self.plans:
             recorder = _Recorder(weights)
+            before = self._parameters()
             with recorder:
                 self.load_weights(weights)
+            if recorder.void is None and self._parameters() != before:
+                recorder.void = "a parameter was replaced (assigned, not copied into): invisible to the recorder"
             self.plans[key] = None if recorder.void else recorder.steps
             return
         plan = self.plans[key]
@@ -106,3 +111,9 @@ class ReplayLoader:
                 else:
                     step[1](step[2], *step[3])
         self.replayed += 1
+
+    def _parameters(self) -> dict[str, tuple]:
+        """Where each parameter and buffer lives: an assignment (`param.data = x`) is no tensor
+        operation, so only a change here shows it."""
+        return {name: (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+                for name, t in chain(self.model.named_parameters(), self.model.named_buffers())}

@@ -103,9 +103,9 @@ class VLLMRollout(RolloutEngine):
                 logging.getLogger(name).addFilter(noise)
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self._weight_names = checkpoint_weight_names(model_path, tied)
-        # vLLM processes weights after loading only when quantized or on CPU; otherwise a push can
-        # load straight into the live parameters (see weight_sync.vllm_native).
-        self.loads_in_place = cuda and self.llm.llm_engine.model_config.quantization is None
+        # Where vLLM uses weights as loaded (CUDA, unquantized, no MLA, Triton MoE), a push loads
+        # straight into the live parameters (see weight_sync.vllm_native).
+        self.loads_in_place = cuda and all(self.llm.collective_rpc("weights_used_as_loaded"))
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:

@@ -25,12 +25,24 @@ class BucketLoader:
         self.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
         return len(names)
 
+    def weights_used_as_loaded(self) -> bool:
+        """Whether this worker's model uses its weights as `load_weights` leaves them: no
+        quantization, no MLA, and every fused-MoE layer on a Triton kernel (vLLM's FlashInfer MoE
+        backends swap or re-block the expert weights after loading)."""
+        if self.model_config.quantization is not None or self.model_config.use_mla:
+            return False
+        for module in self.model_runner.model.modules():
+            backend = getattr(getattr(module, "quant_method", None), "unquantized_backend", None)
+            if backend is not None and backend.name not in ("TRITON", "BATCHED_TRITON"):
+                return False
+        return True
+
     def load_in_place(self, update_info: dict, reused: bool) -> None:
         """One payload of vLLM's weight-transfer engine, loaded by the model's own `load_weights`
         straight into the live parameters (which re-shards for this TP rank and fuses q/k/v and
         gate/up). vLLM's default, a layer-by-layer reload, rebuilds each layer and copies it back,
-        which is needed only where weights are processed after loading (quantized or CPU models);
-        unquantized CUDA weights are used as loaded, and CUDA graphs keep their addresses. Once a
+        which is needed only where weights are processed after loading (`weights_used_as_loaded`
+        says they are not); CUDA graphs keep their addresses. Once a
         layout has loaded, its copies are replayed without `load_weights` (rollout/load_plan.py).
 
         The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
@@ -40,7 +52,7 @@ class BucketLoader:
         engine = self.weight_transfer_engine
         info = engine.parse_update_info(dict(update_info))
         if "_replay" not in self.__dict__:  # after the first push of a layout, its copies replayed
-            self._replay = ReplayLoader(self.model_runner.model.load_weights)
+            self._replay = ReplayLoader(self.model_runner.model.load_weights, self.model_runner.model)
         with torch.device(self.device):
             if isinstance(engine, IPCWeightTransferEngine) and info.packed:
                 self._replay(self._ipc_tensors(info, reused))

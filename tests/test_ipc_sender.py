@@ -48,11 +48,21 @@ class Engine:
 
     def __init__(self, fake_ray):
         self.got: dict[str, torch.Tensor] = {}
-        self.begin_weight_update = Method(fake_ray, lambda: None)
-        self.finish_weight_update = Method(fake_ray, lambda: None)
+        self.open, self.pushes = False, 0
+        self.begin_weight_update = Method(fake_ray, self._begin)
+        self.finish_weight_update = Method(fake_ray, self._finish)
         self.receive_weights = Method(fake_ray, self._receive)
 
+    def _begin(self):
+        assert not self.open
+        self.open, self.got = True, {}
+
+    def _finish(self):
+        assert self.open
+        self.open, self.pushes = False, self.pushes + 1
+
     def _receive(self, info):
+        assert self.open
         shared = info["ipc_handles"]["gpu"]
         assert shared.dtype == torch.uint8 and shared.dim() == 1
         offset = 0
@@ -79,6 +89,7 @@ def test_every_tensor_arrives_intact_push_after_push(monkeypatch):
         sent = weights(seed)
         assert sender.push(iter(sent)) == sum(t.numel() * t.element_size() for _, t in sent)
         for engine in engines:
+            assert engine.pushes == seed + 1 and not engine.open
             assert set(engine.got) == {n for n, _ in sent}
             for name, t in sent:
                 assert torch.equal(engine.got[name], t), (seed, name)

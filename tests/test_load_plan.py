@@ -60,7 +60,7 @@ def expected(seed: int, clone: bool = False) -> dict[str, torch.Tensor]:
 
 def test_replay_equals_load_weights_push_after_push():
     model = VllmStyle()
-    loader = ReplayLoader(model.load_weights)
+    loader = ReplayLoader(model.load_weights, model)
     for seed in range(4):  # the first push records; every push lands in a fresh buffer (as over NCCL)
         loader(packed(push(seed)))
         for name, p in model.named_parameters():
@@ -73,7 +73,7 @@ def test_replay_equals_load_weights_push_after_push():
 def test_replay_reads_a_reused_buffer_in_place():
     """CUDA IPC reuses one buffer: the same views, new bytes in them."""
     model = VllmStyle()
-    loader = ReplayLoader(model.load_weights)
+    loader = ReplayLoader(model.load_weights, model)
     weights = packed(push(0))
     loader(weights)
     for seed in (1, 2):
@@ -87,7 +87,7 @@ def test_replay_reads_a_reused_buffer_in_place():
 
 def test_a_loader_that_clones_is_never_replayed():
     model = VllmStyle(transpose_with_clone=True)
-    loader = ReplayLoader(model.load_weights)
+    loader = ReplayLoader(model.load_weights, model)
     for seed in range(3):
         loader(packed(push(seed)))
         for name, p in model.named_parameters():
@@ -95,9 +95,33 @@ def test_a_loader_that_clones_is_never_replayed():
     assert loader.replayed == 0
 
 
+def test_a_loader_that_assigns_or_copies_asynchronously_is_never_replayed():
+    class Assigns(VllmStyle):
+        def load_weights(self, weights) -> None:
+            super().load_weights(weights)
+            self.mlp.data = self.mlp.data.clone()  # a new tensor: no copy the recorder could see
+
+    class NonBlocking(VllmStyle):
+        def load_weights(self, weights) -> None:
+            for name, w in weights:
+                if name == "embed":
+                    self.embed[: w.shape[0]].data.copy_(w, non_blocking=True)
+            super().load_weights([(n, w) for n, w in weights if n != "embed"])
+
+    for cls in (Assigns, NonBlocking):
+        model = cls()
+        loader = ReplayLoader(model.load_weights, model)
+        for seed in range(3):
+            loader(packed(push(seed)))
+            for name, p in model.named_parameters():
+                if name != "embed" or cls is Assigns:
+                    assert torch.equal(p, expected(seed)[name]), (cls.__name__, seed, name)
+        assert loader.replayed == 0, cls.__name__
+
+
 def test_a_new_layout_records_its_own_plan():
     model = VllmStyle()
-    loader = ReplayLoader(model.load_weights)
+    loader = ReplayLoader(model.load_weights, model)
     full = push(0)
     loader(packed({n: full[n] for n in ("q", "k")}))
     loader(packed({n: full[n] for n in ("v", "embed", "mlp")}))

@@ -52,31 +52,51 @@ class CudaIpcSender(WeightSender):
 
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
         lead = self.rank == 0
+        multi = dist.is_initialized() and dist.get_world_size() > 1
         calls: list[list] = [[], []]  # per buffer, the engines' calls that may still read it
-        other: list = []  # begin and finish
-        if lead:
-            other += [r.begin_weight_update.remote() for r in self.receivers]
+        issued: list = []  # every call of this push
         meta: list[tuple[str, torch.dtype, list[int], int]] = []
         b = used = sent = flushed = 0
         waited = 0.0
         t0 = time.perf_counter()
+        if lead:
+            issued.extend(r.begin_weight_update.remote() for r in self.receivers)
+
+        def agree(error: Exception | None) -> None:
+            """A barrier that also tells every rank whether one failed (rank 0: an engine did), so
+            none is left waiting for a rank that gave up."""
+            if multi:
+                flag = torch.tensor([error is not None], dtype=torch.int32, device=self.buffers[0].device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() and error is None:
+                    raise WeightSyncError("another trainer rank's weight push failed (its error is in its log)")
+            if error is not None:
+                raise error
 
         def wait(refs: list) -> None:
             nonlocal waited
             t = time.perf_counter()
+            error = None
             if lead:
-                ray.get(refs)
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                dist.barrier()  # every rank's buffer is free once rank 0 knows the engines are done
+                try:
+                    ray.get(refs)
+                except Exception as e:  # noqa: BLE001 - re-raised below; other engines may still read a buffer
+                    error = e
+                    ray.wait(issued, num_returns=len(issued), timeout=60)
+            agree(error)  # every rank's buffer is free once rank 0 knows the engines are done
             waited += time.perf_counter() - t
 
         def announce(handles: dict, meta: list, reused: bool) -> list:
             if self.buffers[0].is_cuda:
                 torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
+            if multi:
+                agree(None)  # ... on every rank: each engine worker reads its own GPU's buffer
             info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
                     "shapes": [m[2] for m in meta], "tensor_sizes": [m[3] for m in meta], "ipc_handles": handles,
                     "packed": True, "reused": reused}
-            return [r.receive_weights.remote(info) for r in self.receivers] if lead else []
+            refs = [r.receive_weights.remote(info) for r in self.receivers] if lead else []
+            issued.extend(refs)
+            return refs
 
         for name, tensor in weights:
             if not self.buffers:
@@ -99,11 +119,11 @@ class CudaIpcSender(WeightSender):
             meta.append((name, tensor.dtype, list(tensor.shape), nbytes))
             used += nbytes
         if used:
-            calls[b] = announce(self.handles[b], meta, reused=True)
+            announce(self.handles[b], meta, reused=True)
             sent += used
         if lead:
-            other += [r.finish_weight_update.remote() for r in self.receivers]
-        wait(calls[0] + calls[1] + other)
+            issued.extend(r.finish_weight_update.remote() for r in self.receivers)
+        wait(list(issued))
         self.timing = {"push_wait_s": waited, "push_total_s": time.perf_counter() - t0}
         return sent if lead else 0
 
