@@ -105,7 +105,7 @@ class VLLMRollout(RolloutEngine):
         self._weight_names = checkpoint_weight_names(model_path, tied)
         # Where vLLM uses weights as loaded (CUDA, unquantized, no MLA, Triton MoE), a push loads
         # straight into the live parameters (see weight_sync.vllm_native).
-        self.loads_in_place = cuda and all(self.llm.collective_rpc("weights_used_as_loaded"))
+        self.loads_in_place = all(self.llm.collective_rpc("weights_used_as_loaded"))
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:

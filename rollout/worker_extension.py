@@ -26,10 +26,12 @@ class BucketLoader:
         return len(names)
 
     def weights_used_as_loaded(self) -> bool:
-        """Whether this worker's model uses its weights as `load_weights` leaves them: no
-        quantization, no MLA, and every fused-MoE layer on a Triton kernel (vLLM's FlashInfer MoE
-        backends swap or re-block the expert weights after loading)."""
-        if self.model_config.quantization is not None or self.model_config.use_mla:
+        """Whether this worker's model uses its weights as `load_weights` leaves them: CUDA (vLLM's
+        CPU kernels re-pack weights), no quantization, no MLA, and every fused-MoE layer on a Triton
+        kernel (vLLM's FlashInfer MoE backends swap or re-block the expert weights after loading)."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cuda() or self.model_config.quantization is not None or self.model_config.use_mla:
             return False
         for module in self.model_runner.model.modules():
             backend = getattr(getattr(module, "quant_method", None), "unquantized_backend", None)
