@@ -2,11 +2,13 @@
 responses): DAPO's dynamic sampling keeps only groups whose rewards differ, refilling them."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
 import torch
 
+from rewards.manager import RewardManager, RewardSpec
 from rlhf.batch import pack
 from rlhf.config import load_config
 from rlhf.controller import Controller
@@ -15,7 +17,6 @@ from rlhf.data.rows import Row
 from rlhf.data.sampler import Sampler
 from rlhf.roles import Roles
 from rollout.group import RolloutGroup
-from rewards.manager import RewardManager, RewardSpec
 
 
 class FakeTokenizer:
@@ -86,7 +87,8 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
 
 
 def test_skipped_updates_are_counted_and_stop_the_run_after_the_limit():
-    ctl = Controller(load_config(["trainer.max_consecutive_skips=3"]), Roles(actor=None, rollout=None),
+    engines = SimpleNamespace(restarts=0)  # the rollout group's restart count travels in the state too
+    ctl = Controller(load_config(["trainer.max_consecutive_skips=3"]), Roles(actor=None, rollout=engines),
                      FakeTokenizer(), rewards=None, renderer=None)
     ok, bad = {"actor/skipped_step": 0.0}, {"actor/skipped_step": 1.0}
     assert ctl.count_skips([bad, bad]) == 2 and not ctl.skip_limit_reached()
@@ -96,7 +98,7 @@ def test_skipped_updates_are_counted_and_stop_the_run_after_the_limit():
     ctl.count_skips([bad])
     assert ctl.skip_limit_reached() and (ctl.skipped, ctl.skipped_in_a_row) == (5, 3)
     state = ctl.state_dict()
-    fresh = Controller(load_config(["trainer.max_consecutive_skips=0"]), Roles(actor=None, rollout=None),
+    fresh = Controller(load_config(["trainer.max_consecutive_skips=0"]), Roles(actor=None, rollout=SimpleNamespace()),
                        FakeTokenizer(), rewards=None, renderer=None)
     fresh.load_state_dict(state)
     assert (fresh.skipped, fresh.skipped_in_a_row) == (5, 3) and not fresh.skip_limit_reached()  # 0: never stop
