@@ -281,13 +281,6 @@ class _Job:
                 )
             bar.update()
             bar.set_postfix_str(fmt(m, ["reward/mean", "reward/groups_with_signal", "eval/accuracy"]))
-            if step % cfg.trainer.log_every == 0:
-                bar.write(
-                    f"[{stage.name} {cfg.algo.name} {step}] "
-                    + fmt(m, ["reward/mean", "actor/kl_ref", "actor/clip_frac", "critic/value_loss", "critic/explained_var",
-                              "rollout/logprob_abs_diff_max",
-                              "time/rollout", "time/train", "time/push", "time/step"])
-                )
         bar.close()
         if roles.critic is not None:
             roles.critic.all("save", str(out / "checkpoints" / ("critic" if stage.name == "rl" else f"critic-{stage.name}")))

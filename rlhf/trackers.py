@@ -50,7 +50,7 @@ class Console:
 
     RL_KEYS = ("reward/mean", "reward/groups_with_signal", "actor/kl_ref", "actor/clip_frac", "actor/grad_norm",
                "critic/value_loss", "critic/explained_var", "response/length_mean", "rollout/logprob_abs_diff_max",
-               "throughput/generated_tokens_per_s", "time/step")
+               "throughput/generated_tokens_per_s", "time/rollout", "time/train", "time/push", "time/step")
 
     def __init__(self, log_every: int, label: str):
         self.log_every, self.label = log_every, label

@@ -21,9 +21,9 @@ def test_a_tracker_whose_package_is_missing_names_the_extra(monkeypatch):
 def test_console_prints_a_step_line_every_log_every_and_each_evaluation(capsys):
     console = trackers.Console(log_every=2, label="grpo")
     for step in (1, 2):
-        console.log("rl", step, {"reward/mean": 0.25 * step, "time/step": 1.5})
+        console.log("rl", step, {"reward/mean": 0.25 * step, "time/train": 0.5, "time/step": 1.5})
     console.log("sft", 10, {"eval/accuracy": 0.5, "eval/reward": 0.5})
     assert capsys.readouterr().out.splitlines() == [
-        "[grpo 2] mean=0.5 step=1.5",
+        "[grpo 2] mean=0.5 train=0.5 step=1.5",
         "[eval sft step 10] accuracy=0.500 reward=0.500",
     ]
