@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from rlhf.config import ConfigError, RunConfig
+from rlhf.config import ConfigError, RunConfig, load_config
 from rlhf.stages import stage_names
 
 MARKER = "COMPLETE"
@@ -125,11 +125,12 @@ def check(cfg: RunConfig) -> dict | None:
             )
     state = json.loads((path / "driver.json").read_text())
     saved, now = _flat(state["config"]), _flat(dataclasses.asdict(cfg))
-    diffs = [
-        f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
-        for k in sorted(set(saved) | set(now))
-        if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)
-    ]
+    keys = [k for k in sorted(set(saved) | set(now))
+            if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)]
+    if any(k not in saved for k in keys):  # a key newer than the state, at its default, asks for what the state's code did
+        defaults = _flat(dataclasses.asdict(load_config([])))
+        keys = [k for k in keys if k in saved or now[k] != defaults.get(k)]
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys]
     if diffs:
         raise ConfigError(
             f"the state {path} was saved with a different config; resume with the same overrides (only trainer.* "

@@ -78,6 +78,21 @@ def test_auto_with_no_state_starts_afresh_and_a_different_config_is_refused(tmp_
         run_state.check(_cfg(out, "trainer.resume=auto", "rl.steps=100", "rl.lr_schedule=cosine"))
 
 
+def test_a_state_from_before_a_new_key_resumes_when_the_key_is_at_its_default(tmp_path, start):
+    out = tmp_path / "run"
+    path = _save(_cfg(out), out, 1, start)
+    driver = path / "driver.json"
+    state = json.loads(driver.read_text())
+    del state["config"]["sft"]["eval_fraction"]  # as written by a version without the key
+    driver.write_text(json.dumps(state))
+    marker = json.loads((path / run_state.MARKER).read_text())
+    marker["files"]["driver.json"] = driver.stat().st_size
+    (path / run_state.MARKER).write_text(json.dumps(marker))
+    assert run_state.check(_cfg(out, "trainer.resume=auto"))["step"] == 1
+    with pytest.raises(ConfigError, match="sft.eval_fraction: saved None, now 0.25"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "sft.eval_fraction=0.25"))
+
+
 def test_resume_drops_the_rows_written_after_the_state(tmp_path, start):
     out = tmp_path / "run"
     _save(_cfg(out), out, 2, start)
