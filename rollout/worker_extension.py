@@ -44,8 +44,8 @@ class BucketLoader:
         straight into the live parameters (which re-shards for this TP rank and fuses q/k/v and
         gate/up). vLLM's default, a layer-by-layer reload, rebuilds each layer and copies it back,
         which is needed only where weights are processed after loading (`weights_used_as_loaded`
-        says they are not); CUDA graphs keep their addresses. Once a
-        layout has loaded, its copies are replayed without `load_weights` (rollout/load_plan.py).
+        says they are not); CUDA graphs keep their addresses. Once a layout has loaded, its copies
+        are replayed without `load_weights` (rollout/load_plan.py).
 
         The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
         here, so each is opened once, and their tensors are read in place instead of cloned."""
@@ -53,7 +53,7 @@ class BucketLoader:
 
         engine = self.weight_transfer_engine
         info = engine.parse_update_info(dict(update_info))
-        if "_replay" not in self.__dict__:  # after the first push of a layout, its copies replayed
+        if "_replay" not in self.__dict__:
             self._replay = ReplayLoader(self.model_runner.model.load_weights, self.model_runner.model)
         with torch.device(self.device):
             if isinstance(engine, IPCWeightTransferEngine) and info.packed:
