@@ -80,15 +80,22 @@ def _receive_plain(vllm_worker, nbytes: int, reps: int) -> None:
 
 
 def _export_only(trainer_worker) -> float:
-    """In a trainer rank: the export alone (every full tensor produced, cast, nothing sent), timed."""
+    """In a trainer rank: the export alone (every full tensor produced, cast unless the transport casts
+    as it copies, nothing sent), timed."""
     import torch
 
+    sender = trainer_worker.sender
     torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in trainer_worker.engine.export_weights(trainer_worker.push_dtype):
+    for _ in trainer_worker.engine.export_weights(None if sender.casts_in_copy else sender.dtype):
         pass
     torch.cuda.synchronize()
     return time.perf_counter() - t
+
+
+def _push_timing(vllm_worker) -> dict:
+    """In a vLLM worker: its loads' time so far, by phase (rollout/worker_extension.py)."""
+    return dict(getattr(vllm_worker, "push_timing", {}))
 
 
 def _replayed(vllm_worker) -> int | None:
@@ -149,13 +156,22 @@ def main() -> int:
         result["logprob_gap_scrambled"] = _logprob_gap(roles, prompts, args.tokens)
         say(f"vLLM weights halved: mean |dlogp| {result['logprob_gap_scrambled']:.4f}")
         times, phases = [], []
+
+        def worker_timing() -> dict:
+            (per_worker,) = ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_push_timing))
+                                     for w in roles.rollout.workers[:1]])
+            return per_worker[0]
+
         for _ in range(args.reps):
+            before = worker_timing()
             t = time.perf_counter()
             sent = roles.sync_weights()
             times.append(time.perf_counter() - t)
+            after = worker_timing()
             phases.append({
                 "engine_busy_s": max(ray.get([w.__ray_call__.remote(lambda w: w.receiver.busy_s)
                                               for w in roles.rollout.workers])),
+                **{f"worker_{k}": after[k] - before.get(k, 0.0) for k in after},
                 **ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: getattr(w.sender, "timing", {}))),
                 "export_only_s": max(ray.get([w.__ray_call__.remote(_export_only) for w in roles.actor.workers])),
             })

@@ -60,13 +60,12 @@ class TrainerWorker:
     def connect_rollout(self, transport: str, receivers: list, bucket_bytes: int, dtype: str) -> None:
         """Become a sender of `transport` to the rollout engines `receivers` (Ray actor handles)."""
         names = ray.get(receivers[0].weight_names.remote())
-        self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes, names)
-        self.push_dtype = getattr(torch, dtype)
+        self.sender = load_object(TRANSPORTS[transport][0])(self.rank, receivers, bucket_bytes, names, getattr(torch, dtype))
 
     def sync_weights(self) -> tuple[int, list[str]]:
         """Collective: push the current weights into every rollout engine. Returns the bytes sent
         (on rank 0) and the trainer tensors the rollout model has no place for."""
-        return self.sender.push(self.engine.export_weights(self.push_dtype)), sorted(self.sender.skipped)
+        return self.sender.push(self.engine.export_weights), sorted(self.sender.skipped)
 
     def offload(self, what: str) -> None:
         self.engine.offload(what)

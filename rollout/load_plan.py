@@ -7,7 +7,8 @@ change. So the first push of a given layout runs `load_weights` under a dispatch
 every tensor operation; if all it did was take views and copy pushed data into parameters (or fill
 parameter padding with a constant), those copies are the whole effect, and later pushes of the
 same layout replay them directly: each source is the same view of the new push's tensor, each
-destination the same view of the parameter. Any other operation (a clone, a cast, arithmetic,
+destination the same view of the parameter, and a run of copies whose destinations do not overlap
+is one `torch._foreach_copy_` (a few kernel launches for a whole bucket). Any other operation (a clone, a cast, arithmetic,
 reading a value), or a parameter replaced instead of written into, makes the layout's plan void,
 and that layout keeps using `load_weights`.
 """
@@ -78,6 +79,32 @@ class _Recorder(TorchDispatchMode):
             raise _Void(f"{func} is neither a view nor a copy")
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes a (possibly strided) tensor's elements lie within."""
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else -1
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _grouped(steps: list[tuple]) -> list[tuple]:
+    """The recorded steps with each run of copies into disjoint destinations as one step
+    ("copies", dsts, sources); fills, and a copy into memory an earlier copy of the run wrote,
+    start a new run, so every write lands in the order the loader made it."""
+    plan: list[tuple] = []
+    spans: list[tuple[int, int]] = []
+    for step in steps:
+        if step[0] != "copy":
+            plan.append(step)
+            continue
+        lo, hi = _span(step[1])
+        if not plan or plan[-1][0] != "copies" or any(lo < b and a < hi for a, b in spans):
+            plan.append(("copies", [], []))
+            spans = []
+        plan[-1][1].append(step[1])
+        plan[-1][2].append(step[2])
+        spans.append((lo, hi))
+    return plan
+
+
 class ReplayLoader:
     """`loader(weights)` loads a list of (name, tensor) into the model as `load_weights` would."""
 
@@ -96,7 +123,7 @@ class ReplayLoader:
                 self.load_weights(weights)
             if recorder.void is None and self._parameters() != before:
                 recorder.void = "a parameter was replaced (assigned, not copied into): invisible to the recorder"
-            self.plans[key] = None if recorder.void else recorder.steps
+            self.plans[key] = None if recorder.void else _grouped(recorder.steps)
             return
         plan = self.plans[key]
         if plan is None:
@@ -104,10 +131,12 @@ class ReplayLoader:
             return
         with torch.no_grad():
             for step in plan:
-                if step[0] == "copy":
-                    i, size, stride, offset = step[2]
-                    base = weights[i][1]
-                    step[1].copy_(base.as_strided(size, stride, base.storage_offset() + offset))
+                if step[0] == "copies":
+                    sources = []
+                    for i, size, stride, offset in step[2]:
+                        base = weights[i][1]
+                        sources.append(base.as_strided(size, stride, base.storage_offset() + offset))
+                    torch._foreach_copy_(step[1], sources)
                 else:
                     step[1](step[2], *step[3])
         self.replayed += 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import time
+from collections import OrderedDict, defaultdict
 
 import torch
 
@@ -51,16 +52,26 @@ class BucketLoader:
         here, so each is opened once, and their tensors are read in place instead of cloned."""
         from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
 
+        timing = self.__dict__.setdefault("push_timing", defaultdict(float))  # seconds, summed over loads
+        t0 = time.perf_counter()
         engine = self.weight_transfer_engine
         info = engine.parse_update_info(dict(update_info))
         if "_replay" not in self.__dict__:
             self._replay = ReplayLoader(self.model_runner.model.load_weights, self.model_runner.model)
         with torch.device(self.device):
             if isinstance(engine, IPCWeightTransferEngine) and info.packed:
-                self._replay(self._ipc_tensors(info, reused))
+                tensors = self._ipc_tensors(info, reused)
+                t1 = time.perf_counter()
+                self._replay(tensors)
             else:
+                t1 = time.perf_counter()
                 engine.receive_weights(info, load_weights=self._replay)
+        t2 = time.perf_counter()
         torch.accelerator.synchronize()  # the sender may overwrite its buffer once this returns
+        t3 = time.perf_counter()
+        timing["prepare_s"] += t1 - t0
+        timing["load_s"] += t2 - t1
+        timing["sync_s"] += t3 - t2
 
     def _ipc_tensors(self, info, reused: bool) -> list[tuple[str, torch.Tensor]]:
         from torch.multiprocessing.reductions import rebuild_cuda_tensor

@@ -4,6 +4,7 @@ may read it any time before), so a buffer refilled too early shows as wrong weig
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import weight_sync.cuda_ipc as ipc
@@ -79,19 +80,30 @@ def weights(seed: int) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def test_every_tensor_arrives_intact_push_after_push(monkeypatch):
+@pytest.mark.parametrize("dtype,bucket_bytes", [(None, 2100), (torch.bfloat16, 1100)])
+def test_every_tensor_arrives_intact_push_after_push(monkeypatch, dtype, bucket_bytes):
+    """As exported (dtype None) or cast on the way into the buffers (bfloat16); either way the
+    embedding is larger than a bucket and travels on its own."""
     fake_ray = FakeRay()
     monkeypatch.setattr(ipc, "ray", fake_ray)
     monkeypatch.setattr(ipc, "_share", lambda t: {"gpu": t})
     engines = [Engine(fake_ray), Engine(fake_ray)]
-    sender = ipc.CudaIpcSender(0, engines, bucket_bytes=2100, names=[n for n, _ in weights(0)])
+    sender = ipc.CudaIpcSender(0, engines, bucket_bytes=bucket_bytes, names=[n for n, _ in weights(0)], dtype=dtype)
+    exported_as = []
+
+    def export(as_dtype):
+        exported_as.append(as_dtype)
+        return iter(sent)
+
     for seed in range(3):  # the buffers are reused from push to push
         sent = weights(seed)
-        assert sender.push(iter(sent)) == sum(t.numel() * t.element_size() for _, t in sent)
+        want = {n: t.to(dtype) if dtype is not None else t for n, t in sent}
+        assert sender.push(export) == sum(t.numel() * t.element_size() for t in want.values())
         for engine in engines:
             assert engine.pushes == seed + 1 and not engine.open
-            assert set(engine.got) == {n for n, _ in sent}
-            for name, t in sent:
-                assert torch.equal(engine.got[name], t), (seed, name)
+            assert set(engine.got) == set(want)
+            for name, t in want.items():
+                assert engine.got[name].dtype == t.dtype and torch.equal(engine.got[name], t), (seed, name)
+    assert exported_as == [None] * 3  # the sender casts as it copies: the export is not asked to
     assert all(call.done for call in fake_ray.issued)
-    assert len(sender.buffers) == 2 and all(b.numel() == 2100 for b in sender.buffers)
+    assert len(sender.buffers) == 2 and all(b.numel() == bucket_bytes for b in sender.buffers)

@@ -131,3 +131,46 @@ def test_a_new_layout_records_its_own_plan():
     assert loader.replayed == 1
     for name, p in model.named_parameters():
         assert torch.equal(p, expected(2)[name])
+
+
+def test_writes_to_the_same_memory_keep_their_order():
+    """A loader that writes some memory twice in one load (a later copy or fill over an earlier
+    copy): the replay, which batches copies, ends as the loader does, with the last write."""
+
+    class Overwrites(VllmStyle):
+        def load_weights(self, weights) -> None:
+            super().load_weights(weights)
+            got = dict(weights)
+            self.mlp.data[0].copy_(got["v"][1])  # over a row the last copy wrote
+            self.embed[2 : 2 + H].data.copy_(got["q"])  # over rows the embedding was copied into
+            self.embed[:4].data.copy_(got["k"][:4])  # over two of those rows again
+            self.embed[9:].data.fill_(3.0)  # a fill over row 9 and the padding
+
+    def reference(seed):
+        ref = Overwrites()
+        ref.load_weights(push(seed).items())
+        return {n: p.detach().clone() for n, p in ref.named_parameters()}
+
+    model = Overwrites()
+    loader = ReplayLoader(model.load_weights, model)
+    for seed in range(4):
+        loader(packed(push(seed)))
+        want = reference(seed)
+        for name, p in model.named_parameters():
+            assert torch.equal(p, want[name]), (seed, name)
+    assert loader.replayed == 3
+    # A CPU foreach copy runs in order anyway; on a GPU its copies run at once, so no run of
+    # copies may write an address twice. Every element's address, enumerated plainly:
+    def addresses(t):
+        idx = torch.arange(t.numel()).view(t.shape)
+        flat = sum(i * st for i, st in zip(torch.unravel_index(idx.reshape(-1), t.shape), t.stride()))
+        return {t.data_ptr() + int(o) * t.element_size() for o in flat}
+
+    (plan,) = loader.plans.values()
+    runs = [step[1] for step in plan if step[0] == "copies"]
+    assert len(runs) >= 2  # the overwrites split the copies
+    for dsts in runs:
+        seen = set()
+        for d in dsts:
+            assert not seen & addresses(d)
+            seen |= addresses(d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -21,10 +21,17 @@ class WeightSender(ABC):
 
     Only tensors the rollout model has (`names`) travel: a trainer may hold extra state (a
     buffer, a tied copy) that a checkpoint does not. A misnamed weight is therefore not sent,
-    and the receiver's completeness check reports the name it did not get."""
+    and the receiver's completeness check reports the name it did not get.
 
-    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str]):
-        self.rank, self.receivers, self.bucket_bytes = rank, receivers, bucket_bytes
+    `dtype` is the dtype on the wire (None: as exported). A transport that copies every tensor into
+    buffers of its own casts on that copy (`casts_in_copy`), so the export need not allocate a cast
+    copy of each tensor first."""
+
+    casts_in_copy = False
+
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str],
+                 dtype: torch.dtype | None = None):
+        self.rank, self.receivers, self.bucket_bytes, self.dtype = rank, receivers, bucket_bytes, dtype
         self.names = set(names)
         self.skipped: set[str] = set()
 
@@ -35,13 +42,15 @@ class WeightSender(ABC):
             else:
                 self.skipped.add(name)
 
-    def push(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
-        """Push every wanted tensor to every receiver; return the bytes sent (on rank 0)."""
-        return self.send(self.wanted(weights))
+    def push(self, export: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]]) -> int:
+        """Push every wanted tensor of `export(dtype)` (the engine's `export_weights`) to every
+        receiver; return the bytes sent (on rank 0)."""
+        return self.send(self.wanted(export(None if self.casts_in_copy else self.dtype)))
 
     @abstractmethod
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
-        """The transport: move these tensors to every receiver; the bytes sent (on rank 0)."""
+        """The transport: move these tensors to every receiver (in `self.dtype` when the transport
+        `casts_in_copy`); the bytes sent (on rank 0)."""
 
 
 class WeightReceiver(ABC):

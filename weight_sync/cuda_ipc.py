@@ -2,9 +2,10 @@
 
 Every trainer rank keeps two GPU buffers of `bucket_bytes` for the life of the run, shared once
 with CUDA IPC (their handles merged across ranks by GPU UUID, so each vLLM worker maps the buffer
-on its own GPU, once). A push casts each full tensor straight into a buffer; a full buffer is
-announced to the engines (vLLM's packed IPC update info) and the next one filled while they load
-it. The trainer waits only before refilling a buffer the engines may still be reading, and rank
+on its own GPU, once). A push casts the full tensors straight into a buffer, many at a time (one
+`torch._foreach_copy_`: a few kernel launches instead of one cast and one copy per tensor); a full
+buffer is announced to the engines (vLLM's packed IPC update info) and the next one filled while
+they load it. The trainer waits only before refilling a buffer the engines may still be reading, and rank
 0 issues every call of a push before waiting on any, so a push costs one round trip plus the
 copies. No byte leaves the GPU. A tensor larger than a bucket is shared from its own memory.
 """
@@ -20,6 +21,10 @@ import torch.distributed as dist
 
 from weight_sync.base import WeightSender, WeightSyncError
 from weight_sync.vllm_native import VllmTransferReceiver
+
+# Source bytes of the copies batched into one foreach call. On one rank the exported tensors are
+# the parameters themselves; sharded, each is a fresh gather, so a batch holds this much of them.
+_BATCH_BYTES = 1 << 27
 
 
 def _gpu_uuid() -> str:
@@ -39,8 +44,11 @@ def _share(tensor: torch.Tensor) -> dict[str, tuple]:
 
 
 class CudaIpcSender(WeightSender):
-    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str]):
-        super().__init__(rank, receivers, bucket_bytes, names)
+    casts_in_copy = True
+
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str],
+                 dtype: torch.dtype | None = None):
+        super().__init__(rank, receivers, bucket_bytes, names, dtype)
         self.buffers: list[torch.Tensor] = []
         self.handles: list[dict] = []
         self.timing: dict[str, float] = {}
@@ -57,7 +65,7 @@ class CudaIpcSender(WeightSender):
         issued: list = []  # every call of this push
         meta: list[tuple[str, torch.dtype, list[int], int]] = []
         b = used = sent = flushed = 0
-        waited = 0.0
+        waited = synced = 0.0
         t0 = time.perf_counter()
         if lead:
             issued.extend(r.begin_weight_update.remote() for r in self.receivers)
@@ -86,9 +94,22 @@ class CudaIpcSender(WeightSender):
             agree(error)  # every rank's buffer is free once rank 0 knows the engines are done
             waited += time.perf_counter() - t
 
+        pending: tuple[list, list] = ([], [])  # buffer views and the tensors to copy into them
+        pending_bytes = 0
+
+        def copy_pending() -> None:
+            nonlocal pending, pending_bytes
+            if pending[0]:
+                torch._foreach_copy_(*pending)  # casts to the views' dtype on the way
+            pending, pending_bytes = ([], []), 0
+
         def announce(handles: dict, meta: list, reused: bool) -> list:
+            nonlocal synced
+            copy_pending()
             if self.buffers[0].is_cuda:
+                t = time.perf_counter()
                 torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
+                synced += time.perf_counter() - t
             if multi:
                 agree(None)  # ... on every rank: each engine worker reads its own GPU's buffer
             info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
@@ -101,10 +122,11 @@ class CudaIpcSender(WeightSender):
         for name, tensor in weights:
             if not self.buffers:
                 self._allocate(tensor.device)
-            nbytes = tensor.numel() * tensor.element_size()
+            dtype = self.dtype or tensor.dtype
+            nbytes = tensor.numel() * dtype.itemsize
             if nbytes > self.bucket_bytes:  # on its own, from its own memory, waited for at once
-                own = tensor.detach().contiguous().view(-1).view(torch.uint8)  # bytes, as a buffer is
-                wait(announce(_share(own), [(name, tensor.dtype, list(tensor.shape), nbytes)], reused=False))
+                own = tensor.detach().to(dtype).contiguous().view(-1).view(torch.uint8)  # bytes, as a buffer is
+                wait(announce(_share(own), [(name, dtype, list(tensor.shape), nbytes)], reused=False))
                 sent += nbytes
                 continue
             if used + nbytes > self.bucket_bytes:
@@ -114,9 +136,12 @@ class CudaIpcSender(WeightSender):
                 if flushed >= 2:  # this buffer was announced before: the engines may still read it
                     wait(calls[b])
                     calls[b] = []
-            view = self.buffers[b][used : used + nbytes].view(tensor.dtype).view(tensor.shape)
-            view.copy_(tensor)
-            meta.append((name, tensor.dtype, list(tensor.shape), nbytes))
+            pending[0].append(self.buffers[b][used : used + nbytes].view(dtype).view(tensor.shape))
+            pending[1].append(tensor.detach())
+            pending_bytes += tensor.numel() * tensor.element_size()
+            if pending_bytes >= _BATCH_BYTES:
+                copy_pending()
+            meta.append((name, dtype, list(tensor.shape), nbytes))
             used += nbytes
         if used:
             announce(self.handles[b], meta, reused=True)
@@ -124,7 +149,7 @@ class CudaIpcSender(WeightSender):
         if lead:
             issued.extend(r.finish_weight_update.remote() for r in self.receivers)
         wait(list(issued))
-        self.timing = {"push_wait_s": waited, "push_total_s": time.perf_counter() - t0}
+        self.timing = {"push_wait_s": waited, "push_copy_sync_s": synced, "push_total_s": time.perf_counter() - t0}
         return sent if lead else 0
 
 
