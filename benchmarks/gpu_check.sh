@@ -12,6 +12,9 @@
 #          workload at dp=2 with sleep mode and 2 engines
 #   ours:  only ours of that, after benchmarks/rollout_throughput.py (our rollout engine vs bare vLLM)
 #   two:   the reference workload on two GPUs: FSDP2 dp=2, then tensor parallel tp=2
+#   prof1: one GPU: where a train step's time goes (benchmarks/train_profile.py, both engines), the
+#          colocated IPC push, and our rollout engine against bare vLLM
+#   prof2: one GPU: the fused log-prob kernels' tests, then prof1
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
@@ -126,6 +129,21 @@ case ${1:-one} in
       > "$OUT/weight_push_tp2.log" 2>&1
     echo "weight_push tp2 rc=$?" >> "$OUT/table.txt"; grep -A16 "^| tp2" "$OUT/weight_push_tp2.log" >> "$OUT/table.txt"
     STEPS=3 REF_TIMEOUT=150 ref ours_dp2_sleep actor.world_size=2 rollout.num_engines=2 rollout.sleep=true ;;
+  prof1|prof2)
+    if [ "$1" = prof2 ]; then
+      timeout 100 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "fused_logprobs or logprobs_match_hf" \
+        > "$OUT/tests_fused.log" 2>&1
+      grep -E "passed|failed|fused log-probs|max \|dlogp|Error" "$OUT/tests_fused.log" | tail -8 >> "$OUT/table.txt"
+    fi
+    timeout 170 python3 benchmarks/weight_push.py --model $model --mode ipc > "$OUT/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A16 "^| ipc" "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
+    for engine in automodel fsdp; do
+      timeout 110 python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 --top 16 > "$OUT/train_$engine.log" 2>&1
+      echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep -A19 "^profiled step" "$OUT/train_$engine.log" >> "$OUT/table.txt"
+      tail -1 "$OUT/train_$engine.log" >> "$OUT/table.txt"
+    done
+    timeout 190 python3 benchmarks/rollout_throughput.py $model --repeat 2 > "$OUT/rollout_bench.log" 2>&1
+    echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac

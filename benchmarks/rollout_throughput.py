@@ -3,10 +3,11 @@ process on one GPU (the same `LLM` object, so only our code around it differs).
 
     python benchmarks/rollout_throughput.py MODEL_DIR [--prompts 64] [--n 8] [--tokens 256] [--repeat 3]
 
-Rows: bare `LLM.generate` with one unseeded SamplingParams; bare with one seeded SamplingParams per
-prompt (what reproducible sampling costs inside vLLM); ours (`VLLMRollout.generate`, seeded per
-prompt, building the batch with log-probs); ours unseeded. Median over `--repeat` runs after a
-warm-up; output tokens per second.
+Rows: bare `LLM.generate` with one unseeded SamplingParams (and with vLLM's flat log-prob lists,
+which ours asks for); bare with one seeded SamplingParams per prompt (what reproducible sampling
+costs inside vLLM); ours (`VLLMRollout.generate`, seeded per prompt, building the batch with
+log-probs); ours unseeded. Median over `--repeat` rounds (each runs
+every case once) after a warm-up; output tokens per second.
 """
 
 from __future__ import annotations
@@ -49,38 +50,47 @@ def main() -> None:
     prompts = [tok(p.prompt).input_ids for p in train[: args.prompts]]
     requests = [{"prompt_token_ids": p} for p in prompts]
 
-    def params(seed):
-        return SamplingParams(n=args.n, temperature=1.0, max_tokens=args.tokens, logprobs=0, detokenize=False, seed=seed)
+    def params(seed, flat=False):
+        return SamplingParams(n=args.n, temperature=1.0, max_tokens=args.tokens, logprobs=0, detokenize=False, seed=seed,
+                              flat_logprobs=flat)
 
-    def bare(seeded: bool):
-        outs = engine.llm.generate(requests, [params(7 + i) for i in range(len(prompts))] if seeded else params(None),
+    def bare(seeded: bool, flat: bool = False):
+        outs = engine.llm.generate(requests, [params(7 + i, flat) for i in range(len(prompts))] if seeded else params(None, flat),
                                    use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+    split: dict[str, list[float]] = {}
 
     def ours(seeded: bool):
         batch = engine.generate(prompts, Sampling(n=args.n, temperature=1.0, max_new_tokens=args.tokens,
                                                   seed=7 if seeded else None))
+        if not seeded:
+            for k, v in engine.timing.items():
+                split.setdefault(k, []).append(v)
         return int(batch["response_mask"].sum())
 
-    cases = {"bare vLLM, unseeded": lambda: bare(False), "bare vLLM, seeded per prompt": lambda: bare(True),
+    cases = {"bare vLLM, unseeded": lambda: bare(False), "bare vLLM, unseeded, flat log-probs": lambda: bare(False, True),
+             "bare vLLM, seeded per prompt": lambda: bare(True),
              "ours, seeded per prompt": lambda: ours(True), "ours, unseeded": lambda: ours(False)}
     for fn in cases.values():
         fn()  # warm-up (CUDA graphs, allocator)
-    rows = {}
-    for name, fn in cases.items():
-        runs = []
-        for _ in range(args.repeat):
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
+    for _ in range(args.repeat):  # round-robin, so a drift in the machine's speed touches every case alike
+        for name, fn in cases.items():
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
             tokens = fn()
             if cuda:
                 torch.cuda.synchronize()
-            runs.append((time.perf_counter() - t, tokens))
-        secs = statistics.median(r[0] for r in runs)
-        rows[name] = (secs, statistics.median(r[1] for r in runs) / secs)
+            runs[name].append((time.perf_counter() - t, tokens))
+    rows = {}
+    for name, got in runs.items():
+        secs = statistics.median(r[0] for r in got)
+        rows[name] = (secs, statistics.median(r[1] for r in got) / secs)
     base = rows["bare vLLM, unseeded"][1]
     print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
+    print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items()))
     print("| case | seconds | output tokens/s | vs bare unseeded |\n| --- | --- | --- | --- |")
     for name, (secs, tps) in rows.items():
         print(f"| {name} | {secs:.3f} | {tps:,.0f} | {tps / base:.1%} |")

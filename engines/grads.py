@@ -24,13 +24,20 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
             by_mesh[p.grad.device_mesh if isinstance(p.grad, DTensor) else None].append(p.grad)
     squares = 0.0
     for mesh, grads in by_mesh.items():
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+        if mesh is None:  # plain tensors: a few fused kernels instead of one per gradient
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        else:
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+        norm = torch.linalg.vector_norm(torch.stack(norms))
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         squares += float(norm) ** 2
     total = math.sqrt(squares)
     coef = max_norm / (total + 1e-6)
     if math.isfinite(total) and coef < 1.0:
-        for grads in by_mesh.values():
-            for g in grads:
-                g.mul_(coef)
+        for mesh, grads in by_mesh.items():
+            if mesh is None:
+                torch._foreach_mul_(grads, coef)
+            else:
+                for g in grads:
+                    g.mul_(coef)
     return total

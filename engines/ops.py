@@ -2,7 +2,10 @@
 (column t holds the value for token t, predicted from the tokens before it; column 0 is 0).
 
 They are taken in float32 whatever the compute dtype: the rollout-vs-trainer gap and PPO's
-ratios are differences of log-probs, and bf16 log-softmax alone moves them by ~1e-2.
+ratios are differences of log-probs, and bf16 log-softmax alone moves them by ~1e-2. Neither
+materialises float32 logits for a whole micro-batch: on CUDA, log-probs come from two fused
+Triton kernels (`engines.triton_logprobs`, one read of the logits each way); elsewhere, and for
+entropy, rows are taken in float32 chunks.
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ from __future__ import annotations
 import torch
 
 _CHUNK_BYTES = 1 << 28  # float32 working set per chunk of rows (256 MiB)
+
+try:
+    from engines.triton_logprobs import FusedLogprobs
+except ImportError:  # no Triton (the CPU install): the chunked version serves
+    FusedLogprobs = None
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
@@ -51,14 +59,45 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     # Row (i, t) of the logits predicts token t + 1; the last row of each sequence predicts
     # nothing and is dropped (computing it costs less than copying the logits without it).
     target = torch.roll(input_ids, -1, dims=1).reshape(-1)
-    picked = _ChunkedLogprobs.apply(logits.reshape(b * t, v), target).view(b, t)
+    fn = FusedLogprobs if FusedLogprobs is not None and logits.is_cuda else _ChunkedLogprobs
+    picked = fn.apply(logits.reshape(b * t, v), target).view(b, t)
     return torch.nn.functional.pad(picked[:, :-1], (1, 0))
+
+
+class _ChunkedEntropy(torch.autograd.Function):
+    """-sum p log p of softmax(logits) row by row in float32 chunks, forward and backward
+    (d H / d x_j = -p_j (log p_j + H)); backward keeps the logits and two floats per row."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
+        rows = max(1, _CHUNK_BYTES // (4 * logits.shape[-1]))
+        ent = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(ent)
+        for s in range(0, logits.shape[0], rows):
+            chunk = logits[s:s + rows].to(torch.float32, copy=True)  # a copy: worked on in place
+            lse[s:s + rows] = torch.logsumexp(chunk, -1)
+            logp = chunk.sub_(lse[s:s + rows, None])
+            ent[s:s + rows] = -(logp.exp() * logp).sum(-1)
+        ctx.save_for_backward(logits, lse, ent)
+        ctx.rows = rows
+        return ent
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, lse, ent = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[0], ctx.rows):
+            e = s + ctx.rows
+            logp = logits[s:e].to(torch.float32, copy=True).sub_(lse[s:e, None])
+            grad[s:e] = logp.exp().mul_(logp.add_(ent[s:e, None])).mul_(-grad_out[s:e, None])
+        return grad
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Column t gets the entropy of the distribution that predicted token t (same layout)."""
-    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return torch.nn.functional.pad(-(lp.exp() * lp).sum(-1), (1, 0))
+    b, t, v = logits.shape
+    ent = _ChunkedEntropy.apply(logits.reshape(b * t, v)).view(b, t)
+    return torch.nn.functional.pad(ent[:, :-1], (1, 0))
 
 
 def token_values(scores: torch.Tensor) -> torch.Tensor:

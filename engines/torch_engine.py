@@ -178,15 +178,21 @@ class TorchEngine(TrainingEngine):
             if isinstance(module, FSDPModule):
                 module.reshard()
 
+    def _gathered(self, shape: torch.Size, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Per-micro-batch [rows, width] results back in the batch layout, on CPU. Assembled on the
+        device and copied once at the end: a copy per micro-batch would make the host wait for
+        each micro-batch before it could queue the next."""
+        out = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        for idx, got in pieces:
+            out[idx.to(self.device), : got.shape[1]] = got.float()
+        return out.cpu()
+
     @torch.no_grad()
     def _infer(self, batch: TensorDict, key: str) -> torch.Tensor:
         self.model.eval()
-        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        for idx, mb in self._micro_batches(batch):
-            got = self._forward(mb, frozenset({key}))[key]
-            out[idx, : got.shape[1]] = got.float().cpu()
+        pieces = [(idx, self._forward(mb, frozenset({key}))[key]) for idx, mb in self._micro_batches(batch)]
         self._reshard()
-        return out
+        return self._gathered(batch["input_ids"].shape, pieces)
 
     def logprobs(self, batch: TensorDict) -> torch.Tensor:
         return self._infer(batch, "logprobs")
@@ -203,16 +209,17 @@ class TorchEngine(TrainingEngine):
         # average back into the sum of per-rank contributions, so the result is a global mean.
         scale = self.dp_size / max(normaliser, 1e-12)
         totals: dict[str, torch.Tensor] = {}
-        self._last_logprobs = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        logprobs = []
         for idx, mb in self._micro_batches(batch):
             mb = mb.to(self.device)
             out = self._forward(mb, loss_fn.needs)
             if "logprobs" in out:
-                self._last_logprobs[idx, : mb["input_ids"].shape[1]] = out["logprobs"].detach().float().cpu()
+                logprobs.append((idx, out["logprobs"].detach()))
             loss_sum, stats = loss_fn(out, mb)
             (loss_sum * scale).backward()
             for k, v in {"loss": loss_sum.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float()
+        self._last_logprobs = self._gathered(batch["input_ids"].shape, logprobs)
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.max_grad_norm)
         keys = sorted(totals)  # "loss" is always among them
         # One collective for all metrics, on the backend's device (NCCL takes no CPU tensors).
