@@ -15,6 +15,7 @@
 #   prof1: one GPU: where a train step's time goes (benchmarks/train_profile.py, both engines), the
 #          colocated IPC push, and our rollout engine against bare vLLM
 #   prof2: one GPU: the fused log-prob kernels' tests, then prof1
+#   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
@@ -144,6 +145,12 @@ case ${1:-one} in
     done
     timeout 190 python3 benchmarks/rollout_throughput.py $model --repeat 2 > "$OUT/rollout_bench.log" 2>&1
     echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
+  final)
+    timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"
+    grep -E "Error|error" "$work/weight_push_ipc.log" | tail -3 >> "$OUT/table.txt"
+    STEPS=6 REF_TIMEOUT=180 TRL_TIMEOUT=200 vs_trl
+    cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac

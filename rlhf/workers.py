@@ -123,8 +123,13 @@ class RolloutWorker:
     def begin_weight_update(self) -> None:
         self.receiver.begin()
 
-    def receive_weights(self, payload) -> None:
+    def receive_weights(self, payload, begin: bool = False, finish: bool = False) -> int | None:
+        """One payload of a push; `begin` / `finish` fold the push's first and last call into it (a
+        sender that knows which payload comes first and last saves two round trips a push)."""
+        if begin:
+            self.begin_weight_update()
         self.receiver.receive(payload)
+        return self.finish_weight_update() if finish else None
 
     def finish_weight_update(self) -> int:
         loaded = self.receiver.finish()

@@ -105,15 +105,29 @@ def _grouped(steps: list[tuple]) -> list[tuple]:
     return plan
 
 
+def _views(where: list[tuple], weights: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """The recorded views (pushed tensor, size, stride, offset) of this push's tensors."""
+    out = []
+    for i, size, stride, offset in where:
+        base = weights[i][1]
+        out.append(base.as_strided(size, stride, base.storage_offset() + offset))
+    return out
+
+
 class ReplayLoader:
-    """`loader(weights)` loads a list of (name, tensor) into the model as `load_weights` would."""
+    """`loader(weights)` loads a list of (name, tensor) into the model as `load_weights` would.
+
+    `loader(weights, pinned=True)`: the caller refills these same tensors in place from push to
+    push (CUDA IPC's persistent buffers), so the views a replay copies from are made once per
+    layout and kept, which pins that memory; pushes into fresh memory (NCCL) are not pinned."""
 
     def __init__(self, load_weights: Callable[[list[tuple[str, torch.Tensor]]], object], model: torch.nn.Module):
         self.load_weights, self.model = load_weights, model
         self.plans: dict[tuple, list | None] = {}  # per layout; None: void, load_weights it is
+        self.sources: dict[tuple, tuple] = {}  # per pinned layout: (data pointers, each step's source views)
         self.replayed = 0  # loads done by replay (for tests and benchmarks)
 
-    def __call__(self, weights) -> None:
+    def __call__(self, weights, pinned: bool = False) -> None:
         weights = list(weights)
         key = tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in weights)
         if key not in self.plans:
@@ -129,14 +143,18 @@ class ReplayLoader:
         if plan is None:
             self.load_weights(weights)
             return
+        ptrs = tuple(t.data_ptr() for _, t in weights) if pinned else None
+        kept = self.sources.get(key)
+        if kept is not None and kept[0] == ptrs:
+            sources = kept[1]
+        else:
+            sources = [_views(step[2], weights) if step[0] == "copies" else None for step in plan]
+            if pinned:
+                self.sources[key] = (ptrs, sources)
         with torch.no_grad():
-            for step in plan:
+            for step, views in zip(plan, sources):
                 if step[0] == "copies":
-                    sources = []
-                    for i, size, stride, offset in step[2]:
-                        base = weights[i][1]
-                        sources.append(base.as_strided(size, stride, base.storage_offset() + offset))
-                    torch._foreach_copy_(step[1], sources)
+                    torch._foreach_copy_(step[1], views)
                 else:
                     step[1](step[2], *step[3])
         self.replayed += 1

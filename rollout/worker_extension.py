@@ -49,21 +49,22 @@ class BucketLoader:
         are replayed without `load_weights` (rollout/load_plan.py).
 
         The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
-        here, so each is opened once, and their tensors are read in place instead of cloned."""
+        here, so each is opened once, and their tensors are read in place instead of cloned: the
+        views of a buffer's layout, and the replay's views of them, are made once."""
         from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
 
         timing = self.__dict__.setdefault("push_timing", defaultdict(float))  # seconds, summed over loads
         t0 = time.perf_counter()
         engine = self.weight_transfer_engine
-        info = engine.parse_update_info(dict(update_info))
         if "_replay" not in self.__dict__:
             self._replay = ReplayLoader(self.model_runner.model.load_weights, self.model_runner.model)
         with torch.device(self.device):
-            if isinstance(engine, IPCWeightTransferEngine) and info.packed:
-                tensors = self._ipc_tensors(info, reused)
+            if isinstance(engine, IPCWeightTransferEngine) and update_info.get("packed"):
+                tensors = self._ipc_tensors(update_info, reused)
                 t1 = time.perf_counter()
-                self._replay(tensors)
+                self._replay(tensors, pinned=reused)
             else:
+                info = engine.parse_update_info(dict(update_info))
                 t1 = time.perf_counter()
                 engine.receive_weights(info, load_weights=self._replay)
         t2 = time.perf_counter()
@@ -73,26 +74,40 @@ class BucketLoader:
         timing["load_s"] += t2 - t1
         timing["sync_s"] += t3 - t2
 
-    def _ipc_tensors(self, info, reused: bool) -> list[tuple[str, torch.Tensor]]:
+    def _ipc_tensors(self, info: dict, reused: bool) -> list[tuple[str, torch.Tensor]]:
+        """The named tensors of a packed CUDA IPC payload (our sender's update info, as a dict)."""
         from torch.multiprocessing.reductions import rebuild_cuda_tensor
         from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
         device = torch.accelerator.current_device_index()
         uuid = str(torch.cuda.get_device_properties(device).uuid)
-        if uuid not in info.ipc_handles:
-            raise ValueError(f"IPC handle not found for GPU UUID {uuid}. Available UUIDs: {list(info.ipc_handles)}")
-        args = list(info.ipc_handles[uuid])
+        handles = info["ipc_handles"]
+        if uuid not in handles:
+            raise ValueError(f"IPC handle not found for GPU UUID {uuid}. Available UUIDs: {list(handles)}")
+        args = list(handles[uuid])
         args[6] = device  # the handle names the sender's device index; this process numbers its own
         mapped = self.__dict__.setdefault("_ipc_mapped", OrderedDict())
+        unpacked = self.__dict__.setdefault("_ipc_unpacked", {})  # (buffer, layout) -> its tensors
         key = (args[7], args[9], args[3])  # the memory handle, its storage offset, the tensor's offset
+        layout = (key, tuple(info["names"]), tuple(map(tuple, info["shapes"])), tuple(info["dtype_names"]),
+                  tuple(info["tensor_sizes"]))
+        if reused and layout in unpacked:
+            mapped.move_to_end(key)
+            return unpacked[layout]
         buffer = mapped.get(key)
         if buffer is None:
             buffer = rebuild_cuda_tensor(*args)
             if reused:
                 mapped[key] = buffer
                 while len(mapped) > 2:  # a new sender's buffers (after a reconnect) replace the old ones
-                    mapped.popitem(last=False)
+                    gone, _ = mapped.popitem(last=False)
+                    for old in [k for k in unpacked if k[0] == gone]:
+                        del unpacked[old]
         elif reused:
             mapped.move_to_end(key)
-        dtypes = [getattr(torch, d) for d in info.dtype_names]
-        return unpack_tensor(buffer[: sum(info.tensor_sizes)], info.names, info.shapes, dtypes, info.tensor_sizes)
+        dtypes = [getattr(torch, d) for d in info["dtype_names"]]
+        tensors = unpack_tensor(buffer[: sum(info["tensor_sizes"])], info["names"], info["shapes"], dtypes,
+                                info["tensor_sizes"])
+        if reused:
+            unpacked[layout] = tensors
+        return tensors

@@ -62,7 +62,9 @@ class Engine:
         assert self.open
         self.open, self.pushes = False, self.pushes + 1
 
-    def _receive(self, info):
+    def _receive(self, info, begin=False, finish=False):
+        if begin:
+            self._begin()
         assert self.open
         shared = info["ipc_handles"]["gpu"]
         assert shared.dtype == torch.uint8 and shared.dim() == 1
@@ -70,6 +72,8 @@ class Engine:
         for name, dtype, shape, size in zip(info["names"], info["dtype_names"], info["shapes"], info["tensor_sizes"]):
             self.got[name] = shared[offset : offset + size].view(getattr(torch, dtype)).view(shape).clone()
             offset += size
+        if finish:
+            self._finish()
 
 
 def weights(seed: int) -> list[tuple[str, torch.Tensor]]:

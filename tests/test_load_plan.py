@@ -4,6 +4,7 @@ vocabulary), and a loader doing more than copies is never replayed."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rollout.load_plan import ReplayLoader
@@ -70,19 +71,25 @@ def test_replay_equals_load_weights_push_after_push():
     assert torch.equal(model.embed[V:], torch.zeros(PAD - V, H))
 
 
-def test_replay_reads_a_reused_buffer_in_place():
-    """CUDA IPC reuses one buffer: the same views, new bytes in them."""
+@pytest.mark.parametrize("pinned", [False, True])
+def test_replay_reads_a_reused_buffer_in_place(pinned):
+    """CUDA IPC reuses its buffers: the same views, new bytes in them (pinned: the replay keeps its
+    source views); a push from other memory of the same layout still loads its own bytes."""
     model = VllmStyle()
     loader = ReplayLoader(model.load_weights, model)
     weights = packed(push(0))
-    loader(weights)
-    for seed in (1, 2):
-        for (_, t), new in zip(weights, push(seed).values()):
-            t.copy_(new)
-        loader(weights)
+    loader(weights, pinned=pinned)
+    for seed in (1, 2, 3):
+        if seed == 3:  # the other buffer
+            weights = packed(push(seed))
+        else:
+            for (_, t), new in zip(weights, push(seed).values()):
+                t.copy_(new)
+        loader(weights, pinned=pinned)
         for name, p in model.named_parameters():
-            assert torch.equal(p, expected(seed)[name])
-    assert loader.replayed == 2
+            assert torch.equal(p, expected(seed)[name]), (seed, name)
+    assert loader.replayed == 3
+    assert len(loader.sources) == (1 if pinned else 0)
 
 
 def test_a_loader_that_clones_is_never_replayed():

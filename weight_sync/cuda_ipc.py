@@ -5,9 +5,10 @@ with CUDA IPC (their handles merged across ranks by GPU UUID, so each vLLM worke
 on its own GPU, once). A push casts the full tensors straight into a buffer, many at a time (one
 `torch._foreach_copy_`: a few kernel launches instead of one cast and one copy per tensor); a full
 buffer is announced to the engines (vLLM's packed IPC update info) and the next one filled while
-they load it. The trainer waits only before refilling a buffer the engines may still be reading, and rank
-0 issues every call of a push before waiting on any, so a push costs one round trip plus the
-copies. No byte leaves the GPU. A tensor larger than a bucket is shared from its own memory.
+they load it. The trainer waits only before refilling a buffer the engines may still be reading,
+and rank 0 issues every call of a push before waiting on any (the first payload's call also begins
+the push, the last one's finishes it), so a push costs one round trip plus the copies. No byte
+leaves the GPU. A tensor larger than a bucket is shared from its own memory.
 """
 
 from __future__ import annotations
@@ -66,9 +67,8 @@ class CudaIpcSender(WeightSender):
         meta: list[tuple[str, torch.dtype, list[int], int]] = []
         b = used = sent = flushed = 0
         waited = synced = 0.0
+        began = False  # the first payload's call also begins the push on each engine
         t0 = time.perf_counter()
-        if lead:
-            issued.extend(r.begin_weight_update.remote() for r in self.receivers)
 
         def agree(error: Exception | None) -> None:
             """A barrier that also tells every rank whether one failed (rank 0: an engine did), so
@@ -103,8 +103,8 @@ class CudaIpcSender(WeightSender):
                 torch._foreach_copy_(*pending)  # casts to the views' dtype on the way
             pending, pending_bytes = ([], []), 0
 
-        def announce(handles: dict, meta: list, reused: bool) -> list:
-            nonlocal synced
+        def announce(handles: dict, meta: list, reused: bool, finish: bool = False) -> list:
+            nonlocal synced, began
             copy_pending()
             if self.buffers[0].is_cuda:
                 t = time.perf_counter()
@@ -115,7 +115,8 @@ class CudaIpcSender(WeightSender):
             info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
                     "shapes": [m[2] for m in meta], "tensor_sizes": [m[3] for m in meta], "ipc_handles": handles,
                     "packed": True, "reused": reused}
-            refs = [r.receive_weights.remote(info) for r in self.receivers] if lead else []
+            refs = [r.receive_weights.remote(info, not began, finish) for r in self.receivers] if lead else []
+            began = True
             issued.extend(refs)
             return refs
 
@@ -143,10 +144,12 @@ class CudaIpcSender(WeightSender):
                 copy_pending()
             meta.append((name, dtype, list(tensor.shape), nbytes))
             used += nbytes
-        if used:
-            announce(self.handles[b], meta, reused=True)
+        if used:  # the last payload's call also finishes the push
+            announce(self.handles[b], meta, reused=True, finish=True)
             sent += used
-        if lead:
+        elif lead:
+            if not began:
+                issued.extend(r.begin_weight_update.remote() for r in self.receivers)
             issued.extend(r.finish_weight_update.remote() for r in self.receivers)
         wait(list(issued))
         self.timing = {"push_wait_s": waited, "push_copy_sync_s": synced, "push_total_s": time.perf_counter() - t0}
