@@ -5,12 +5,15 @@ They are taken in float32 whatever the compute dtype: the rollout-vs-trainer gap
 ratios are differences of log-probs, and bf16 log-softmax alone moves them by ~1e-2. Neither
 materialises float32 logits for a whole micro-batch: on CUDA, log-probs come from two fused
 Triton kernels (`engines.triton_logprobs`, one read of the logits each way); elsewhere, and for
-entropy, rows are taken in float32 chunks.
+entropy, rows are taken in float32 chunks. Logits that tensor parallelism left split over the
+vocabulary give their log-probs without being gathered (`_VocabParallelLogprobs`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Shard
 
 _CHUNK_BYTES = 1 << 28  # float32 working set per chunk of rows (256 MiB)
 
@@ -53,14 +56,82 @@ class _ChunkedLogprobs(torch.autograd.Function):
         return grad, None
 
 
+class _VocabParallelLogprobs(torch.autograd.Function):
+    """log softmax(logits)[target] where each rank of `group` holds the vocabulary columns
+    [offset, offset + width) of every row: a max, a sum of exponentials and the target's logit
+    (from the rank holding it) are all-reduced, one float per row each, instead of the logits.
+    The result is the same on every rank; backward needs no communication, since each rank's
+    columns get onehot(target) - softmax there, times the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, target: torch.Tensor, offset: int, group) -> torch.Tensor:
+        n, width = local.shape
+        rows = max(1, _CHUNK_BYTES // (4 * max(width, 1)))
+        top = torch.full((n,), -float("inf"), dtype=torch.float32, device=local.device)
+        for s in range(0, n if width else 0, rows):
+            top[s:s + rows] = local[s:s + rows].float().amax(-1)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        total = torch.zeros_like(top)
+        for s in range(0, n if width else 0, rows):
+            total[s:s + rows] = (local[s:s + rows].float() - top[s:s + rows, None]).exp_().sum(-1)
+        dist.all_reduce(total, group=group)
+        lse = top + total.log()
+        here = (target >= offset) & (target < offset + width)
+        column = (target - offset).clamp(0, max(width - 1, 0))
+        picked = torch.zeros_like(top)
+        if width:
+            picked = torch.where(here, local.gather(-1, column[:, None]).squeeze(-1).float(), picked)
+        dist.all_reduce(picked, group=group)
+        ctx.save_for_backward(local, lse, column, here)
+        ctx.rows = rows
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        local, lse, column, here = ctx.saved_tensors
+        grad = torch.empty_like(local)
+        for s in range(0, local.shape[0] if local.shape[1] else 0, ctx.rows):
+            e = s + ctx.rows
+            g = (local[s:e].float() - lse[s:e, None]).exp_().neg_()
+            g.scatter_add_(-1, column[s:e, None], here[s:e, None].float())
+            grad[s:e] = g.mul_(grad_out[s:e, None])
+        return grad, None, None, None
+
+
+def _vocab_shard(logits: DTensor) -> tuple[torch.Tensor, int, object] | None:
+    """(this rank's columns, the first one's index, the group) of logits split over the
+    vocabulary on a one-dimensional mesh; None for any other layout."""
+    mesh = logits.device_mesh
+    if mesh.ndim != 1:
+        return None
+    (placement,) = logits.placements
+    if not (isinstance(placement, Shard) and placement.dim in (-1, logits.ndim - 1)):
+        return None
+    vocab, ranks = logits.shape[-1], mesh.size()
+    chunk = -(-vocab // ranks)  # DTensor splits a dimension as torch.chunk does
+    offset = min(mesh.get_local_rank() * chunk, vocab)
+    local = logits.to_local()  # differentiable: its gradient comes back as the same DTensor layout
+    if local.shape[-1] != min(chunk, vocab - offset):
+        return None
+    return local, offset, mesh.get_group()
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Column t gets log p(input_ids[t] | < t); column 0 gets 0 (no prediction for it)."""
+    """Column t gets log p(input_ids[t] | < t); column 0 gets 0 (no prediction for it). Logits
+    may be a DTensor (tensor parallelism): split over the vocabulary, they are not gathered."""
     b, t, v = logits.shape
     # Row (i, t) of the logits predicts token t + 1; the last row of each sequence predicts
     # nothing and is dropped (computing it costs less than copying the logits without it).
     target = torch.roll(input_ids, -1, dims=1).reshape(-1)
-    fn = FusedLogprobs if FusedLogprobs is not None and logits.is_cuda else _ChunkedLogprobs
-    picked = fn.apply(logits.reshape(b * t, v), target).view(b, t)
+    shard = _vocab_shard(logits) if isinstance(logits, DTensor) else None
+    if shard is not None:
+        local, offset, group = shard
+        picked = _VocabParallelLogprobs.apply(local.reshape(b * t, -1), target, offset, group).view(b, t)
+    else:
+        if isinstance(logits, DTensor):
+            logits = logits.full_tensor()
+        fn = FusedLogprobs if FusedLogprobs is not None and logits.is_cuda else _ChunkedLogprobs
+        picked = fn.apply(logits.reshape(b * t, v), target).view(b, t)
     return torch.nn.functional.pad(picked[:, :-1], (1, 0))
 
 

@@ -138,15 +138,13 @@ class TorchEngine(TrainingEngine):
             inputs["use_cache"] = False  # no KV cache in training (with one, HF also stops detecting packed rows)
         with self._autocast or contextlib.nullcontext():
             logits = self.model(**inputs).logits
-        if isinstance(logits, DTensor):
-            # Tensor parallel leaves the logits sharded over the vocabulary; gathering them is
-            # simple and differentiable (a vocab-parallel log-softmax would move less).
-            logits = logits.full_tensor()
         out = {}
+        if "logprobs" in needs:  # from logits split over the vocabulary (tensor parallel) without gathering them
+            out["logprobs"] = token_logprobs(logits, inputs["input_ids"])
+        if isinstance(logits, DTensor) and needs & {"values", "entropy"}:
+            logits = logits.full_tensor()  # simple and differentiable
         if "values" in needs:
             out["values"] = token_values(logits)
-        if "logprobs" in needs:
-            out["logprobs"] = token_logprobs(logits, inputs["input_ids"])
         if "entropy" in needs:
             out["entropy"] = token_entropy(logits)
         if self.cfg.packing:

@@ -50,3 +50,46 @@ def test_token_entropy_matches_float64_softmax(monkeypatch, dtype, tol):
     assert logits.grad.dtype == dtype
     assert (logits.grad.double() - ref_logits.grad).abs().max() < tol
     assert logits.grad[:, -1].abs().max() == 0  # the last position's distribution is not used
+
+
+def _vocab_parallel_rank(rank: int, port: int, dtype: torch.dtype, tol: float) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        g = torch.Generator().manual_seed(0)  # the same full logits on both ranks
+        full = (torch.randn(3, 5, 51, generator=g) * 3).to(dtype)  # 51 columns: 26 on rank 0, 25 on rank 1
+        ids = torch.randint(0, 51, (3, 5), generator=g)
+        weight = torch.randn(3, 5, generator=g)
+        sharded = distribute_tensor(full, mesh, [Shard(-1)]).requires_grad_()
+        assert ops._vocab_shard(sharded) is not None  # the vocabulary-parallel path, not a gather
+        ours = ops.token_logprobs(sharded, ids)
+        (ours * weight).sum().backward()
+        grad = sharded.grad.full_tensor()
+
+        ref_logits = full.double().requires_grad_()
+        lp = torch.log_softmax(ref_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        ref = torch.nn.functional.pad(lp, (1, 0))
+        (ref * weight.double()).sum().backward()
+        assert not isinstance(ours, type(sharded)) and ours.dtype == torch.float32
+        assert (ours.double() - ref).abs().max() < tol
+        assert grad.dtype == dtype and (grad.double() - ref_logits.grad).abs().max() < tol
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_token_logprobs_from_logits_split_over_the_vocabulary(dtype, tol):
+    """Two gloo ranks, each holding half of the vocabulary columns (tensor parallelism's LM head):
+    log-probs and gradients without gathering the logits, against a float64 log-softmax of the
+    whole. Targets fall in both halves."""
+    import torch.multiprocessing as mp
+    from torch.distributed.elastic.utils.distributed import get_free_port
+
+    mp.spawn(_vocab_parallel_rank, args=(get_free_port(), dtype, tol), nprocs=2)
