@@ -9,7 +9,8 @@ The batch is what one GRPO step of the reference workload trains on (64 prompts 
 same forward and backward as the policy loss: log-probs of the response tokens). Printed: the
 median step, the GPU's busy time within the profiled step (the sum of its kernels) against the
 wall time, and the operators whose kernels took the most GPU time, so a step that waits on the host shows
-as busy time well under the wall time. With $OUT set, the figures go to $OUT/train_profile_<engine>.json.
+as busy time well under the wall time. With $OUT set, the figures go to
+$OUT/train_profile_<engine>_mb<micro-batch>.json.
 """
 
 from __future__ import annotations

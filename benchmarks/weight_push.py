@@ -84,10 +84,9 @@ def _export_only(trainer_worker) -> float:
     as it copies, nothing sent), timed."""
     import torch
 
-    sender = trainer_worker.sender
     torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in trainer_worker.engine.export_weights(None if sender.casts_in_copy else sender.dtype):
+    for _ in trainer_worker.engine.export_weights(trainer_worker.sender.export_dtype):
         pass
     torch.cuda.synchronize()
     return time.perf_counter() - t

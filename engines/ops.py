@@ -98,22 +98,18 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _vocab_shard(logits: DTensor) -> tuple[torch.Tensor, int, object] | None:
-    """(this rank's columns, the first one's index, the group) of logits split over the
-    vocabulary on a one-dimensional mesh; None for any other layout."""
-    mesh = logits.device_mesh
-    if mesh.ndim != 1:
+def vocab_offset(logits: torch.Tensor) -> int | None:
+    """For logits split over the vocabulary on a one-dimensional mesh (tensor parallelism's LM
+    head), the index of this rank's first column; None for any other tensor or layout."""
+    if not isinstance(logits, DTensor) or logits.device_mesh.ndim != 1:
         return None
     (placement,) = logits.placements
     if not (isinstance(placement, Shard) and placement.dim in (-1, logits.ndim - 1)):
         return None
-    vocab, ranks = logits.shape[-1], mesh.size()
-    chunk = -(-vocab // ranks)  # DTensor splits a dimension as torch.chunk does
+    mesh, vocab = logits.device_mesh, logits.shape[-1]
+    chunk = -(-vocab // mesh.size())  # DTensor splits a dimension as torch.chunk does
     offset = min(mesh.get_local_rank() * chunk, vocab)
-    local = logits.to_local()  # differentiable: its gradient comes back as the same DTensor layout
-    if local.shape[-1] != min(chunk, vocab - offset):
-        return None
-    return local, offset, mesh.get_group()
+    return offset if logits.to_local().shape[-1] == min(chunk, vocab - offset) else None
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -123,9 +119,10 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     # Row (i, t) of the logits predicts token t + 1; the last row of each sequence predicts
     # nothing and is dropped (computing it costs less than copying the logits without it).
     target = torch.roll(input_ids, -1, dims=1).reshape(-1)
-    shard = _vocab_shard(logits) if isinstance(logits, DTensor) else None
-    if shard is not None:
-        local, offset, group = shard
+    offset = vocab_offset(logits)
+    if offset is not None:
+        # to_local is differentiable: the gradient comes back in the same DTensor layout
+        local, group = logits.to_local(), logits.device_mesh.get_group()
         picked = _VocabParallelLogprobs.apply(local.reshape(b * t, -1), target, offset, group).view(b, t)
     else:
         if isinstance(logits, DTensor):

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from engines import micro_batches
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
 from engines.grads import clip_grad_norm
-from engines.ops import token_entropy, token_logprobs, token_values
+from engines.ops import token_entropy, token_logprobs, token_values, vocab_offset
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -138,11 +138,14 @@ class TorchEngine(TrainingEngine):
             inputs["use_cache"] = False  # no KV cache in training (with one, HF also stops detecting packed rows)
         with self._autocast or contextlib.nullcontext():
             logits = self.model(**inputs).logits
+        # Tensor parallel leaves the logits a DTensor. Log-probs are taken from logits split over
+        # the vocabulary without gathering them; values and entropy (and other layouts) gather
+        # them, once (simple and differentiable).
+        if isinstance(logits, DTensor) and (needs & {"values", "entropy"} or vocab_offset(logits) is None):
+            logits = logits.full_tensor()
         out = {}
-        if "logprobs" in needs:  # from logits split over the vocabulary (tensor parallel) without gathering them
+        if "logprobs" in needs:
             out["logprobs"] = token_logprobs(logits, inputs["input_ids"])
-        if isinstance(logits, DTensor) and needs & {"values", "entropy"}:
-            logits = logits.full_tensor()  # simple and differentiable
         if "values" in needs:
             out["values"] = token_values(logits)
         if "entropy" in needs:
@@ -297,6 +300,9 @@ class TorchEngine(TrainingEngine):
         yield fqn, full
 
     def export_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        if self._offloaded_what != "all":  # the weights are on the device (the optimizer state need not be)
+            yield from self._export(dtype)
+            return
         with self._weights_on_device():
             yield from self._export(dtype)
 

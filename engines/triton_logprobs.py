@@ -37,7 +37,10 @@ def _forward(logits, row_stride, target, out, lse_out, vocab, BLOCK: tl.constexp
         run_max = new_max
     top = tl.max(run_max, axis=0)
     lse = top + tl.log(tl.sum(run_sum * tl.exp(run_max - top), axis=0))
-    picked = tl.load(base + tl.load(target + row)).to(tl.float32)
+    t = tl.load(target + row)
+    # an id outside the vocabulary reads nothing and gives nan (the update is then skipped as
+    # non-finite), where the chunked version's gather would raise
+    picked = tl.load(base + t, mask=(t >= 0) & (t < vocab), other=float("nan")).to(tl.float32)
     tl.store(out + row, picked - lse)
     tl.store(lse_out + row, lse)
 

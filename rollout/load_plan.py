@@ -28,8 +28,14 @@ class _Void(Exception):
     """The loading did something a replay of copies would not reproduce."""
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes a (possibly strided) tensor's elements lie within."""
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else -1
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
 def _spans(weights: list[tuple[str, torch.Tensor]]) -> list[tuple[int, int]]:
-    return [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for _, t in weights]
+    return [_span(t) for _, t in weights]
 
 
 def _source(spans: list[tuple[int, int]], weights: list[tuple[str, torch.Tensor]], x: torch.Tensor):
@@ -79,12 +85,6 @@ class _Recorder(TorchDispatchMode):
             raise _Void(f"{func} is neither a view nor a copy")
 
 
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    """The bytes a (possibly strided) tensor's elements lie within."""
-    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else -1
-    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
-
-
 def _grouped(steps: list[tuple]) -> list[tuple]:
     """The recorded steps with each run of copies into disjoint destinations as one step
     ("copies", dsts, sources); fills, and a copy into memory an earlier copy of the run wrote,
@@ -119,7 +119,8 @@ class ReplayLoader:
 
     `loader(weights, pinned=True)`: the caller refills these same tensors in place from push to
     push (CUDA IPC's persistent buffers), so the views a replay copies from are made once per
-    layout and kept, which pins that memory; pushes into fresh memory (NCCL) are not pinned."""
+    layout and kept, which holds that memory until `forget` is told it is gone; pushes into fresh
+    memory (NCCL) are not pinned."""
 
     def __init__(self, load_weights: Callable[[list[tuple[str, torch.Tensor]]], object], model: torch.nn.Module):
         self.load_weights, self.model = load_weights, model
@@ -158,6 +159,11 @@ class ReplayLoader:
                 else:
                     step[1](step[2], *step[3])
         self.replayed += 1
+
+    def forget(self, lo: int, hi: int) -> None:
+        """Drop the kept views into the memory [lo, hi) (an unmapped buffer)."""
+        for key in [k for k, (ptrs, _) in self.sources.items() if any(lo <= p < hi for p in ptrs)]:
+            del self.sources[key]
 
     def _parameters(self) -> dict[str, tuple]:
         """Where each parameter and buffer lives: an assignment (`param.data = x`) is no tensor

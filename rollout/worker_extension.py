@@ -50,7 +50,8 @@ class BucketLoader:
 
         The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
         here, so each is opened once, and their tensors are read in place instead of cloned: the
-        views of a buffer's layout, and the replay's views of them, are made once."""
+        views of a buffer's layout, and the replay's views of them, are made once and dropped with
+        the buffer when a new sender's buffers replace it."""
         from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
 
         timing = self.__dict__.setdefault("push_timing", defaultdict(float))  # seconds, summed over loads
@@ -100,9 +101,11 @@ class BucketLoader:
             if reused:
                 mapped[key] = buffer
                 while len(mapped) > 2:  # a new sender's buffers (after a reconnect) replace the old ones
-                    gone, _ = mapped.popitem(last=False)
+                    gone, old_buffer = mapped.popitem(last=False)
                     for old in [k for k in unpacked if k[0] == gone]:
                         del unpacked[old]
+                    start = old_buffer.data_ptr()  # and the replay's views of it, so it can be unmapped
+                    self._replay.forget(start, start + old_buffer.numel() * old_buffer.element_size())
         elif reused:
             mapped.move_to_end(key)
         dtypes = [getattr(torch, d) for d in info["dtype_names"]]

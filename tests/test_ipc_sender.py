@@ -84,11 +84,14 @@ def weights(seed: int) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("dtype,bucket_bytes", [(None, 2100), (torch.bfloat16, 1100)])
-def test_every_tensor_arrives_intact_push_after_push(monkeypatch, dtype, bucket_bytes):
+@pytest.mark.parametrize("dtype,bucket_bytes,batch_bytes", [(None, 2100, 1 << 27), (torch.bfloat16, 1100, 1 << 27),
+                                                             (torch.bfloat16, 1100, 600)])
+def test_every_tensor_arrives_intact_push_after_push(monkeypatch, dtype, bucket_bytes, batch_bytes):
     """As exported (dtype None) or cast on the way into the buffers (bfloat16); either way the
-    embedding is larger than a bucket and travels on its own."""
+    embedding is larger than a bucket and travels on its own. With a 600-byte batch, a bucket's
+    copies run in several foreach calls (as a large model's do)."""
     fake_ray = FakeRay()
+    monkeypatch.setattr(ipc, "_BATCH_BYTES", batch_bytes)
     monkeypatch.setattr(ipc, "ray", fake_ray)
     monkeypatch.setattr(ipc, "_share", lambda t: {"gpu": t})
     engines = [Engine(fake_ray), Engine(fake_ray)]

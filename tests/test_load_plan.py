@@ -90,6 +90,9 @@ def test_replay_reads_a_reused_buffer_in_place(pinned):
             assert torch.equal(p, expected(seed)[name]), (seed, name)
     assert loader.replayed == 3
     assert len(loader.sources) == (1 if pinned else 0)
+    storage = weights[0][1].untyped_storage()
+    loader.forget(storage.data_ptr(), storage.data_ptr() + storage.nbytes())  # that buffer is unmapped
+    assert not loader.sources
 
 
 def test_a_loader_that_clones_is_never_replayed():

@@ -45,7 +45,12 @@ class WeightSender(ABC):
     def push(self, export: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]]) -> int:
         """Push every wanted tensor of `export(dtype)` (the engine's `export_weights`) to every
         receiver; return the bytes sent (on rank 0)."""
-        return self.send(self.wanted(export(None if self.casts_in_copy else self.dtype)))
+        return self.send(self.wanted(export(self.export_dtype)))
+
+    @property
+    def export_dtype(self) -> torch.dtype | None:
+        """What the export is asked to cast to: nothing when the transport casts as it copies."""
+        return None if self.casts_in_copy else self.dtype
 
     @abstractmethod
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:

@@ -26,8 +26,9 @@ from weight_sync.vllm_native import VllmTransferReceiver
 
 
 class NcclSender(WeightSender):
-    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str]):
-        super().__init__(rank, receivers, bucket_bytes, names)
+    def __init__(self, rank: int, receivers: list, bucket_bytes: int, names: list[str],
+                 dtype: torch.dtype | None = None):
+        super().__init__(rank, receivers, bucket_bytes, names, dtype)
         self.group = self._connect() if rank == 0 else None
 
     def _connect(self):

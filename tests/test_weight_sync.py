@@ -1,0 +1,19 @@
+"""Every transport's two ends are built the way the workers build them (rlhf/workers.py): a
+sender that takes other arguments would fail only when a run picks that transport."""
+
+import pytest
+import torch
+
+from rlhf.workers import load_object
+from weight_sync import TRANSPORTS
+from weight_sync.base import WeightSender
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_every_sender_is_built_as_the_trainer_worker_builds_it(transport):
+    sender_cls = load_object(TRANSPORTS[transport][0])
+    # rank 1: a sender that opens a channel (NCCL) does so on rank 0 only
+    sender = sender_cls(1, [], 1 << 20, ["a.weight"], torch.bfloat16)
+    assert isinstance(sender, WeightSender) and sender.dtype is torch.bfloat16
+    # the export is asked for the wire dtype unless the transport casts as it copies
+    assert sender.export_dtype is (None if sender.casts_in_copy else torch.bfloat16)
