@@ -17,6 +17,11 @@ from torch.distributed.tensor import DTensor, Shard
 
 _CHUNK_BYTES = 1 << 28  # float32 working set per chunk of rows (256 MiB)
 
+
+def _rows_per_chunk(width: int) -> int:
+    """Rows of `width` columns whose float32 copy fits in one chunk."""
+    return max(1, _CHUNK_BYTES // (4 * max(width, 1)))
+
 try:
     from engines.triton_logprobs import FusedLogprobs
 except ImportError:  # no Triton (the CPU install): the chunked version serves
@@ -32,7 +37,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        rows = max(1, _CHUNK_BYTES // (4 * logits.shape[-1]))
+        rows = _rows_per_chunk(logits.shape[-1])
         out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(out)
         for s in range(0, logits.shape[0], rows):
@@ -66,7 +71,7 @@ class _VocabParallelLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: torch.Tensor, target: torch.Tensor, offset: int, group) -> torch.Tensor:
         n, width = local.shape
-        rows = max(1, _CHUNK_BYTES // (4 * max(width, 1)))
+        rows = _rows_per_chunk(width)
         top = torch.full((n,), -float("inf"), dtype=torch.float32, device=local.device)
         for s in range(0, n if width else 0, rows):
             top[s:s + rows] = local[s:s + rows].float().amax(-1)
@@ -138,7 +143,7 @@ class _ChunkedEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
-        rows = max(1, _CHUNK_BYTES // (4 * logits.shape[-1]))
+        rows = _rows_per_chunk(logits.shape[-1])
         ent = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(ent)
         for s in range(0, logits.shape[0], rows):

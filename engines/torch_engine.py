@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from engines import micro_batches
 from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
 from engines.grads import clip_grad_norm
-from engines.ops import token_entropy, token_logprobs, token_values, vocab_offset
+from engines.ops import token_entropy, token_logprobs, token_values
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -138,10 +138,10 @@ class TorchEngine(TrainingEngine):
             inputs["use_cache"] = False  # no KV cache in training (with one, HF also stops detecting packed rows)
         with self._autocast or contextlib.nullcontext():
             logits = self.model(**inputs).logits
-        # Tensor parallel leaves the logits a DTensor. Log-probs are taken from logits split over
-        # the vocabulary without gathering them; values and entropy (and other layouts) gather
-        # them, once (simple and differentiable).
-        if isinstance(logits, DTensor) and (needs & {"values", "entropy"} or vocab_offset(logits) is None):
+        # Tensor parallel leaves the logits a DTensor: token_logprobs takes it as it is (split over
+        # the vocabulary, it is not gathered); values and entropy need it whole (gathered once,
+        # simple and differentiable).
+        if isinstance(logits, DTensor) and needs & {"values", "entropy"}:
             logits = logits.full_tensor()
         out = {}
         if "logprobs" in needs:

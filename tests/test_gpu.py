@@ -23,6 +23,8 @@ def test_fused_logprobs_match_float64_on_gpu(dtype):
     """engines/triton_logprobs.py, which token_logprobs uses on CUDA, against a float64
     log-softmax: values and gradients, at a 151,936-token vocabulary (not a multiple of the
     kernel's block), rows of logits from a [b, t, v] tensor as the engines give them."""
+    from references import float64_token_logprobs
+
     from engines import ops
 
     assert ops.FusedLogprobs is not None, "Triton is missing: token_logprobs would not use the fused kernels"
@@ -33,12 +35,9 @@ def test_fused_logprobs_match_float64_on_gpu(dtype):
     weight = torch.randn(b, t, generator=g, device="cuda")
     ours = ops.token_logprobs(logits, ids)
     (ours * weight).sum().backward()
-    ref_logits = logits.detach().double().requires_grad_()
-    lp = torch.log_softmax(ref_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    ref = torch.nn.functional.pad(lp, (1, 0))
-    (ref * weight.double()).sum().backward()
+    ref, ref_grad = float64_token_logprobs(logits, ids, weight)
     value_err = (ours.double() - ref).abs().max().item()
-    grad_err = (logits.grad.double() - ref_logits.grad).abs().max().item()
+    grad_err = (logits.grad.double() - ref_grad).abs().max().item()
     print(f"fused log-probs {dtype}: max |value error| {value_err:.2e}, max |grad error| {grad_err:.2e}")
     assert value_err < 2e-5  # float32 arithmetic over 151,936 terms
     # float32 grads to float32 rounding; bf16 ones to bf16's (the largest grad entry is ~ |weight|)

@@ -3,6 +3,7 @@ and bf16, with chunks smaller than the batch so the chunk boundaries are crossed
 
 import pytest
 import torch
+from references import float64_token_logprobs
 
 import engines.ops as ops
 
@@ -18,15 +19,12 @@ def test_token_logprobs_match_float64_log_softmax(monkeypatch, dtype, tol):
     ours = ops.token_logprobs(logits, ids)
     (ours * weight).sum().backward()
 
-    ref_logits = logits.detach().double().requires_grad_()
-    lp = torch.log_softmax(ref_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    ref = torch.nn.functional.pad(lp, (1, 0))
-    (ref * weight.double()).sum().backward()
+    ref, ref_grad = float64_token_logprobs(logits, ids, weight)
 
     assert ours.dtype == torch.float32 and ours.shape == (5, 6) and (ours[:, 0] == 0).all()
     assert (ours.double() - ref).abs().max() < tol
     assert logits.grad.dtype == dtype
-    assert (logits.grad.double() - ref_logits.grad).abs().max() < tol
+    assert (logits.grad.double() - ref_grad).abs().max() < tol
     assert logits.grad[:, -1].abs().max() == 0  # the last position predicts nothing
 
 
@@ -73,13 +71,10 @@ def _vocab_parallel_rank(rank: int, port: int, dtype: torch.dtype, tol: float) -
         (ours * weight).sum().backward()
         grad = sharded.grad.full_tensor()
 
-        ref_logits = full.double().requires_grad_()
-        lp = torch.log_softmax(ref_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        ref = torch.nn.functional.pad(lp, (1, 0))
-        (ref * weight.double()).sum().backward()
+        ref, ref_grad = float64_token_logprobs(full, ids, weight)
         assert not isinstance(ours, type(sharded)) and ours.dtype == torch.float32
         assert (ours.double() - ref).abs().max() < tol
-        assert grad.dtype == dtype and (grad.double() - ref_logits.grad).abs().max() < tol
+        assert grad.dtype == dtype and (grad.double() - ref_grad).abs().max() < tol
     finally:
         dist.destroy_process_group()
 
