@@ -101,11 +101,14 @@ class VLLMRollout(RolloutEngine):
         for name in list(logging.root.manager.loggerDict):
             if name == "vllm" or name.startswith("vllm."):
                 logging.getLogger(name).addFilter(noise)
-        tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
-        self._weight_names = checkpoint_weight_names(model_path, tied)
         # Where vLLM uses weights as loaded (CUDA, unquantized, no MLA, Triton MoE), a push loads
         # straight into the live parameters (see weight_sync.vllm_native).
         self.loads_in_place = all(self.llm.collective_rpc("weights_used_as_loaded"))
+        # A tied head travels too, unless vLLM uses the embedding itself as its head (on CPU it
+        # keeps a re-packed copy of it that would otherwise go stale).
+        tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        shared = tied and self.loads_in_place and all(self.llm.collective_rpc("head_is_embedding"))
+        self._weight_names = checkpoint_weight_names(model_path, tied and not shared)
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:

@@ -40,6 +40,13 @@ class BucketLoader:
                 return False
         return True
 
+    def head_is_embedding(self) -> bool:
+        """Whether the model's output head and input embedding are one tensor here (vLLM ties them
+        by sharing the module); `load_weights` then skips a pushed `lm_head.weight`."""
+        params = dict(self.model_runner.model.named_parameters(remove_duplicate=False))
+        head = params.get("lm_head.weight")
+        return head is not None and head is params.get("model.embed_tokens.weight")
+
     def load_in_place(self, update_info: dict, reused: bool) -> None:
         """One payload of vLLM's weight-transfer engine, loaded by the model's own `load_weights`
         straight into the live parameters (which re-shards for this TP rank and fuses q/k/v and

@@ -17,3 +17,20 @@ def test_every_sender_is_built_as_the_trainer_worker_builds_it(transport):
     assert isinstance(sender, WeightSender) and sender.dtype is torch.bfloat16
     # the export is asked for the wire dtype unless the transport casts as it copies
     assert sender.export_dtype is (None if sender.casts_in_copy else torch.bfloat16)
+
+
+class _Recording(WeightSender):
+    def send(self, weights):
+        self.got = [name for name, _ in weights]
+        return 0
+
+
+def test_a_tensor_the_rollout_model_lacks_is_skipped_unless_it_is_one_already_sent():
+    embed, norm, extra = torch.ones(4, 2), torch.ones(2), torch.ones(3)
+    sender = _Recording(0, [], 1 << 20, ["model.embed_tokens.weight", "model.norm.weight"])
+    # a tied head is the embedding tensor itself; a copy of it with equal values is not
+    sender.push(lambda dtype: iter([("model.embed_tokens.weight", embed), ("model.norm.weight", norm),
+                                    ("rotary.inv_freq", extra), ("lm_head.weight", embed),
+                                    ("copied_head.weight", embed.clone())]))
+    assert sender.got == ["model.embed_tokens.weight", "model.norm.weight"]
+    assert sender.skipped == {"rotary.inv_freq", "copied_head.weight"}

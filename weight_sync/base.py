@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,10 +37,14 @@ class WeightSender(ABC):
         self.skipped: set[str] = set()
 
     def wanted(self, weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tensors the rollout model has; the others are `skipped`, except the aliases of a
+        tensor sent (a tied head where the rollout model uses the embedding as its head)."""
+        sent: dict[int, weakref.ref] = {}  # the tensors sent, by id, as long as they live
         for name, tensor in weights:
             if name in self.names:
+                sent[id(tensor)] = weakref.ref(tensor)
                 yield name, tensor
-            else:
+            elif id(tensor) not in sent or sent[id(tensor)]() is not tensor:
                 self.skipped.add(name)
 
     def push(self, export: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]]) -> int:
