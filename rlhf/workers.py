@@ -104,6 +104,9 @@ class RolloutWorker:
     def timing(self) -> dict[str, float]:
         return self.engine.timing
 
+    def generated(self) -> None:
+        self.engine.generated()
+
     def weight_names(self) -> list[str]:
         return self.engine.weight_names
 

@@ -41,3 +41,8 @@ class RolloutEngine(ABC):
     @abstractmethod
     def weights_updated(self) -> None:
         """Called after every complete push: drop anything computed with the old weights."""
+
+    def generated(self) -> None:
+        """Called after each generation is collected, while the engine would otherwise wait for the
+        trainer: a chance to drop early what `weights_updated` would drop, so the push need not
+        wait for it."""

@@ -66,6 +66,8 @@ class RolloutGroup:
         batches = ray.get(calls)
         # the slowest engine's phases: what the step waited for
         timings = self.all("timing")
+        for worker in self.workers:
+            worker.generated.remote()  # not waited for: it runs while the trainer works
         self.timing = {k: max(t.get(k, 0.0) for t in timings) for k in timings[0]}
         self.timing["time/rollout_recovery"] = recovery
         for batch, idx in zip(batches, chunks):
