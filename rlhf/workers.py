@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 
 import ray
 import torch
@@ -97,6 +98,7 @@ class RolloutWorker:
     def __init__(self, engine_spec: str, model_path: str, cfg):
         self.engine = load_object(engine_spec)(model_path, cfg)
         self.receiver = load_object(TRANSPORTS[cfg.weight_transport][1])(self.engine)
+        self.push_spans: list[tuple[float, float]] = []  # wall-clock start and end of each payload call of a push
 
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
@@ -125,14 +127,18 @@ class RolloutWorker:
 
     def begin_weight_update(self) -> None:
         self.receiver.begin()
+        self.push_spans = []
 
     def receive_weights(self, payload, begin: bool = False, finish: bool = False) -> int | None:
         """One payload of a push; `begin` / `finish` fold the push's first and last call into it (a
         sender that knows which payload comes first and last saves two round trips a push)."""
+        start = time.time()
         if begin:
             self.begin_weight_update()
         self.receiver.receive(payload)
-        return self.finish_weight_update() if finish else None
+        loaded = self.finish_weight_update() if finish else None
+        self.push_spans.append((start, time.time()))
+        return loaded
 
     def finish_weight_update(self) -> int:
         loaded = self.receiver.finish()

@@ -114,3 +114,20 @@ def test_every_tensor_arrives_intact_push_after_push(monkeypatch, dtype, bucket_
     assert exported_as == [None] * 3  # the sender casts as it copies: the export is not asked to
     assert all(call.done for call in fake_ray.issued)
     assert len(sender.buffers) == 2 and all(b.numel() == bucket_bytes for b in sender.buffers)
+
+
+@pytest.mark.parametrize("first", ["embed", "layer0.w"])
+def test_a_model_that_fits_one_bucket_holds_one_buffer(monkeypatch, first):
+    """A push that fits one bucket never makes the second buffer; a tensor larger than a bucket may
+    come before any buffer exists."""
+    fake_ray = FakeRay()
+    monkeypatch.setattr(ipc, "ray", fake_ray)
+    monkeypatch.setattr(ipc, "_share", lambda t: {"gpu": t})
+    engine = Engine(fake_ray)
+    for bucket_bytes in (1 << 20, 1100):
+        sent = sorted(weights(1), key=lambda nt: nt[0] != first)
+        sender = ipc.CudaIpcSender(0, [engine], bucket_bytes=bucket_bytes, names=[n for n, _ in sent])
+        sender.push(lambda _: iter(sent))
+        assert set(engine.got) == {n for n, _ in sent}
+        assert all(torch.equal(engine.got[n], t) for n, t in sent)
+        assert len(sender.buffers) == (1 if bucket_bytes == 1 << 20 else 2)

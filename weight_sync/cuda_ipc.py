@@ -52,12 +52,29 @@ class CudaIpcSender(WeightSender):
         super().__init__(rank, receivers, bucket_bytes, names, dtype)
         self.buffers: list[torch.Tensor] = []
         self.handles: list[dict] = []
+        # per buffer, its typed views by (offset, dtype, shape): a push lays the tensors out as the
+        # last one did, and making ~300 views costs milliseconds of the host's time a push
+        self.views: list[dict[tuple, torch.Tensor]] = []
         self.timing: dict[str, float] = {}
+        self.events: list[tuple[str, float, float]] = []  # the last push: (what, wall-clock start, end)
 
-    def _allocate(self, device: torch.device) -> None:
-        """Once per run, beside the weights (a collective: every rank is here)."""
-        self.buffers = [torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
-        self.handles = [_share(b) for b in self.buffers]
+    def _buffer(self, b: int, device: torch.device) -> torch.Tensor:
+        """Buffer `b`, made when first needed and kept for the run (a collective: every rank is
+        here), so a model that fits one bucket never holds a second."""
+        if len(self.buffers) <= b:
+            self.buffers.append(torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device))
+            self.handles.append(_share(self.buffers[-1]))
+            self.views.append({})
+        return self.buffers[b]
+
+    def _view(self, b: int, offset: int, dtype: torch.dtype, tensor: torch.Tensor) -> torch.Tensor:
+        key = (offset, dtype, tensor.shape)
+        view = self.views[b].get(key) if b < len(self.views) else None
+        if view is None:
+            nbytes = tensor.numel() * dtype.itemsize
+            view = self._buffer(b, tensor.device)[offset : offset + nbytes].view(dtype).view(tensor.shape)
+            self.views[b][key] = view
+        return view
 
     def send(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
         lead = self.rank == 0
@@ -69,12 +86,16 @@ class CudaIpcSender(WeightSender):
         waited = synced = 0.0
         began = False  # the first payload's call also begins the push on each engine
         t0 = time.perf_counter()
+        self.events = events = [("push", time.time(), 0.0)]
+        # where the exported tensors live (before the first: where a collective of this backend runs)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.is_initialized() and \
+            dist.get_backend() == "nccl" else torch.device("cpu")
 
         def agree(error: Exception | None) -> None:
             """A barrier that also tells every rank whether one failed (rank 0: an engine did), so
             none is left waiting for a rank that gave up."""
             if multi:
-                flag = torch.tensor([error is not None], dtype=torch.int32, device=self.buffers[0].device)
+                flag = torch.tensor([error is not None], dtype=torch.int32, device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() and error is None:
                     raise WeightSyncError("another trainer rank's weight push failed (its error is in its log)")
@@ -83,7 +104,7 @@ class CudaIpcSender(WeightSender):
 
         def wait(refs: list) -> None:
             nonlocal waited
-            t = time.perf_counter()
+            t, start = time.perf_counter(), time.time()
             error = None
             if lead:
                 try:
@@ -93,6 +114,7 @@ class CudaIpcSender(WeightSender):
                     ray.wait(issued, num_returns=len(issued), timeout=60)
             agree(error)  # every rank's buffer is free once rank 0 knows the engines are done
             waited += time.perf_counter() - t
+            events.append(("wait", start, time.time()))
 
         pending: tuple[list, list] = ([], [])  # buffer views and the tensors to copy into them
         pending_bytes = 0
@@ -105,24 +127,27 @@ class CudaIpcSender(WeightSender):
 
         def announce(handles: dict, meta: list, reused: bool, finish: bool = False) -> list:
             nonlocal synced, began
+            start = time.time()
             copy_pending()
-            if self.buffers[0].is_cuda:
+            if device.type == "cuda":
                 t = time.perf_counter()
                 torch.cuda.current_stream().synchronize()  # the engines read what the copies wrote
                 synced += time.perf_counter() - t
+            events.append(("copy", start, time.time()))
             if multi:
                 agree(None)  # ... on every rank: each engine worker reads its own GPU's buffer
             info = {"names": [m[0] for m in meta], "dtype_names": [str(m[1]).removeprefix("torch.") for m in meta],
                     "shapes": [m[2] for m in meta], "tensor_sizes": [m[3] for m in meta], "ipc_handles": handles,
                     "packed": True, "reused": reused}
+            start = time.time()
             refs = [r.receive_weights.remote(info, not began, finish) for r in self.receivers] if lead else []
+            events.append(("call", start, time.time()))
             began = True
             issued.extend(refs)
             return refs
 
         for name, tensor in weights:
-            if not self.buffers:
-                self._allocate(tensor.device)
+            device = tensor.device
             dtype = self.dtype or tensor.dtype
             nbytes = tensor.numel() * dtype.itemsize
             if nbytes > self.bucket_bytes:  # on its own, from its own memory, waited for at once
@@ -137,7 +162,7 @@ class CudaIpcSender(WeightSender):
                 if flushed >= 2:  # this buffer was announced before: the engines may still read it
                     wait(calls[b])
                     calls[b] = []
-            pending[0].append(self.buffers[b][used : used + nbytes].view(dtype).view(tensor.shape))
+            pending[0].append(self._view(b, used, dtype, tensor))
             pending[1].append(tensor.detach())
             pending_bytes += tensor.numel() * tensor.element_size()
             if pending_bytes >= _BATCH_BYTES:
@@ -152,6 +177,7 @@ class CudaIpcSender(WeightSender):
                 issued.extend(r.begin_weight_update.remote() for r in self.receivers)
             issued.extend(r.finish_weight_update.remote() for r in self.receivers)
         wait(list(issued))
+        events[0] = ("push", events[0][1], time.time())
         self.timing = {"push_wait_s": waited, "push_copy_sync_s": synced, "push_total_s": time.perf_counter() - t0}
         return sent if lead else 0
 
