@@ -15,6 +15,13 @@
 #   prof1: one GPU: where a train step's time goes (benchmarks/train_profile.py, both engines), the
 #          colocated IPC push, and our rollout engine against bare vLLM
 #   prof2: one GPU: the fused log-prob kernels' tests, then prof1
+#   prof3: one GPU: the colocated IPC push with its timeline and in 256 MiB and 2 GiB buckets too,
+#          both engines' train step with the host's time by Python function, our rollout engine
+#          against bare vLLM over 4 rounds
+#   push2: one GPU: the IPC push test (tiny model), the 0.5B push with its timeline (and in 2 GiB
+#          buckets), then the reference workload (ours, 5 steps: the push inside the RL loop)
+#   prof4: one GPU: the IPC push test (tiny model), then the train step of Automodel as built, with
+#          BackendConfig(rms_norm=torch), and of the FSDP engine
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -145,6 +152,35 @@ case ${1:-one} in
     done
     timeout 190 python3 benchmarks/rollout_throughput.py $model --repeat 2 > "$OUT/rollout_bench.log" 2>&1
     echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
+  prof3)
+    timeout 150 python3 benchmarks/weight_push.py --model $model --mode ipc --more-buckets 268435456,2147483648 \
+      > "$OUT/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A20 "^| ipc" "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
+    for engine in automodel fsdp; do
+      timeout 105 python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 --top 12 --host-top 25 \
+        > "$OUT/train_$engine.log" 2>&1
+      echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep -A2 "^profiled step" "$OUT/train_$engine.log" >> "$OUT/table.txt"
+      tail -1 "$OUT/train_$engine.log" >> "$OUT/table.txt"
+    done
+    timeout 170 python3 benchmarks/rollout_throughput.py $model --repeat 4 > "$OUT/rollout_bench.log" 2>&1
+    echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
+  push2)
+    timeout 110 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "test_weight_push and ipc" \
+      > "$OUT/push_test.log" 2>&1; grep -E "passed|failed|Error" "$OUT/push_test.log" | tail -3 >> "$OUT/table.txt"
+    timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc --more-buckets 2147483648 \
+      > "$work/weight_push_ipc.log" 2>&1
+    echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A22 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"
+    grep "last push" "$work/weight_push_ipc.log" >> "$OUT/table.txt"
+    STEPS=5 REF_TIMEOUT=200 ref ours_1gpu rollout.seed_per_prompt=false ;;
+  prof4)
+    timeout 170 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "test_weight_push and ipc" \
+      > "$OUT/push_test.log" 2>&1; echo "push test rc=$?" >> "$OUT/table.txt"
+    grep -E "passed|failed|Error" "$OUT/push_test.log" | tail -3 >> "$OUT/table.txt"
+    for variant in "automodel" "automodel --automodel-backend rms_norm=torch" "fsdp"; do
+      timeout 85 python3 benchmarks/train_profile.py $model --engine $variant --micro-batch 32 --no-profile \
+        > "$work/train.log" 2>&1
+      echo "train_profile $variant rc=$?" >> "$OUT/table.txt"; tail -1 "$work/train.log" >> "$OUT/table.txt"
+    done ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"

@@ -2,14 +2,18 @@
 workload's train batch, timed, then one step under the PyTorch profiler.
 
     python benchmarks/train_profile.py MODEL_DIR [--engine automodel|fsdp] [--rows 512] [--prompt 20]
-        [--response 256] [--micro-batch 32] [--max-tokens N] [--packing] [--steps 3] [--no-profile]
+        [--response 256] [--micro-batch 32] [--max-tokens N] [--packing] [--steps 3] [--no-profile] [--host-top K]
+        [--automodel-backend KEY=VALUE,...]
 
 The batch is what one GRPO step of the reference workload trains on (64 prompts x 8 samples of a
 `prompt`-token prompt and a `response`-token response, random token ids) with the SFT loss (the
 same forward and backward as the policy loss: log-probs of the response tokens). Printed: the
 median step, the GPU's busy time within the profiled step (the sum of its kernels) against the
 wall time, and the operators whose kernels took the most GPU time, so a step that waits on the host shows
-as busy time well under the wall time. With $OUT set, the figures go to
+as busy time well under the wall time. With `--host-top K`, one more step runs under cProfile and the K
+Python functions with the most time of their own are printed: where the host's time goes.
+`--automodel-backend` (an experiment; the product does not take it yet) builds Automodel's model
+classes with these fields of its `BackendConfig` (e.g. `rms_norm=torch`). With $OUT set, the figures go to
 $OUT/train_profile_<engine>_mb<micro-batch>.json.
 """
 
@@ -53,6 +57,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--host-top", type=int, default=0)
+    ap.add_argument("--automodel-backend", default="")
     args = ap.parse_args()
 
     import torch
@@ -71,6 +77,14 @@ def main() -> int:
     cfg = EngineConfig(dtype="bfloat16" if cuda else "float32", micro_batch_size=args.micro_batch, max_grad_norm=1.0,
                        seed=0, trust_remote_code=False, packing=args.packing,
                        max_tokens_per_micro_batch=args.max_tokens)
+    if args.automodel_backend:
+        import functools
+
+        from nemo_automodel import NeMoAutoModelForCausalLM
+
+        backend = dict(kv.split("=", 1) for kv in args.automodel_backend.split(","))
+        NeMoAutoModelForCausalLM.from_pretrained = functools.partial(NeMoAutoModelForCausalLM.from_pretrained,
+                                                                     backend=backend)
     t = time.perf_counter()
     engine = load_object(ENGINES[args.engine])(args.model, cfg, True, "lm")
     engine.configure_optimizer(OptimConfig(1e-6, 0.0, (0.9, 0.999), 0, 100, "constant"))
@@ -97,7 +111,7 @@ def main() -> int:
     tok_s = args.rows * width / med
     peak = peak_flops(torch.cuda.get_device_name()) if cuda else None
     result = {
-        "engine": args.engine, "model_class": type(engine.model).__name__,
+        "engine": args.engine, "automodel_backend": args.automodel_backend, "model_class": type(engine.model).__name__,
         "attn": getattr(engine.model.config, "_attn_implementation", None), "rows": args.rows, "width": width,
         "micro_batch": args.micro_batch, "max_tokens": args.max_tokens, "packing": args.packing,
         "start_s": round(start, 1), "step_s": round(med, 4), "steps_s": [round(x, 4) for x in times],
@@ -130,10 +144,26 @@ def main() -> int:
         print("| op | calls | self s | share of busy |\n| --- | --- | --- | --- |")
         for r in result["top_ops"]:
             print(f"| {r['op'][:60]} | {r['calls']} | {r['self_s']:.4f} | {r['self_s'] / max(busy, 1e-9):.1%} |")
+    if args.host_top:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        wall = step()
+        prof.disable()
+        stats = pstats.Stats(prof)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[: args.host_top]  # by own time
+        result["host_top"] = [{"function": f"{Path(f).name}:{line}:{fn}", "calls": nc, "own_s": round(tt, 4),
+                               "cumulative_s": round(ct, 4)} for (f, line, fn), (_, nc, tt, ct, _) in rows]
+        print(f"\nstep under cProfile: wall {wall:.3f} s (the profiler's own cost included)")
+        print("| function | calls | own s | cumulative s |\n| --- | --- | --- | --- |")
+        for r in result["host_top"]:
+            print(f"| {r['function'][:70]} | {r['calls']} | {r['own_s']:.4f} | {r['cumulative_s']:.4f} |")
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"train_profile_{args.engine}_mb{args.micro_batch}.json").write_text(json.dumps(result, indent=2))
+        Path(os.environ["OUT"], f"train_profile_{args.engine}{'_backend' if args.automodel_backend else ''}_mb{args.micro_batch}.json").write_text(json.dumps(result, indent=2))
     print(f"\n| engine | class | attn | micro-batch | step s | tokens/s | MFU | peak GiB |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.engine} | {result['model_class']} | {result['attn']} | {args.micro_batch} | {result['step_s']} | "
+    print(f"| {args.engine} {args.automodel_backend} | {result['model_class']} | {result['attn']} | {args.micro_batch} | {result['step_s']} | "
           f"{result['tokens_per_s']} | {result['mfu']} | {result['peak_memory_gb']} |")
     return 0
 

@@ -1,7 +1,8 @@
 """One weight push through the product path (`Roles.sync_weights`), its GB/s, where its time
 goes, and whether vLLM then scores like the trainer.
 
-    python benchmarks/weight_push.py [--model DIR] [--mode ipc|nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32] [key=value ...]
+    python benchmarks/weight_push.py [--model DIR] [--mode ipc|nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32]
+        [--more-buckets BYTES,...] [key=value ...]
 
 ipc:  one GPU: the trainer (one rank) and one vLLM engine share it in separate processes
       (colocated; the transport `auto` picks: CUDA IPC). Target: a push of 20 ms or less.
@@ -16,8 +17,11 @@ The model is the Qwen2.5-0.5B-shaped reference model (benchmarks/reference_model
 both sides. After two warm-up pushes (the first records the load plan of rollout/load_plan.py,
 so the timed ones replay it) the engine's weights are scaled by 0.5 inside vLLM, so the log-prob
 check shows the timed pushes landing: mean |log-prob difference| vLLM vs trainer on sampled
-responses, with the scrambled weights and after the push. A short table is printed last; with
-$OUT set the numbers go to $OUT/weight_push_<mode>.json.
+responses, with the scrambled weights and after the push. Also printed: the last push's timeline
+(the sender's copies, calls and waits, and each engine call's span, in ms from the push's start;
+CUDA IPC), the round trip of an empty Ray call from the trainer to the engine, and with
+`--more-buckets` the push again for each of those bucket sizes (new buffers, two warm-ups each).
+A short table is printed last; with $OUT set the numbers go to $OUT/weight_push_<mode>.json.
 """
 
 from __future__ import annotations
@@ -92,6 +96,43 @@ def _export_only(trainer_worker) -> float:
     return time.perf_counter() - t
 
 
+def _round_trip(trainer_worker, reps: int = 20) -> float:
+    """In trainer rank 0: the median time of an empty call to the first rollout engine and back."""
+    import ray
+
+    engine, times = trainer_worker.sender.receivers[0], []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        ray.get(engine.__ray_call__.remote(_nothing))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
+def _nothing(worker) -> None:
+    return None
+
+
+def _new_buckets(trainer_worker, nbytes: int) -> None:
+    """In a trainer rank: the sender's buffers dropped, so the next push makes buffers of `nbytes`."""
+    trainer_worker.sender.bucket_bytes = nbytes
+    if hasattr(trainer_worker.sender, "buffers"):
+        trainer_worker.sender.buffers, trainer_worker.sender.handles, trainer_worker.sender.views = [], [], []
+
+
+def _timeline(roles) -> list[tuple[str, float, float]]:
+    """The last push as (what, start ms, end ms) from its start: rank 0's sender events, then each
+    call on the first rollout engine."""
+    import ray
+
+    events = ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: getattr(w.sender, "events", [])))
+    if not events:
+        return []
+    spans = ray.get(roles.rollout.workers[0].__ray_call__.remote(lambda w: w.push_spans))
+    t0 = events[0][1]
+    return [(what, (a - t0) * 1e3, (b - t0) * 1e3) for what, a, b in events] + \
+        [("engine call", (a - t0) * 1e3, (b - t0) * 1e3) for a, b in spans]
+
+
 def _push_timing(vllm_worker) -> dict:
     """In a vLLM worker: its loads' time so far, by phase (rollout/worker_extension.py)."""
     return dict(getattr(vllm_worker, "push_timing", {}))
@@ -121,6 +162,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=64, help="prompts (x4 samples) of the log-prob check")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per sample in the log-prob check")
+    ap.add_argument("--more-buckets", default="", help="bucket sizes in bytes to time the push with as well")
     args, overrides = ap.parse_known_args()
 
     import ray
@@ -184,6 +226,30 @@ def main() -> int:
         say(f"after the push: mean |dlogp| {result['logprob_gap_after_push']:.4f}")
         push = statistics.median(times)
         result.update(bytes=sent, push_s=push, push_gb_s=sent / push / 1e9, push_times_s=times)
+        result["timeline_ms"] = _timeline(roles)
+        for what, a, b in result["timeline_ms"]:
+            say(f"last push: {what:12s} {a:7.2f} -> {b:7.2f} ms")
+        result["head_sent"] = ray.get(roles.actor.workers[0].__ray_call__.remote(
+            lambda w: "lm_head.weight" in w.sender.names))
+        result["round_trip_s"] = ray.get(roles.actor.workers[0].__ray_call__.remote(_round_trip))
+        result["more_buckets"] = []
+        for nbytes in [int(x) for x in args.more_buckets.split(",") if x]:
+            ray.get([w.__ray_call__.remote(_new_buckets, nbytes) for w in roles.actor.workers])
+            for _ in range(2):
+                roles.sync_weights()
+            ray.get([w.__ray_call__.remote(lambda w: w.engine.llm.collective_rpc(_scramble)) for w in roles.rollout.workers])
+            again = []
+            for _ in range(args.reps):
+                t = time.perf_counter()
+                roles.sync_weights()
+                again.append(time.perf_counter() - t)
+            row = {"bucket_bytes": nbytes, "push_s": statistics.median(again), "push_times_s": again,
+                   "buffers": ray.get(roles.actor.workers[0].__ray_call__.remote(lambda w: len(getattr(w.sender, "buffers", [])))),
+                   "logprob_gap_after_push": _logprob_gap(roles, prompts, args.tokens), "timeline_ms": _timeline(roles)}
+            result["more_buckets"].append(row)
+            say(f"buckets of {nbytes} B: pushes (s) {', '.join(f'{t:.4f}' for t in again)}, gap {row['logprob_gap_after_push']:.4f}")
+            for what, a, b in row["timeline_ms"]:
+                say(f"last push: {what:12s} {a:7.2f} -> {b:7.2f} ms")
         if result["transport"] == "NcclReceiver":
             recv = roles.rollout.workers[0].__ray_call__.remote(
                 lambda w, n, k: w.engine.llm.collective_rpc(_receive_plain, args=(n, k)), sent, args.reps)
@@ -197,7 +263,12 @@ def main() -> int:
     rows = [("transport", result["transport"]), ("bytes pushed", f"{result['bytes'] / 1e9:.3f} GB"),
             ("push (Roles.sync_weights), median", f"{result['push_s'] * 1e3:.1f} ms, {result['push_gb_s']:.1f} GB/s")]
     rows += [(f"  of which {k.removesuffix('_s')}", f"{v * 1e3:.1f} ms") for k, v in result["phase_medians_s"].items()]
-    rows += [("loads replayed per vLLM worker (rollout/load_plan.py)", str(result["replayed_loads"]))]
+    rows += [("loads replayed per vLLM worker (rollout/load_plan.py)", str(result["replayed_loads"])),
+             ("tied head sent (vLLM does not use the embedding as its head)", str(result["head_sent"])),
+             ("empty Ray call trainer -> engine and back, median", f"{result['round_trip_s'] * 1e3:.2f} ms")]
+    rows += [(f"push in {r['bucket_bytes'] / 2**20:.0f} MiB buckets ({r['buffers']} buffers), median",
+              f"{r['push_s'] * 1e3:.1f} ms, {result['bytes'] / r['push_s'] / 1e9:.1f} GB/s, gap after "
+              f"{r['logprob_gap_after_push']:.4f}") for r in result["more_buckets"]]
     if "plain_s" in result:
         rows += [("plain NCCL broadcast, median", f"{result['plain_s'] * 1e3:.1f} ms, {result['plain_gb_s']:.1f} GB/s"),
                  ("push speed / plain broadcast", f"{result['push_vs_plain']:.0%} (target >= 70%)")]
