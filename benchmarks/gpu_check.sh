@@ -22,6 +22,8 @@
 #          buckets), then the reference workload (ours, 5 steps: the push inside the RL loop)
 #   prof4: one GPU: the IPC push test (tiny model), then the train step of Automodel as built, with
 #          BackendConfig(rms_norm=torch), and of the FSDP engine
+#   norm:  one GPU: the Automodel CUDA engine against plain HF (its norms eager), then both engines'
+#          train step
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -180,6 +182,15 @@ case ${1:-one} in
       timeout 85 python3 benchmarks/train_profile.py $model --engine $variant --micro-batch 32 --no-profile \
         > "$work/train.log" 2>&1
       echo "train_profile $variant rc=$?" >> "$OUT/table.txt"; tail -1 "$work/train.log" >> "$OUT/table.txt"
+    done ;;
+  norm)
+    timeout 100 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "automodel_cuda_engine" \
+      > "$OUT/norm_test.log" 2>&1; echo "norm test rc=$?" >> "$OUT/table.txt"
+    grep -E "passed|failed|Error|max \|dlogp" "$OUT/norm_test.log" | tail -3 >> "$OUT/table.txt"
+    for engine in automodel fsdp automodel; do
+      timeout 75 python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 --no-profile \
+        > "$work/train.log" 2>&1
+      echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep "^| $engine" "$work/train.log" >> "$OUT/table.txt"
     done ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
