@@ -70,6 +70,18 @@ vs_trl() {  # the reference workload, ours (unseeded requests, as TRL's) then TR
     PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout ${TRL_TIMEOUT:-420} python3 benchmarks/vs_trl/run_trl.py --model $model \
       --steps ${STEPS:-7} > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt"
 }
+train_profiles() {  # timeout, then train_profile.py's options: both engines, one after the other
+  local limit=$1; shift
+  for engine in automodel fsdp; do
+    timeout $limit python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 "$@" > "$OUT/train_$engine.log" 2>&1
+    echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep -A19 "^profiled step" "$OUT/train_$engine.log" >> "$OUT/table.txt"
+    tail -1 "$OUT/train_$engine.log" >> "$OUT/table.txt"
+  done
+}
+rollout_bench() {  # timeout, rounds: our rollout engine against bare vLLM
+  timeout $1 python3 benchmarks/rollout_throughput.py $model --repeat $2 > "$OUT/rollout_bench.log" 2>&1
+  echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
+}
 case ${1:-one} in
   ours)
     timeout 300 python3 benchmarks/rollout_throughput.py $model > "$OUT/rollout_bench.log" 2>&1; tail -7 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
@@ -147,25 +159,14 @@ case ${1:-one} in
     fi
     timeout 170 python3 benchmarks/weight_push.py --model $model --mode ipc > "$OUT/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A16 "^| ipc" "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
-    for engine in automodel fsdp; do
-      timeout 110 python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 --top 16 > "$OUT/train_$engine.log" 2>&1
-      echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep -A19 "^profiled step" "$OUT/train_$engine.log" >> "$OUT/table.txt"
-      tail -1 "$OUT/train_$engine.log" >> "$OUT/table.txt"
-    done
-    timeout 190 python3 benchmarks/rollout_throughput.py $model --repeat 2 > "$OUT/rollout_bench.log" 2>&1
-    echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
+    train_profiles 110 --top 16
+    rollout_bench 190 2 ;;
   prof3)
     timeout 150 python3 benchmarks/weight_push.py --model $model --mode ipc --more-buckets 268435456,2147483648 \
       > "$OUT/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A20 "^| ipc" "$OUT/weight_push_ipc.log" >> "$OUT/table.txt"
-    for engine in automodel fsdp; do
-      timeout 105 python3 benchmarks/train_profile.py $model --engine $engine --micro-batch 32 --top 12 --host-top 25 \
-        > "$OUT/train_$engine.log" 2>&1
-      echo "train_profile $engine rc=$?" >> "$OUT/table.txt"; grep -A2 "^profiled step" "$OUT/train_$engine.log" >> "$OUT/table.txt"
-      tail -1 "$OUT/train_$engine.log" >> "$OUT/table.txt"
-    done
-    timeout 170 python3 benchmarks/rollout_throughput.py $model --repeat 4 > "$OUT/rollout_bench.log" 2>&1
-    echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -9 "$OUT/rollout_bench.log" >> "$OUT/table.txt" ;;
+    train_profiles 105 --top 12 --host-top 25
+    rollout_bench 170 4 ;;
   push2)
     timeout 110 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "test_weight_push and ipc" \
       > "$OUT/push_test.log" 2>&1; grep -E "passed|failed|Error" "$OUT/push_test.log" | tail -3 >> "$OUT/table.txt"

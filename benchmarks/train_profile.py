@@ -161,7 +161,9 @@ def main() -> int:
         for r in result["host_top"]:
             print(f"| {r['function'][:70]} | {r['calls']} | {r['own_s']:.4f} | {r['cumulative_s']:.4f} |")
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"train_profile_{args.engine}{'_backend' if args.automodel_backend else ''}_mb{args.micro_batch}.json").write_text(json.dumps(result, indent=2))
+        variant = "_backend" if args.automodel_backend else ""
+        Path(os.environ["OUT"], f"train_profile_{args.engine}{variant}_mb{args.micro_batch}.json").write_text(
+            json.dumps(result, indent=2))
     print(f"\n| engine | class | attn | micro-batch | step s | tokens/s | MFU | peak GiB |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.engine} {args.automodel_backend} | {result['model_class']} | {result['attn']} | {args.micro_batch} | {result['step_s']} | "
           f"{result['tokens_per_s']} | {result['mfu']} | {result['peak_memory_gb']} |")
