@@ -310,6 +310,8 @@ class TorchEngine(TrainingEngine):
         self._reshard()
         embed, sent = None, set()
         for fqn, tensor in self.model.state_dict().items():
+            if self.tied and fqn == "lm_head.weight":
+                continue  # the embedding, yielded as the head below: no second gather, one tensor for both
             full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
             full = full.detach().to(dtype) if dtype is not None else full.detach()
             for name, hf in self._hf_tensors(fqn, full):
@@ -317,7 +319,7 @@ class TorchEngine(TrainingEngine):
                     embed = hf
                 sent.add(name)
                 yield name, hf
-        # vLLM keeps its own copy of a tied head: send it explicitly or it goes stale.
+        # Where vLLM keeps its own copy of a tied head (on CPU), it must travel too, or go stale.
         if self.tied and embed is not None and "lm_head.weight" not in sent:
             yield "lm_head.weight", embed
 

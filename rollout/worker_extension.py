@@ -55,7 +55,7 @@ class BucketLoader:
         says they are not); CUDA graphs keep their addresses. Once a layout has loaded, its copies
         are replayed without `load_weights` (rollout/load_plan.py).
 
-        The CUDA IPC buffers the trainer reuses push after push (`reused`; it has two) stay mapped
+        The CUDA IPC buffers the trainer reuses push after push (`reused`; one or two) stay mapped
         here, so each is opened once, and their tensors are read in place instead of cloned: the
         views of a buffer's layout, and the replay's views of them, are made once and dropped with
         the buffer when a new sender's buffers replace it."""

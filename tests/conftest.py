@@ -43,3 +43,17 @@ def tiny_model(task):
 
     cfg, (train, held_out) = task
     return ensure_tiny_model(MODEL_CACHE, corpus(train + held_out), cfg.model.arch, cfg.seed)
+
+
+@pytest.fixture(scope="module")
+def one_rank_world():
+    """The environment of a one-rank torch.distributed world, for an engine built in this process."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.utils.distributed import get_free_port
+
+    port = get_free_port()
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    existed = dist.is_initialized()  # e.g. an in-process vLLM of an earlier test made it: not ours to end
+    yield
+    if dist.is_initialized() and not existed:
+        dist.destroy_process_group()

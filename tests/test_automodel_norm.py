@@ -8,12 +8,14 @@ import torch
 from engines.automodel.engine import EagerFloat32RMSNorm, eager_float32_norms
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-3)])
-def test_eager_norm_matches_automodels_op_forward_and_backward(dtype, tol):
+def test_eager_norm_matches_automodels_op_forward_and_backward(dtype, tol, weight_dtype):
+    """float32 weights: a trained model's master weights; bfloat16: a frozen reference's."""
     from nemo_automodel.components.models.common.utils import Float32RMSNorm
 
     g = torch.Generator().manual_seed(0)
-    norm = Float32RMSNorm(64, eps=1e-6, dtype=torch.float32)
+    norm = Float32RMSNorm(64, eps=1e-6, dtype=weight_dtype)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(64, generator=g))
     x = (3 * torch.randn(4, 7, 64, generator=g)).to(dtype)
@@ -27,7 +29,7 @@ def test_eager_norm_matches_automodels_op_forward_and_backward(dtype, tol):
         out.backward(grad)
         results.append((out.detach(), xi.grad, norm.weight.grad.clone()))
     (want, want_dx, want_dw), (got, dx, dw) = results
-    assert got.dtype == want.dtype == dtype and dx.dtype == dtype
+    assert got.dtype == want.dtype == dtype and dx.dtype == dtype and dw.dtype == want_dw.dtype == weight_dtype
     for a, b in ((got, want), (dx, want_dx), (dw, want_dw)):
         assert (a.float() - b.float()).abs().max() <= tol * max(1.0, b.float().abs().max())
 

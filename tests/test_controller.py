@@ -37,6 +37,9 @@ class ScriptedRollout:
     def timing(self):
         return {}
 
+    def generated(self):
+        """The group's word after each generation: nothing is cached here."""
+
     def generate(self, prompt_ids, sampling):
         prompts, responses, groups = [], [], []
         for g, ids in enumerate(prompt_ids):

@@ -1,12 +1,10 @@
 """Packing and token-budget micro-batches must not change what the engine computes: checked
 against each sequence run alone through plain Hugging Face, and across the engine's modes."""
 
-import os
 import random
 
 import pytest
 import torch
-from torch.distributed.elastic.utils.distributed import get_free_port
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engines import micro_batches
@@ -75,18 +73,6 @@ def test_packed_forward_equals_each_sequence_alone(tiny_model, task):
             alone = torch.log_softmax(model(input_ids=seq).logits[0, :-1], -1).gather(-1, seq[0, 1:, None]).squeeze(-1)
         assert (packed[i, 1:n] - alone).abs().max() < 1e-5
         assert packed[i, 0] == 0 and (packed[i, n:] == 0).all()
-
-
-@pytest.fixture(scope="module")
-def one_rank_world():
-    import torch.distributed as dist
-
-    port = get_free_port()
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    existed = dist.is_initialized()  # e.g. an in-process vLLM of an earlier test made it: not ours to end
-    yield
-    if dist.is_initialized() and not existed:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("engine_name", ["automodel", "fsdp"])

@@ -2,6 +2,7 @@
 a generation the rollout group saw, while the trainer works, and at a push only if the engine
 generated since or that drop failed. vLLM's `LLM` is replaced by a recorder."""
 
+from rollout.base import Sampling
 from rollout.vllm_engine import VLLMRollout
 
 
@@ -33,6 +34,24 @@ def test_prefixes_are_dropped_once_per_generation_and_always_before_the_next_one
     e.weights_updated()
     e.weights_updated()
     assert llm.resets == 2
+
+
+def test_a_generation_marks_the_prefixes_stale_before_vllm_runs_it():
+    """Even a generation that fails part-way may have cached prefixes: the flag is set first."""
+
+    class Failing(RecordingLLM):
+        def generate(self, *args, **kwargs):
+            raise RuntimeError("engine died")
+
+    llm = Failing()
+    e = engine(llm)
+    e.timing = {}
+    try:
+        e.generate([[1, 2, 3]], Sampling(n=1, temperature=1.0, max_new_tokens=2))
+    except RuntimeError:
+        pass
+    e.weights_updated()
+    assert llm.resets == 1
 
 
 def test_a_drop_that_vllm_refused_is_done_at_the_push():

@@ -33,6 +33,9 @@ class FakeEngine:
     def timing(self):
         return {"time/generate": self.delay}
 
+    def generated(self):
+        """The group's word after each generation: nothing is cached here."""
+
 
 @pytest.fixture(scope="module")
 def local_ray():

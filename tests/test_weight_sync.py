@@ -34,3 +34,22 @@ def test_a_tensor_the_rollout_model_lacks_is_skipped_unless_it_is_one_already_se
                                     ("copied_head.weight", embed.clone())]))
     assert sender.got == ["model.embed_tokens.weight", "model.norm.weight"]
     assert sender.skipped == {"rotary.inv_freq", "copied_head.weight"}
+
+
+@pytest.mark.parametrize("engine_name", ["automodel", "fsdp"])
+def test_a_tied_head_is_exported_as_the_embedding_itself(tiny_model, one_rank_world, engine_name):
+    """The real export of a tied model: where the rollout model uses the embedding as its head, the
+    head is not sent and not reported as skipped; where it keeps a copy of its own, the head is sent
+    with the embedding's values."""
+    from engines import ENGINES
+    from engines.base import EngineConfig
+    from weight_sync.base import checkpoint_weight_names
+
+    engine = load_object(ENGINES[engine_name])(tiny_model, EngineConfig("float32", 8, 1.0, 0, False), False)
+    assert engine.tied
+    for head_kept in (False, True):
+        sender = _Recording(0, [], 1 << 20, checkpoint_weight_names(tiny_model, tied=head_kept))
+        sender.push(engine.export_weights)
+        assert sorted(sender.got) == sorted(sender.names) and not sender.skipped, (head_kept, sender.skipped)
+    weights = dict(engine.export_weights())
+    assert torch.equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])

@@ -1,7 +1,7 @@
 """Transport by CUDA IPC handles, for trainer ranks and vLLM engines that share GPUs (colocated).
 
-Every trainer rank keeps two GPU buffers of `bucket_bytes` for the life of the run, shared once
-with CUDA IPC (their handles merged across ranks by GPU UUID, so each vLLM worker maps the buffer
+Every trainer rank keeps up to two GPU buffers of `bucket_bytes` for the life of the run (the
+second made only if a push fills the first), each shared once with CUDA IPC (their handles merged across ranks by GPU UUID, so each vLLM worker maps the buffer
 on its own GPU, once). A push casts the full tensors straight into a buffer, many at a time (one
 `torch._foreach_copy_`: a few kernel launches instead of one cast and one copy per tensor); a full
 buffer is announced to the engines (vLLM's packed IPC update info) and the next one filled while
