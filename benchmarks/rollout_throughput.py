@@ -7,7 +7,9 @@ Rows: bare `LLM.generate` with one unseeded SamplingParams (and with vLLM's flat
 which ours asks for); bare with one seeded SamplingParams per prompt (what reproducible sampling
 costs inside vLLM); ours (`VLLMRollout.generate`, seeded per prompt, building the batch with
 log-probs); ours unseeded. Median over `--repeat` rounds (each runs
-every case once) after a warm-up; output tokens per second.
+every case once, in reverse order every other round) after a warm-up; output tokens per second.
+The share of bare vLLM's speed is the median of each round's own ratio (a case against bare vLLM of
+the same round), so a drift of the machine's speed between rounds does not enter it.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ def main() -> None:
     for fn in cases.values():
         fn()  # warm-up (CUDA graphs, allocator)
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
-    for _ in range(args.repeat):  # round-robin, so a drift in the machine's speed touches every case alike
-        for name, fn in cases.items():
+    for r in range(args.repeat):  # round-robin, so a drift in the machine's speed touches every case alike
+        for name, fn in (list(cases.items()) if r % 2 == 0 else list(cases.items())[::-1]):
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -85,15 +87,17 @@ def main() -> None:
                 torch.cuda.synchronize()
             runs[name].append((time.perf_counter() - t, tokens))
     rows = {}
+    base = runs["bare vLLM, unseeded"]
     for name, got in runs.items():
         secs = statistics.median(r[0] for r in got)
-        rows[name] = (secs, statistics.median(r[1] for r in got) / secs)
-    base = rows["bare vLLM, unseeded"][1]
+        # tokens/s of this case over bare vLLM's, round by round
+        share = statistics.median((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(got, base))
+        rows[name] = (secs, statistics.median(r[1] for r in got) / secs, share)
     print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
     print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items()))
-    print("| case | seconds | output tokens/s | vs bare unseeded |\n| --- | --- | --- | --- |")
-    for name, (secs, tps) in rows.items():
-        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {tps / base:.1%} |")
+    print("| case | seconds | output tokens/s | vs bare unseeded, same round (median) |\n| --- | --- | --- | --- |")
+    for name, (secs, tps, share) in rows.items():
+        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {share:.1%} |")
 
 
 if __name__ == "__main__":
