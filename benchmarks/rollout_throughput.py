@@ -9,7 +9,8 @@ costs inside vLLM); ours (`VLLMRollout.generate`, seeded per prompt, building th
 log-probs); ours unseeded. Median over `--repeat` rounds (each runs
 every case once, in reverse order every other round) after a warm-up; output tokens per second.
 The share of bare vLLM's speed is the median of each round's own ratio (a case against bare vLLM of
-the same round), so a drift of the machine's speed between rounds does not enter it.
+the same round), so a drift of the machine's speed between rounds does not enter it; the lowest and highest
+per-round ratios show whether the rows differ by more than their noise.
 """
 
 from __future__ import annotations
@@ -91,13 +92,14 @@ def main() -> None:
     for name, got in runs.items():
         secs = statistics.median(r[0] for r in got)
         # tokens/s of this case over bare vLLM's, round by round
-        share = statistics.median((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(got, base))
-        rows[name] = (secs, statistics.median(r[1] for r in got) / secs, share)
+        shares = sorted((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(got, base))
+        rows[name] = (secs, statistics.median(r[1] for r in got) / secs, statistics.median(shares), shares[0], shares[-1])
     print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
     print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items()))
-    print("| case | seconds | output tokens/s | vs bare unseeded, same round (median) |\n| --- | --- | --- | --- |")
-    for name, (secs, tps, share) in rows.items():
-        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {share:.1%} |")
+    print("| case | seconds | output tokens/s | vs bare unseeded, same round: median | lowest | highest |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for name, (secs, tps, share, low, high) in rows.items():
+        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {share:.1%} | {low:.1%} | {high:.1%} |")
 
 
 if __name__ == "__main__":
