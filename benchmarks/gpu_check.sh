@@ -25,7 +25,8 @@
 #   norm:  one GPU: the Automodel CUDA engine against plain HF (its norms eager), then both engines'
 #          train step
 #   gen:   one GPU: the engines benchmark (0.5B shape, 8 x 1024 tokens, both engines), then our rollout
-#          engine against bare vLLM over 6 rounds
+#          engine against bare vLLM over 5 rounds
+#   gen2:  one GPU: our rollout engine against bare vLLM over 5 rounds, then the reference workload (ours, 5 steps)
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -82,7 +83,7 @@ train_profiles() {  # timeout, then train_profile.py's options: both engines, on
 }
 rollout_bench() {  # timeout, rounds: our rollout engine against bare vLLM
   timeout $1 python3 benchmarks/rollout_throughput.py $model --repeat $2 > "$OUT/rollout_bench.log" 2>&1
-  echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; tail -10 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
+  echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; grep -E "^round|^\||by phase" "$OUT/rollout_bench.log" >> "$OUT/table.txt"
 }
 case ${1:-one} in
   ours)
@@ -198,7 +199,11 @@ case ${1:-one} in
   gen)
     timeout 200 python3 benchmarks/engine_throughput.py --shape qwen2.5-0.5b > "$OUT/engines_0.5b.log" 2>&1
     echo "engines rc=$?" >> "$OUT/table.txt"; tail -6 "$OUT/engines_0.5b.log" >> "$OUT/table.txt"
-    rollout_bench 300 6 ;;
+    rollout_bench 270 5 ;;
+  gen2)
+    rollout_bench 270 5
+    STEPS=5 REF_TIMEOUT=220 ref ours_1gpu rollout.seed_per_prompt=false
+    cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"

@@ -3,14 +3,14 @@ process on one GPU (the same `LLM` object, so only our code around it differs).
 
     python benchmarks/rollout_throughput.py MODEL_DIR [--prompts 64] [--n 8] [--tokens 256] [--repeat 3]
 
-Rows: bare `LLM.generate` with one unseeded SamplingParams (and with vLLM's flat log-prob lists,
-which ours asks for); bare with one seeded SamplingParams per prompt (what reproducible sampling
-costs inside vLLM); ours (`VLLMRollout.generate`, seeded per prompt, building the batch with
-log-probs); ours unseeded. Median over `--repeat` rounds (each runs
-every case once, in reverse order every other round) after a warm-up; output tokens per second.
-The share of bare vLLM's speed is the median of each round's own ratio (a case against bare vLLM of
-the same round), so a drift of the machine's speed between rounds does not enter it; the lowest and highest
-per-round ratios show whether the rows differ by more than their noise.
+Cases: bare `LLM.generate` with one unseeded SamplingParams; ours (`VLLMRollout.generate`: vLLM's
+flat log-prob lists, the batch built with log-probs) unseeded; bare with one seeded SamplingParams
+per prompt (what reproducible sampling costs inside vLLM); ours seeded per prompt (the product's
+default). Each round runs every case once (in reverse order every other round), after a warm-up;
+output tokens per second. A case's share of bare vLLM is the median of its per-round ratios against
+the bare case of the same round sending the same requests, so a drift of the machine's speed
+between rounds does not enter it; the lowest and highest ratios show the noise. Each round is
+printed as it ends.
 """
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ def main() -> None:
     prompts = [tok(p.prompt).input_ids for p in train[: args.prompts]]
     requests = [{"prompt_token_ids": p} for p in prompts]
 
-    def params(seed, flat=False):
-        return SamplingParams(n=args.n, temperature=1.0, max_tokens=args.tokens, logprobs=0, detokenize=False, seed=seed,
-                              flat_logprobs=flat)
+    def params(seed):
+        return SamplingParams(n=args.n, temperature=1.0, max_tokens=args.tokens, logprobs=0, detokenize=False, seed=seed)
 
-    def bare(seeded: bool, flat: bool = False):
-        outs = engine.llm.generate(requests, [params(7 + i, flat) for i in range(len(prompts))] if seeded else params(None, flat),
+    def bare(seeded: bool):
+        outs = engine.llm.generate(requests, [params(7 + i) for i in range(len(prompts))] if seeded else params(None),
                                    use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
@@ -72,14 +71,16 @@ def main() -> None:
                 split.setdefault(k, []).append(v)
         return int(batch["response_mask"].sum())
 
-    cases = {"bare vLLM, unseeded": lambda: bare(False), "bare vLLM, unseeded, flat log-probs": lambda: bare(False, True),
-             "bare vLLM, seeded per prompt": lambda: bare(True),
-             "ours, seeded per prompt": lambda: ours(True), "ours, unseeded": lambda: ours(False)}
-    for fn in cases.values():
+    # each case, and the bare case that sends vLLM the same requests
+    cases = {"bare vLLM, unseeded": (lambda: bare(False), "bare vLLM, unseeded"),
+             "ours, unseeded": (lambda: ours(False), "bare vLLM, unseeded"),
+             "bare vLLM, seeded per prompt": (lambda: bare(True), "bare vLLM, seeded per prompt"),
+             "ours, seeded per prompt": (lambda: ours(True), "bare vLLM, seeded per prompt")}
+    for fn, _ in cases.values():
         fn()  # warm-up (CUDA graphs, allocator)
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
     for r in range(args.repeat):  # round-robin, so a drift in the machine's speed touches every case alike
-        for name, fn in (list(cases.items()) if r % 2 == 0 else list(cases.items())[::-1]):
+        for name, (fn, _) in (list(cases.items()) if r % 2 == 0 else list(cases.items())[::-1]):
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -87,20 +88,23 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
             runs[name].append((time.perf_counter() - t, tokens))
-    rows = {}
-    base = runs["bare vLLM, unseeded"]
-    for name, got in runs.items():
-        secs = statistics.median(r[0] for r in got)
-        # tokens/s of this case over bare vLLM's, round by round
-        shares = sorted((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(got, base))
-        rows[name] = (secs, statistics.median(r[1] for r in got) / secs, statistics.median(shares), shares[0], shares[-1])
+        print(f"round {r + 1}: " + ", ".join(f"{name} {got[-1][1] / got[-1][0]:,.0f} tokens/s" for name, got in runs.items()),
+              flush=True)
+
+    def shares(name: str, like: str) -> list[float]:
+        """tokens/s of `name` over `like`'s, round by round, sorted"""
+        return sorted((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(runs[name], runs[like]))
+
     print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
     print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items()))
-    print("| case | seconds | output tokens/s | vs bare unseeded, same round: median | lowest | highest |\n"
-          "| --- | --- | --- | --- | --- | --- |")
-    for name, (secs, tps, share, low, high) in rows.items():
-        print(f"| {name} | {secs:.3f} | {tps:,.0f} | {share:.1%} | {low:.1%} | {high:.1%} |")
-
+    print("| case | seconds | output tokens/s | vs bare unseeded | vs bare, same requests: median | lowest | highest |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (_, like) in cases.items():
+        got, same = runs[name], shares(name, like)
+        secs = statistics.median(r[0] for r in got)
+        print(f"| {name} | {secs:.3f} | {statistics.median(r[1] for r in got) / secs:,.0f} "
+              f"| {statistics.median(shares(name, 'bare vLLM, unseeded')):.1%} "
+              f"| {statistics.median(same):.1%} | {same[0]:.1%} | {same[-1]:.1%} |")
 
 if __name__ == "__main__":
     main()
