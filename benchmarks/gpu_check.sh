@@ -27,6 +27,8 @@
 #   gen:   one GPU: the engines benchmark (0.5B shape, 8 x 1024 tokens, both engines), then our rollout
 #          engine against bare vLLM over 5 rounds
 #   gen2:  one GPU: our rollout engine against bare vLLM over 5 rounds, then the reference workload (ours, 5 steps)
+#   gen3:  one GPU, right after gen2 on the same machine: TRL 1.16 on the reference workload (5 steps), then
+#          the one-GPU tests of the push, the fused log-probs and the Automodel CUDA engine
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -204,6 +206,13 @@ case ${1:-one} in
     rollout_bench 270 5
     STEPS=5 REF_TIMEOUT=220 ref ours_1gpu rollout.seed_per_prompt=false
     cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
+  gen3)
+    python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
+    PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout 240 python3 benchmarks/vs_trl/run_trl.py --model $model --steps 5 \
+      > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt"
+    timeout 250 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider \
+      -k "(test_weight_push and ipc) or fused_logprobs or automodel_cuda_engine" > "$OUT/tests.log" 2>&1
+    echo "tests rc=$?" >> "$OUT/table.txt"; grep -E "passed|failed|fused log-probs|max \|dlogp|gap|Error" "$OUT/tests.log" | tail -10 >> "$OUT/table.txt" ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"
