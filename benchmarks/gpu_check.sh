@@ -25,7 +25,7 @@
 #   norm:  one GPU: the Automodel CUDA engine against plain HF (its norms eager), then both engines'
 #          train step
 #   gen:   one GPU: the engines benchmark (0.5B shape, 8 x 1024 tokens, both engines), then our rollout
-#          engine against bare vLLM over 5 rounds
+#          engine against bare vLLM over 4 rounds
 #   gen2:  one GPU: our rollout engine against bare vLLM over 4 rounds, then the reference workload (ours, 5 steps)
 #   gen3:  one GPU, right after gen2 on the same machine: TRL 1.16 on the reference workload (5 steps), then
 #          the one-GPU tests of the push, the fused log-probs and the Automodel CUDA engine
@@ -201,7 +201,7 @@ case ${1:-one} in
   gen)
     timeout 200 python3 benchmarks/engine_throughput.py --shape qwen2.5-0.5b > "$OUT/engines_0.5b.log" 2>&1
     echo "engines rc=$?" >> "$OUT/table.txt"; tail -6 "$OUT/engines_0.5b.log" >> "$OUT/table.txt"
-    rollout_bench 270 5 ;;
+    rollout_bench 340 4 ;;
   gen2)
     rollout_bench 340 4
     STEPS=5 REF_TIMEOUT=220 ref ours_1gpu rollout.seed_per_prompt=false

@@ -106,5 +106,6 @@ def main() -> None:
               f"| {statistics.median(shares(name, 'bare vLLM, unseeded')):.1%} "
               f"| {statistics.median(same):.1%} | {same[0]:.1%} | {same[-1]:.1%} |")
 
+
 if __name__ == "__main__":
     main()
