@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
+from tensordict import TensorDict
 
 from engines.flops import peak_flops, train_flops_per_token
 from rlhf.algos import advantages as adv_lib
@@ -24,9 +26,26 @@ from rewards.manager import RewardManager
 from rollout.base import Sampling
 
 
+def _add(timing: dict[str, float], phases: dict[str, float]) -> None:
+    """Phase times of a step's generation rounds, summed over rounds."""
+    for k, v in phases.items():
+        timing[k] = timing.get(k, 0.0) + v
+
+
 def _responses(batch) -> list[list[int]]:
     mask = batch["response_mask"].bool()
     return [row[m].tolist() for row, m in zip(batch["input_ids"], mask)]
+
+
+@dataclass
+class Rollouts:
+    """One step's generated and scored samples, and what making them took."""
+
+    batch: TensorDict
+    named: dict[str, float]
+    errors: dict[str, int]
+    rounds: int
+    timing: dict[str, float]
 
 
 class Controller:
@@ -143,7 +162,7 @@ class Controller:
         logprobs = torch.cat(self.roles.actor.dp("logprobs", batch))
         return float(-(logprobs * batch["response_mask"]).sum() / batch["response_mask"].sum())
 
-    def _generate_and_score(self, rows: list[Row], group_offset: int):
+    def _generate_and_score(self, rows: list[Row], group_offset: int, timing: dict[str, float]):
         cfg = self.cfg
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
@@ -153,30 +172,25 @@ class Controller:
         t = time.perf_counter()
         self.roles.prepare_rollout()
         batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling)
-        self._add_timing({"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
+        _add(timing, {"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
         t = time.perf_counter()
         scored = self._score(rows, batch, True)
-        self._add_timing({"time/reward": time.perf_counter() - t})
+        _add(timing, {"time/reward": time.perf_counter() - t})
         batch["scores"] = torch.tensor(scored.rewards, dtype=torch.float32)
         batch["reward_failed"] = torch.tensor(scored.failed)
         batch["group_ids"] = batch["group_ids"] + group_offset
         return batch, scored
 
-    def _add_timing(self, phases: dict[str, float]) -> None:
-        """Phase times of this step's generation rounds, summed over rounds."""
-        for k, v in phases.items():
-            self.timing[k] = self.timing.get(k, 0.0) + v
-
-    def _collect(self, sampler) -> tuple:
+    def _collect(self, sampler) -> Rollouts:
         """Generate and score `rl.prompts_per_step` groups. With dynamic sampling (DAPO), groups
         whose rewards are all equal teach nothing: they are dropped and new prompts drawn, for
         up to `algo.max_sampling_rounds` rounds; if still short, equal groups fill the batch."""
         cfg, algo = self.cfg, self.cfg.algo
         want, n = cfg.rl.prompts_per_step, cfg.rl.n
-        kept, fillers, named, errors, offset = [], [], [], Counter(), 0
+        kept, fillers, named, errors, offset, timing = [], [], [], Counter(), 0, {}
         for rounds in range(1, (algo.max_sampling_rounds if algo.dynamic_sampling else 1) + 1):
             have = sum(b.batch_size[0] for b in kept) // n
-            batch, scored = self._generate_and_score(sampler.next(want - have), offset)
+            batch, scored = self._generate_and_score(sampler.next(want - have), offset, timing)
             offset += batch.batch_size[0] // n
             named.append(scored.named)
             errors.update(scored.errors)
@@ -190,16 +204,16 @@ class Controller:
                 break
         batch = cat([b for b in kept + fillers if b.batch_size[0]], self.pad)[: want * n]
         merged = {k: sum(d[k] for d in named if k in d) / sum(k in d for d in named) for d in named for k in d}
-        return batch, merged, dict(errors), rounds
+        return Rollouts(batch, merged, dict(errors), rounds, timing)
 
     def rl_step(self, sampler, train_actor: bool = True) -> dict[str, float]:
         """One RL step. With `train_actor=False` (critic pre-training) only the critic learns
         from the batch; the policy, and so the rollout weights, stay as they are."""
         cfg, algo, timing = self.cfg, self.cfg.algo, {}
-        self.timing = {}
         t0 = t = time.perf_counter()
 
-        batch, named, errors, rounds = self._collect(sampler)
+        got = self._collect(sampler)
+        batch, named, errors, rounds, self.timing = got.batch, got.named, got.errors, got.rounds, got.timing
         mask = batch["response_mask"]
         scores_t, lengths = batch["scores"].clone(), mask.sum(-1)
         if algo.overlong_buffer:

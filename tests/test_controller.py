@@ -76,7 +76,8 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
         tok = FakeTokenizer()
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), tok, rewards, Renderer(tok, True, None))
         problems = [Row(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
-        batch, _, errors, used = ctl._collect(Sampler(problems, seed=0))
+        got = ctl._collect(Sampler(problems, seed=0))
+        batch, errors, used = got.batch, got.errors, got.rounds
     finally:
         rewards.close()
     assert batch.batch_size[0] == 8 * 4 and errors == {}
@@ -116,7 +117,8 @@ def test_reward_functions_get_the_rows_extra_columns(ray_local):
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([ray.remote(ScriptedRollout).remote()], 0)), tok, rewards,
                          Renderer(tok, True, None))
         rows = [Row(f"{a}+1=", str(a + 1), extra={"parity": "odd" if a % 2 else "even"}) for a in range(4)]
-        batch, _, errors, _ = ctl._collect(Sampler(rows, seed=0))
+        got = ctl._collect(Sampler(rows, seed=0))
+        batch, errors = got.batch, got.errors
     finally:
         rewards.close()
     assert errors == {}
