@@ -29,6 +29,8 @@
 #   gen2:  one GPU: our rollout engine against bare vLLM over 4 rounds, then the reference workload (ours, 5 steps)
 #   gen3:  one GPU, right after gen2 on the same machine: TRL 1.16 on the reference workload (5 steps), then
 #          the one-GPU tests of the push, the fused log-probs and the Automodel CUDA engine
+#   async: one GPU: the reference workload on-policy, then one-step off-policy (rl.off_policy_steps=1,
+#          the next step's generation during this step's training), 6 steps each, same card
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -213,6 +215,13 @@ case ${1:-one} in
     timeout 250 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider \
       -k "(test_weight_push and ipc) or fused_logprobs or automodel_cuda_engine" > "$OUT/tests.log" 2>&1
     echo "tests rc=$?" >> "$OUT/table.txt"; grep -E "passed|failed|fused log-probs|max \|dlogp|gap|Error" "$OUT/tests.log" | tail -10 >> "$OUT/table.txt" ;;
+  async)
+    for name in on off; do
+      extra=$([ $name = off ] && echo rl.off_policy_steps=1)
+      STEPS=6 REF_TIMEOUT=200 ref ours_$name rollout.seed_per_prompt=false $extra
+      cp "$work/ours_$name/run/metrics.jsonl" "$OUT/ours_${name}_metrics.jsonl" 2>/dev/null
+      python3 -c "import json;[print('$name step',r['step'],*(f'{k[5:]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/rollout_wait','time/push') if k in r),'lag',r['rollout/policy_lag'],'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$OUT/ours_${name}_metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
+    done ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"

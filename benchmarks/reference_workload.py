@@ -28,7 +28,9 @@ WORKLOAD = [
     "actor.micro_batch_size=32", "actor.world_size=1", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5",
     "rollout.gpu_memory_utilization=0.3",
 ]
-PHASES = ["time/step", "time/rollout", "time/logprobs", "time/train", "time/push"]
+# time/rollout_wait: with rl.off_policy_steps=1, how long the push waited for the next step's
+# generation (which ran during time/train; time/generate is its own length)
+PHASES = ["time/step", "time/rollout", "time/generate", "time/logprobs", "time/train", "time/rollout_wait", "time/push"]
 
 
 def main() -> int:
@@ -54,9 +56,10 @@ def main() -> int:
     from rlhf.metrics import read_metrics, rl_steps
 
     rows = [r for s, r in sorted(rl_steps(read_metrics(run)).items()) if s >= 3] or list(rl_steps(read_metrics(run)).values())
-    med = {k: statistics.median(r[k] for r in rows) for k in PHASES + ["rollout/logprob_abs_diff_mean"] if k in rows[0]}
+    med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean"]
+           if k in rows[0]}
     tokens = statistics.median(r["response/length_mean"] for r in rows) * 64 * 8
-    med["gen_tokens_per_s"] = tokens / med["time/rollout"]
+    med["gen_tokens_per_s"] = tokens / med["time/generate"]
     (out / "summary.json").write_text(json.dumps({"overrides": overrides, "median_steps_3_on": med}, indent=2))
     print("| " + " | ".join(med) + " |\n| " + " | ".join("---" for _ in med) + " |\n| "
           + " | ".join(f"{v:.4g}" for v in med.values()) + " |", flush=True)

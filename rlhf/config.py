@@ -139,6 +139,7 @@ class RLConfig:
     lr: float
     warmup_steps: int
     lr_schedule: str
+    off_policy_steps: int
 
 
 @dataclass
@@ -440,6 +441,12 @@ def _check_layout(cfg: RunConfig) -> None:
     _check_resources("rollout.resources", r.resources)
     if r.num_engines < 1:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
+    if cfg.rl.off_policy_steps not in (0, 1):
+        raise ConfigError(f"rl.off_policy_steps must be 0 (on-policy) or 1 (the next step's generation overlaps this "
+                          f"step's training), got {cfg.rl.off_policy_steps}")
+    if cfg.rl.off_policy_steps and r.sleep:
+        raise ConfigError("rl.off_policy_steps=1 generates while the trainers work, but rollout.sleep=true puts vLLM to "
+                          "sleep while they do; set rollout.sleep=false (or rl.off_policy_steps=0)")
     if r.sleep and (r.num_gpus == 0 or cfg.actor.num_gpus_per_worker == 0):
         raise ConfigError("rollout.sleep=true needs the engines and the actor on GPUs (rollout.num_gpus > 0 and "
                           "actor.num_gpus_per_worker > 0): otherwise nothing is freed by sleeping; set rollout.sleep=false")

@@ -4,8 +4,10 @@ on the role workers. It holds no model; the algorithm math runs here on small te
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +41,40 @@ def _responses(batch) -> list[list[int]]:
 
 @dataclass
 class Rollouts:
-    """One step's generated and scored samples, and what making them took."""
+    """One step's generated and scored samples, what making them took, and the policy version
+    (weight pushes after an update, `Controller.version`) that generated them."""
 
     batch: TensorDict
     named: dict[str, float]
     errors: dict[str, int]
     rounds: int
     timing: dict[str, float]
+    version: int
+
+    def state_dict(self) -> dict:
+        """Tensors, numbers and strings only: `torch.load(weights_only=True)` reads it back."""
+        return {"batch": self.batch.to_dict(), "size": self.batch.batch_size[0], "named": self.named,
+                "errors": self.errors, "rounds": self.rounds, "timing": self.timing, "version": self.version}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "Rollouts":
+        return cls(TensorDict(d["batch"], batch_size=[d["size"]]), d["named"], d["errors"], d["rounds"], d["timing"],
+                   d["version"])
+
+
+def _in_background(fn, *args) -> Future:
+    """`fn(*args)` on a daemon thread: a generation blocked in `ray.get` must not hold up the
+    interpreter's exit after a failure elsewhere (a ThreadPoolExecutor's threads are joined at exit)."""
+    future = Future()
+
+    def run():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever takes the result
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="rollout-prefetch", daemon=True).start()
+    return future
 
 
 class Controller:
@@ -61,6 +90,9 @@ class Controller:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.kl = KLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
         self.draws = 0  # generation rounds so far: with the run's seed, it seeds the next one
+        self.version = 0  # policy updates pushed to the rollout engines so far in this stage
+        # rl.off_policy_steps=1: the next step's rollouts, generating while this step trains
+        self._pending: Future | None = None
         self.timing: dict[str, float] = {}  # the current step's phase times
         # optimizer updates skipped for a non-finite loss or gradient norm: in all, and in a row
         self.skipped, self.skipped_in_a_row = 0, 0
@@ -69,13 +101,31 @@ class Controller:
         """The counters a resumed run continues, the rollout group's engine restarts included (so
         `rollout/restarts_total` counts over the whole run, not since the last resume)."""
         return {"draws": self.draws, "kl": self.kl.state_dict(), "skipped": self.skipped,
-                "skipped_in_a_row": self.skipped_in_a_row, "rollout_restarts": self.roles.rollout.restarts}
+                "skipped_in_a_row": self.skipped_in_a_row, "rollout_restarts": self.roles.rollout.restarts,
+                "version": self.version}
 
     def load_state_dict(self, state: dict) -> None:
         self.draws = state["draws"]
+        self.version = state.get("version", 0)
         self.kl.load_state_dict(state["kl"])
         self.skipped, self.skipped_in_a_row = state.get("skipped", 0), state.get("skipped_in_a_row", 0)
         self.roles.rollout.restarts = state.get("rollout_restarts", 0)
+
+    def pending_state(self) -> dict | None:
+        """The prefetched rollouts (rl.off_policy_steps=1) as `Rollouts.state_dict`, for a resumed
+        run to train on exactly what this one would have. None without any, or when their
+        generation failed: the failure is raised by the next step, and a run resumed from a state
+        saved then draws new prompts (the sampler has moved past the failed ones)."""
+        if self._pending is None:
+            return None
+        wait([self._pending])
+        return None if self._pending.exception() else self._pending.result().state_dict()
+
+    def load_pending(self, state: dict | None) -> None:
+        self._pending = None
+        if state is not None:
+            self._pending = Future()
+            self._pending.set_result(Rollouts.from_state_dict(state))
 
     def count_skips(self, updates: list[dict]) -> int:
         """Count the updates (actor or critic) whose step the engine skipped; returns this step's."""
@@ -181,10 +231,12 @@ class Controller:
         batch["group_ids"] = batch["group_ids"] + group_offset
         return batch, scored
 
-    def _collect(self, sampler) -> Rollouts:
+    def _collect(self, sampler, version: int) -> Rollouts:
         """Generate and score `rl.prompts_per_step` groups. With dynamic sampling (DAPO), groups
         whose rewards are all equal teach nothing: they are dropped and new prompts drawn, for
-        up to `algo.max_sampling_rounds` rounds; if still short, equal groups fill the batch."""
+        up to `algo.max_sampling_rounds` rounds; if still short, equal groups fill the batch.
+        Touches the sampler, the reward manager and `draws`, never the step's other state: it may
+        run on the prefetch thread."""
         cfg, algo = self.cfg, self.cfg.algo
         want, n = cfg.rl.prompts_per_step, cfg.rl.n
         kept, fillers, named, errors, offset, timing = [], [], [], Counter(), 0, {}
@@ -204,16 +256,24 @@ class Controller:
                 break
         batch = cat([b for b in kept + fillers if b.batch_size[0]], self.pad)[: want * n]
         merged = {k: sum(d[k] for d in named if k in d) / sum(k in d for d in named) for d in named for k in d}
-        return Rollouts(batch, merged, dict(errors), rounds, timing)
+        return Rollouts(batch, merged, dict(errors), rounds, timing, version)
 
-    def rl_step(self, sampler, train_actor: bool = True) -> dict[str, float]:
+    def rl_step(self, sampler, train_actor: bool = True, prefetch: bool = False) -> dict[str, float]:
         """One RL step. With `train_actor=False` (critic pre-training) only the critic learns
-        from the batch; the policy, and so the rollout weights, stay as they are."""
+        from the batch; the policy, and so the rollout weights, stay as they are. With `prefetch`
+        (rl.off_policy_steps=1 and a step follows), the next step's rollouts generate on the
+        current weights while this step trains; the push waits for them."""
         cfg, algo, timing = self.cfg, self.cfg.algo, {}
         t0 = t = time.perf_counter()
 
-        got = self._collect(sampler)
+        if self._pending is not None:
+            got, self._pending = self._pending.result(), None  # raises what its generation raised
+        else:
+            got = self._collect(sampler, self.version)
+        if prefetch:
+            self._pending = _in_background(self._collect, sampler, self.version)
         batch, named, errors, rounds, self.timing = got.batch, got.named, got.errors, got.rounds, got.timing
+        lag = self.version - got.version
         mask = batch["response_mask"]
         scores_t, lengths = batch["scores"].clone(), mask.sum(-1)
         if algo.overlong_buffer:
@@ -306,6 +366,12 @@ class Controller:
             train["actor/kl_coef"] = self.kl.coef
             train["actor/kl_rollout_batch"] = measured
             self.kl.update(measured, batch.batch_size[0])
+        if self._pending is not None:  # vLLM must not take new weights mid-generation
+            t = time.perf_counter()
+            wait([self._pending])
+            timing["time/rollout_wait"] = time.perf_counter() - t
+        if train_actor:
+            self.version += 1
         timing.update(self.sync_weights() if train_actor else {"time/push": 0.0})
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **correction, **named, **train, **self.timing,
@@ -313,6 +379,7 @@ class Controller:
         metrics.update({f"reward/errors/{k}": float(v) for k, v in errors.items()})
         metrics["reward/failed_frac"] = float(failed.float().mean())
         metrics["rollout/sampling_rounds"] = float(rounds)
+        metrics["rollout/policy_lag"] = float(lag)  # policy updates between the sampling weights and the trainer's
         metrics["rollout/restarts_total"] = float(self.roles.rollout.restarts)
         metrics["actor/updated"] = float(train_actor)
         # Tokens per second: sampled by the rollout engine (generation only), and passed through

@@ -228,6 +228,7 @@ class _Job:
         if resume:
             run_state.restore(resume, groups)
             ctl.load_state_dict(resume["controller"])
+            ctl.load_pending(run_state.load_pending(resume))
             sampler.load_state_dict(resume["sampler"])
             rewards.load_state_dict(resume["rewards"])
             ctl.sync_weights()
@@ -236,7 +237,8 @@ class _Job:
 
         def position() -> dict:
             return copy.deepcopy({"start_path": start_path, "controller": ctl.state_dict(),
-                                  "sampler": sampler.state_dict(), "rewards": rewards.state_dict()})
+                                  "sampler": sampler.state_dict(), "rewards": rewards.state_dict(),
+                                  run_state.PENDING: ctl.pending_state()})
 
         def save_state(step: int, driver: dict | None = None) -> Path:
             return self.save_state(stage, step, groups, driver or position())
@@ -246,7 +248,8 @@ class _Job:
         for step in range(first, cfg.rl.steps + 1):
             before = position()  # the data position and counters this step starts from
             try:
-                m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps)
+                m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps,
+                                prefetch=cfg.rl.off_policy_steps > 0 and step < cfg.rl.steps)
             except RolloutFailed as e:
                 # the trainer is still where step - 1 left it: save that, with the position from before this step
                 saved = save_state(step - 1, before)

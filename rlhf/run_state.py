@@ -3,8 +3,9 @@
 A state folder `<output_dir>/checkpoints/state-<stage>-step<N>/` (e.g. state-rl-step20) holds the trainer groups' sharded
 weights, optimizer moments, LR schedules and RNG (one DCP folder per group, written by every
 rank), `driver.json` (the step, the data position, the controller's and the reward manager's
-counters, and the config the run had) and `COMPLETE`. Rollout sampling is seeded per generation
-round (see `Controller.draws`), so it needs no state of its own.
+counters, and the config the run had), with rl.off_policy_steps=1 `pending_rollouts.pt` (the next
+step's samples, generated before the save) and `COMPLETE`. Rollout sampling is seeded per
+generation round (see `Controller.draws`), so it needs no state of its own.
 
 A state is written under a temporary name, renamed, and `COMPLETE` (the size of every file) is
 written last, so a run killed mid-save leaves no folder that looks resumable; a folder whose
@@ -21,10 +22,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from rlhf.config import ConfigError, RunConfig, load_config
 from rlhf.stages import stage_names
 
 MARKER = "COMPLETE"
+PENDING = "pending_rollouts"  # the driver-state key, and file, of prefetched rollouts
 _TMP = ".tmp-"
 _NAME = re.compile(r"state-(.+)-step(\d+)")
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
@@ -190,6 +194,10 @@ def save(out: Path, stage: str, step: int, cfg: RunConfig, groups: dict, driver:
     tmp.mkdir(parents=True)
     for name, group in groups.items():
         group.all("save_state", str(tmp / name))
+    driver = dict(driver)
+    pending = driver.pop(PENDING, None)
+    if pending is not None:
+        torch.save(pending, tmp / f"{PENDING}.pt")
     state = {"step": step, "config": dataclasses.asdict(cfg), "groups": sorted(groups), **driver}
     (tmp / "driver.json").write_text(json.dumps(state, indent=2))
     _fsync_tree(tmp)
@@ -216,6 +224,12 @@ def _fsync_tree(path: Path) -> None:
     for p in path.rglob("*"):
         if p.is_file():
             _fsync(p)
+
+
+def load_pending(state: dict) -> dict | None:
+    """The prefetched rollouts saved with `state`, if any (see `Controller.pending_state`)."""
+    path = Path(state["path"]) / f"{PENDING}.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else None
 
 
 def restore(state: dict, groups: dict) -> None:

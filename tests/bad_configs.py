@@ -62,6 +62,8 @@ CASES = [
     (["actor.ep_size=3"], ["actor.world_size=2", "actor.ep_size=3", "multiple of ep_size"]),
     (["actor.world_size=64", "actor.num_gpus_per_worker=1"], ["needs 64 GPUs", "actor ranks on GPUs 0-63", "this machine has"]),
     (["rollout.tensor_parallel_size=64", "rollout.num_gpus=1"], ["needs 64 GPUs", "vLLM on GPUs 0-63", "this machine has"]),
+    (["rl.off_policy_steps=2"], ["rl.off_policy_steps", "0 (on-policy) or 1"]),
+    (["rl.off_policy_steps=1", "rollout.sleep=true"], ["rl.off_policy_steps=1", "rollout.sleep=false"]),
     (["rollout.tensor_parallel_size=3"], ["rollout.tensor_parallel_size=3", "4 attention heads", "2 key-value heads"]),
     (["model.path={tmp}/three_heads", "rollout.tensor_parallel_size=2"], ["rollout.tensor_parallel_size=2", "3 attention heads"]),
     (["actor.engine=fsdp", "actor.world_size=4", "actor.tp_size=4"], ["actor.tp_size=4", "2 key-value heads", "divides both"]),

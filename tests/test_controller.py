@@ -76,7 +76,7 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
         tok = FakeTokenizer()
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), tok, rewards, Renderer(tok, True, None))
         problems = [Row(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
-        got = ctl._collect(Sampler(problems, seed=0))
+        got = ctl._collect(Sampler(problems, seed=0), 0)
         batch, errors, used = got.batch, got.errors, got.rounds
     finally:
         rewards.close()
@@ -117,7 +117,7 @@ def test_reward_functions_get_the_rows_extra_columns(ray_local):
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([ray.remote(ScriptedRollout).remote()], 0)), tok, rewards,
                          Renderer(tok, True, None))
         rows = [Row(f"{a}+1=", str(a + 1), extra={"parity": "odd" if a % 2 else "even"}) for a in range(4)]
-        got = ctl._collect(Sampler(rows, seed=0))
+        got = ctl._collect(Sampler(rows, seed=0), 0)
         batch, errors = got.batch, got.errors
     finally:
         rewards.close()
