@@ -212,7 +212,7 @@ class Controller:
         logprobs = torch.cat(self.roles.actor.dp("logprobs", batch))
         return float(-(logprobs * batch["response_mask"]).sum() / batch["response_mask"].sum())
 
-    def _generate_and_score(self, rows: list[Row], group_offset: int, timing: dict[str, float]):
+    def _generate_and_score(self, rows: list[Row], group_offset: int, timing: dict[str, float], restart: bool):
         cfg = self.cfg
         self.draws += 1
         sampling = Sampling(n=cfg.rl.n, temperature=cfg.rl.temperature, max_new_tokens=cfg.rl.max_new_tokens,
@@ -221,7 +221,7 @@ class Controller:
                             seed=random.Random(f"{cfg.seed}:{self.stream}{self.draws}").randrange(2**30))
         t = time.perf_counter()
         self.roles.prepare_rollout()
-        batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling)
+        batch = self.roles.rollout.generate(self.prompt_ids(rows), sampling, restart=restart)
         _add(timing, {"time/generate": time.perf_counter() - t, **self.roles.rollout.timing})
         t = time.perf_counter()
         scored = self._score(rows, batch, True)
@@ -231,18 +231,18 @@ class Controller:
         batch["group_ids"] = batch["group_ids"] + group_offset
         return batch, scored
 
-    def _collect(self, sampler, version: int) -> Rollouts:
+    def _collect(self, sampler, version: int, restart: bool = True) -> Rollouts:
         """Generate and score `rl.prompts_per_step` groups. With dynamic sampling (DAPO), groups
         whose rewards are all equal teach nothing: they are dropped and new prompts drawn, for
         up to `algo.max_sampling_rounds` rounds; if still short, equal groups fill the batch.
         Touches the sampler, the reward manager and `draws`, never the step's other state: it may
-        run on the prefetch thread."""
+        run on the prefetch thread (with `restart=False`, see `RolloutGroup.generate`)."""
         cfg, algo = self.cfg, self.cfg.algo
         want, n = cfg.rl.prompts_per_step, cfg.rl.n
         kept, fillers, named, errors, offset, timing = [], [], [], Counter(), 0, {}
         for rounds in range(1, (algo.max_sampling_rounds if algo.dynamic_sampling else 1) + 1):
             have = sum(b.batch_size[0] for b in kept) // n
-            batch, scored = self._generate_and_score(sampler.next(want - have), offset, timing)
+            batch, scored = self._generate_and_score(sampler.next(want - have), offset, timing, restart)
             offset += batch.batch_size[0] // n
             named.append(scored.named)
             errors.update(scored.errors)
@@ -271,7 +271,7 @@ class Controller:
         else:
             got = self._collect(sampler, self.version)
         if prefetch:
-            self._pending = _in_background(self._collect, sampler, self.version)
+            self._pending = _in_background(self._collect, sampler, self.version, False)
         batch, named, errors, rounds, self.timing = got.batch, got.named, got.errors, got.rounds, got.timing
         lag = self.version - got.version
         mask = batch["response_mask"]
@@ -366,13 +366,17 @@ class Controller:
             train["actor/kl_coef"] = self.kl.coef
             train["actor/kl_rollout_batch"] = measured
             self.kl.update(measured, batch.batch_size[0])
+        push = train_actor
         if self._pending is not None:  # vLLM must not take new weights mid-generation
             t = time.perf_counter()
             wait([self._pending])
             timing["time/rollout_wait"] = time.perf_counter() - t
-        if train_actor:
+            # A failed prefetch is raised by the next step, which saves this step's state (a resumed
+            # run pushes the weights); pushing now could wait forever on a hung engine.
+            push = push and self._pending.exception() is None
+        if push:
             self.version += 1
-        timing.update(self.sync_weights() if train_actor else {"time/push": 0.0})
+        timing.update(self.sync_weights() if push else {"time/push": 0.0})
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **correction, **named, **train, **self.timing,
                    **timing}

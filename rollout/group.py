@@ -36,7 +36,11 @@ class RolloutGroup:
         self.timing: dict[str, float] = {}
         self.restarts = 0  # engines replaced since the run started
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, restart: bool = True) -> TensorDict:
+        """`restart=False` for a generation running beside the trainer (rl.off_policy_steps=1): a
+        replacement would get the trainer's weights mid-update, newer than the samples' claimed
+        policy, so a failed engine is killed and `RolloutFailed` raised at once; the next call
+        with restarts replaces it."""
         chunks = [c.tolist() for c in torch.arange(len(prompt_ids)).tensor_split(len(self.workers)) if len(c)]
         recovery = 0.0
         for failures in range(self.max_restarts + 1):
@@ -49,6 +53,14 @@ class RolloutGroup:
             failed = self._failed(calls)
             if not failed:
                 break
+            if not restart:
+                for i in failed:
+                    ray.kill(self.workers[i])
+                raise RolloutFailed(
+                    f"rollout engine(s) {', '.join(f'{i} ({why})' for i, why in failed.items())} failed while "
+                    f"generating the next step's samples beside the trainer (rl.off_policy_steps=1), where engines "
+                    f"are not replaced. Check the engines' log above (out of memory? a crashed node?)"
+                )
             if failures == self.max_restarts or self.restart is None:
                 raise RolloutFailed(
                     f"rollout engine(s) {', '.join(f'{i} ({why})' for i, why in failed.items())} failed "

@@ -89,6 +89,18 @@ def test_a_hung_engine_is_killed_after_the_timeout_and_replaced(local_ray):
         ray.get(hung.pid.remote(), timeout=30)
 
 
+def test_a_generation_beside_the_trainer_kills_a_failed_engine_instead_of_replacing_it(local_ray):
+    engines = [_ready(FakeEngine.remote()), _ready(FakeEngine.remote())]
+    restarts = []
+    group = _group(list(engines), restarts, timeout_s=30, max_restarts=2)
+    os.kill(ray.get(engines[1].pid.remote()), signal.SIGKILL)
+    with pytest.raises(RolloutFailed, match="rl.off_policy_steps=1"):
+        group.generate(PROMPTS, SAMPLING, restart=False)
+    assert restarts == [] and group.restarts == 0  # no fresh engine with the trainer's newer weights
+    batch = group.generate(PROMPTS, SAMPLING)  # the next call with restarts replaces it
+    assert restarts == [1] and batch["input_ids"].tolist() == [[10, 100], [11, 101], [12, 102], [13, 103]]
+
+
 def test_failures_beyond_max_restarts_stop_with_a_clear_error(local_ray):
     restarts = []
 
