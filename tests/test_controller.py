@@ -126,3 +126,65 @@ def test_reward_functions_get_the_rows_extra_columns(ray_local):
     for ids, score in zip(batch["input_ids"].tolist(), batch["scores"].tolist()):
         a = int("".join(map(chr, ids)).split("+")[0])
         assert score == (1.5 if a % 2 else 0.5)
+
+
+class FailingRollout(ScriptedRollout):
+    """Scripted, but its `fail_on`-th generation raises (0: never)."""
+
+    def __init__(self, fail_on: int):
+        self.calls, self.fail_on = 0, fail_on
+
+    def generate(self, prompt_ids, sampling):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("engine fell over")
+        return super().generate(prompt_ids, sampling)
+
+
+class RecordingActor:
+    """A one-rank trainer group that trains on nothing and records what the controller asks of it."""
+
+    world_size = 1
+
+    def __init__(self):
+        self.calls, self.shape = [], None
+
+    def dp(self, method, batch, *args):
+        self.calls.append(method)
+        self.shape = batch["input_ids"].shape
+        return [{"loss": 0.0, "actor/skipped_step": 0.0}] if method == "train_step" else [torch.zeros(self.shape)]
+
+    def per_dp(self, method):
+        return [torch.zeros(self.shape)]  # the training forward's log-probs
+
+    def all(self, method, *args):
+        self.calls.append(method)
+        return {"device_stats": [{"device": "cpu"}], "sync_weights": [(8, [])]}[method]
+
+
+@pytest.mark.parametrize("prefetch_fails", [False, True])
+def test_a_failed_prefetch_skips_the_push_and_the_next_step_raises_it(ray_local, prefetch_fails):
+    """rl.off_policy_steps=1: the push waits for the next step's generation; if that generation
+    failed, pushing could hang on a dead engine, so the step ends without a push (time/push 0, the
+    version unchanged) and the next step raises the generation's error."""
+    cfg = load_config(["rl.prompts_per_step=4", "rl.n=2", "rl.off_policy_steps=1", "rl.steps=3"])
+    rewards = RewardManager([RewardSpec("exact_match")], fallback=0.0, timeout_s=10, num_workers=1, max_error_rate=0)
+    try:
+        tok, actor = FakeTokenizer(), RecordingActor()
+        engine = ray.remote(FailingRollout).remote(2 if prefetch_fails else 0)
+        ctl = Controller(cfg, Roles(actor=actor, rollout=RolloutGroup([engine], 0)), tok, rewards,
+                         Renderer(tok, True, None))
+        sampler = Sampler([Row(f"{a}+1=", str(a + 1)) for a in range(12)], seed=0)
+        first = ctl.rl_step(sampler, prefetch=True)  # generates step 1, starts step 2's generation
+        assert actor.calls.count("train_step") == 1
+        if prefetch_fails:
+            assert "sync_weights" not in actor.calls and first["time/push"] == 0.0 and ctl.version == 0
+            with pytest.raises(RuntimeError, match="engine fell over"):
+                ctl.rl_step(sampler, prefetch=True)
+            assert actor.calls.count("train_step") == 1  # nothing trained on a batch that does not exist
+        else:
+            assert actor.calls.count("sync_weights") == 1 and ctl.version == 1
+            second = ctl.rl_step(sampler)  # trains on the prefetched batch, sampled before the first push
+            assert second["rollout/policy_lag"] == 1.0 and ray.get(engine.__ray_call__.remote(lambda e: e.calls)) == 2
+    finally:
+        rewards.close()
