@@ -320,6 +320,14 @@ def _to_dataclass(cls: type, data: Any, path: str) -> Any:
     return cls(**{n: _convert(hints[n], data[n], f"{path}.{n}" if path else n) for n in names})
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict as one level of dotted keys ({"rl": {"lr": 1}} -> {"rl.lr": 1}), for config diffs and trackers."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     if not isinstance(node, dict):
         return []

@@ -148,16 +148,15 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
 
 def _config_diff(out: Path) -> list[str]:
     """The run's config.json against the defaults (of its algorithm's config group, if it has one)."""
-    from rlhf.config import CONFIG_DIR, load_config
-    from rlhf.run_state import _flat
+    from rlhf.config import CONFIG_DIR, flatten, load_config
 
     path = out / "config.json"
     if not path.is_file():
         return []
-    now = _flat(json.loads(path.read_text()))
+    now = flatten(json.loads(path.read_text()))
     algo = now.get("algo.name")
     group = [f"algo={algo}"] if (CONFIG_DIR / "algo" / f"{algo}.yaml").is_file() else []
-    defaults = _flat(dataclasses.asdict(load_config(group)))
+    defaults = flatten(dataclasses.asdict(load_config(group)))
     diff = [f"`{g}` (config group)" for g in group if g != "algo=grpo"]
     return diff + [f"`{k}={now.get(k)!r}` (default `{defaults.get(k)!r}`)" for k in sorted(set(now) | set(defaults))
                    if k != "trainer.output_dir" and now.get(k) != defaults.get(k)]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, load_config
+from rlhf.config import ConfigError, RunConfig, flatten, load_config
 from rlhf.stages import stage_names
 
 MARKER = "COMPLETE"
@@ -34,16 +34,6 @@ _NAME = re.compile(r"state-(.+)-step(\d+)")
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
 # is reported, not what is computed.
 _FREE = ("trainer.", "eval.")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _files(path: Path) -> dict[str, int]:
@@ -128,11 +118,11 @@ def check(cfg: RunConfig) -> dict | None:
                 f"or use trainer.resume=auto"
             )
     state = json.loads((path / "driver.json").read_text())
-    saved, now = _flat(state["config"]), _flat(dataclasses.asdict(cfg))
+    saved, now = flatten(state["config"]), flatten(dataclasses.asdict(cfg))
     keys = [k for k in sorted(set(saved) | set(now))
             if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)]
     if any(k not in saved for k in keys):  # a key newer than the state, at its default, asks for what the state's code did
-        defaults = _flat(dataclasses.asdict(load_config([])))
+        defaults = flatten(dataclasses.asdict(load_config([])))
         keys = [k for k in keys if k in saved or now[k] != defaults.get(k)]
     diffs = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys]
     if diffs:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rlhf.config import flatten
 from rlhf.metrics import fmt
 
 # tracker -> (module it needs, the pip extra that installs it)
@@ -117,7 +118,7 @@ class MLflow:
         exp = self.client.get_experiment_by_name("rlhf")
         exp_id = exp.experiment_id if exp else self.client.create_experiment("rlhf")
         self.run_id = self.client.create_run(exp_id, run_name=out.name).info.run_id
-        for k, v in _flat(config).items():
+        for k, v in flatten(config).items():
             self.client.log_param(self.run_id, k, str(v)[:500])
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
@@ -130,13 +131,6 @@ class MLflow:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def open_trackers(loggers: list[str], out: Path, config: dict, log_every: int, label: str) -> list:
