@@ -22,8 +22,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from rlhf.config import ConfigError, RunConfig, flatten, load_config
 from rlhf.stages import stage_names
 
@@ -187,6 +185,8 @@ def save(out: Path, stage: str, step: int, cfg: RunConfig, groups: dict, driver:
     driver = dict(driver)
     pending = driver.pop(PENDING, None)
     if pending is not None:
+        import torch  # here, not at the top: config validation imports this module and must stay light
+
         torch.save(pending, tmp / f"{PENDING}.pt")
     state = {"step": step, "config": dataclasses.asdict(cfg), "groups": sorted(groups), **driver}
     (tmp / "driver.json").write_text(json.dumps(state, indent=2))
@@ -218,6 +218,8 @@ def _fsync_tree(path: Path) -> None:
 
 def load_pending(state: dict) -> dict | None:
     """The prefetched rollouts saved with `state`, if any (see `Controller.pending_state`)."""
+    import torch
+
     path = Path(state["path"]) / f"{PENDING}.pt"
     return torch.load(path, weights_only=True) if path.is_file() else None
 

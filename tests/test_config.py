@@ -61,9 +61,10 @@ def test_cli_fails_fast_before_ray(tmp_path):
 
 def test_validation_imports_none_of_the_heavy_libraries(tmp_path):
     """Bad configs fail in well under 2 s because validation imports none of the libraries that take
-    a second or more to import; checked on the default config, which passes every check."""
+    a second or more to import; checked on the default config, which passes every check, and with
+    trainer.resume=auto (the resumable-state check; no state there: a fresh start)."""
     heavy = ["ray", "torch", "vllm", "transformers", "tensordict", "datasets", "nemo_automodel"]
-    code = (f"import sys; from rlhf.main import main; assert main(['--cfg', 'trainer.output_dir={tmp_path}/out']) == 0; "
+    code = (f"import sys; from rlhf.main import main; assert main(['--cfg', 'trainer.output_dir={tmp_path}/out', 'trainer.resume=auto']) == 0; "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
