@@ -31,6 +31,8 @@
 #          the one-GPU tests of the push, the fused log-probs and the Automodel CUDA engine
 #   async: one GPU: the reference workload on-policy, then one-step off-policy (rl.off_policy_steps=1,
 #          the next step's generation during this step's training), 6 steps each, same card
+#   trl:   one GPU, right after `async` on the same machine: TRL 1.16 on the reference workload (6 steps),
+#          then the one-GPU tests of PPO resume and the IPC push
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -222,6 +224,13 @@ case ${1:-one} in
       cp "$work/ours_$name/run/metrics.jsonl" "$OUT/ours_${name}_metrics.jsonl" 2>/dev/null
       python3 -c "import json;[print('$name step',r['step'],*(f'{k[5:]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/rollout_wait','time/push') if k in r),'lag',r['rollout/policy_lag'],'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$OUT/ours_${name}_metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
     done ;;
+  trl)
+    python3 -m pip install -q --no-deps --target /tmp/trl .device/trl/*.whl 2>/dev/null
+    PYTHONPATH=$PWD:/tmp/trl:$PYTHONPATH timeout 240 python3 benchmarks/vs_trl/run_trl.py --model $model --steps 6 \
+      > "$OUT/trl.log" 2>&1; echo "trl rc=$?" >> "$OUT/table.txt"; tail -4 "$OUT/trl.log" >> "$OUT/table.txt"
+    timeout 200 python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider -k "ppo_resume or test_weight_push" \
+      > "$OUT/tests.log" 2>&1; echo "tests rc=$?" >> "$OUT/table.txt"
+    grep -E "passed|failed|max \|dlogp|gap|Error" "$OUT/tests.log" | tail -8 >> "$OUT/table.txt" ;;
   final)
     timeout 140 python3 benchmarks/weight_push.py --model $model --mode ipc > "$work/weight_push_ipc.log" 2>&1
     echo "weight_push ipc rc=$?" >> "$OUT/table.txt"; grep -A18 "^| ipc" "$work/weight_push_ipc.log" >> "$OUT/table.txt"

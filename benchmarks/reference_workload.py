@@ -56,6 +56,8 @@ def main() -> int:
     from rlhf.metrics import read_metrics, rl_steps
 
     rows = [r for s, r in sorted(rl_steps(read_metrics(run)).items()) if s >= 3] or list(rl_steps(read_metrics(run)).values())
+    if any("time/rollout_wait" in r for r in rows[:-1]):
+        rows = [r for r in rows if "time/rollout_wait" in r]  # off-policy: the last step overlaps no generation
     med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean"]
            if k in rows[0]}
     tokens = statistics.median(r["response/length_mean"] for r in rows) * 64 * 8
