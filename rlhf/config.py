@@ -685,11 +685,14 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.eval_files and not cfg.data.train_files:
         raise ConfigError("data.eval_files needs data.train_files (with no training files the built-in task runs, "
                           "with its own held-out problems)")
+    from rlhf.data.files import check_path as check_data_path
+
     for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
         for file in files:
-            if not Path(file).exists():
-                raise ConfigError(f"{key}: {file} does not exist (relative paths start at {Path.cwd()}); give a "
-                                  f".jsonl/.json or .parquet file or a folder written by datasets' save_to_disk")
+            problem = check_data_path(file)
+            if problem:
+                raise ConfigError(f"{key}: {problem}; give .jsonl/.json, .parquet or .csv files (a glob pattern "
+                                  f"such as train-*.parquet reads every match) or a folder written by datasets' save_to_disk")
     if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
         raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
                           f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")

@@ -86,6 +86,8 @@ CASES = [
     (["data.train_files=[/nonexistent/train.jsonl]"], ["data.train_files", "/nonexistent/train.jsonl does not exist"]),
     (["data.train_files=[{tmp}/data/train.jsonl]", "data.eval_files=[/nonexistent/test.jsonl]"],
      ["data.eval_files", "/nonexistent/test.jsonl does not exist"]),
+    (["data.train_files=[{tmp}/hub]"], ["data.train_files", "save_to_disk", "hub/main/train-*.parquet"]),
+    (["data.train_files=[{tmp}/hub/main/validation-*.parquet]"], ["data.train_files", "validation-*.parquet matches no file"]),
     (["trainer.resume=/nonexistent/state-rl-step3"], ["trainer.resume", "driver.json"]),
     (["reward.fn=/nonexistent/rewards.py:score"], ["/nonexistent/rewards.py"]),
     (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
@@ -93,12 +95,14 @@ CASES = [
 
 
 def make_fixtures(tmp: Path) -> None:
-    """Model folders that are broken in one way each, and a data file that is fine."""
+    """Model folders that are broken in one way each, a data file that is fine, and a dataset
+    downloaded from the Hub (its files, not a save_to_disk folder)."""
     config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
     for name, files in {
         "three_heads": {"config.json": {**config, "num_attention_heads": 3, "num_key_value_heads": 3},
                         "tokenizer.json": {}, "model.safetensors": None},
         "data": {"train.jsonl": {"prompt": "1+1=", "answer": "2"}},
+        "hub": {"README.md": None, "main/train-00000-of-00002.parquet": None, "main/train-00001-of-00002.parquet": None},
         "pickled": {"config.json": config, "tokenizer.json": {}, "pytorch_model.bin": None},
         "no_tokenizer": {"config.json": config, "model.safetensors": None},
         "remote_code": {"config.json": {**config, "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}},
@@ -107,6 +111,7 @@ def make_fixtures(tmp: Path) -> None:
         folder = tmp / name
         folder.mkdir(parents=True, exist_ok=True)
         for file, content in files.items():
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
             (folder / file).write_text(json.dumps(content) if content is not None else "")
 
 

@@ -48,6 +48,40 @@ def test_jsonl_parquet_and_saved_folder_give_the_same_rows(tmp_path):
         assert rows[1].origin == f"{source}, row 2"
 
 
+def test_a_hub_download_is_read_through_glob_patterns_shard_by_shard(tmp_path):
+    """The layout `huggingface-cli download --repo-type dataset` writes: splits as shards in a
+    config folder. A pattern reads a split's shards in name order; the folder itself is refused
+    with the pattern to give instead."""
+    import datasets
+
+    from rlhf.data.sources import load_data
+
+    more = [{"question": f"What is {i}+1?", "answer": f"#### {i + 1}", "response": "r", "level": i} for i in range(5)]
+    main = tmp_path / "hub" / "main"
+    main.mkdir(parents=True)
+    (tmp_path / "hub" / "README.md").write_text("---\nconfigs: []\n---\n")
+    shards = [ROWS, more[:3], more[3:]]  # written out of name order: the pattern must sort them
+    for i in (2, 0, 1):
+        datasets.Dataset.from_list(shards[i]).to_parquet(str(main / f"train-{i:05d}-of-00003.parquet"))
+    datasets.Dataset.from_list(ROWS[:1]).to_csv(str(main / "test-00000-of-00001.csv"), index=False)
+
+    data = _data("data.extra_keys=[level]")
+    rows = load_rows(str(main / "train-*.parquet"), data)
+    assert [r.prompt for r in rows] == [r["question"] for shard in shards for r in shard]
+    assert [r.extra["level"] for r in rows] == [r["level"] for shard in shards for r in shard]
+    assert rows[2].origin == f"{main / 'train-00001-of-00003.parquet'}, row 1"
+    loaded = load_data(load_config([
+        "data.prompt_key=question", f"data.train_files=[{main}/train-*.parquet]",
+        f"data.eval_files=[{main}/test-*.csv]"]).data, None, 0)
+    assert len(loaded.train) == 7 and list(loaded.evals) == ["test"]
+    assert [(r.prompt, r.answer) for r in loaded.evals["test"]] == [(ROWS[0]["question"], ROWS[0]["answer"])]
+
+    with pytest.raises(DataError, match=r"not one written by datasets' save_to_disk.*e\.g\. .*main/test-\*\.csv"):
+        load_rows(str(tmp_path / "hub"), data)
+    with pytest.raises(DataError, match=r"validation-\*\.parquet matches no file"):
+        load_rows(str(main / "validation-*.parquet"), data)
+
+
 @pytest.mark.parametrize("rows, overrides, must_name", [
     ([{"q": "x", "answer": "1"}], [], ["row 1", "'question'", "data.prompt_key", "columns are: answer, q"]),
     ([{"question": "a", "answer": "1"}, {"question": "  ", "answer": "2"}], [], ["row 2", "'question'", "empty"]),
@@ -82,9 +116,12 @@ def test_unreadable_empty_and_missing_files(tmp_path):
             load_rows(str(tmp_path / name), data)
     with pytest.raises(DataError, match="does not exist"):
         load_rows(str(tmp_path / "nope.jsonl"), data)
-    with pytest.raises(DataError, match="unknown format '.csv'"):
-        (tmp_path / "x.csv").write_text("a,b\n")
-        load_rows(str(tmp_path / "x.csv"), data)
+    with pytest.raises(DataError, match="unknown format '.xlsx'"):
+        (tmp_path / "x.xlsx").write_text("a,b\n")
+        load_rows(str(tmp_path / "x.xlsx"), data)
+    with pytest.raises(DataError, match="header.csv has no rows"):
+        (tmp_path / "header.csv").write_text("question,answer\n\n")
+        load_rows(str(tmp_path / "header.csv"), data)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Data files as a source of rows, read with Hugging Face `datasets`: JSON lines (`.jsonl`,
-`.json`), Parquet (`.parquet`) and folders written by `Dataset.save_to_disk`.
+`.json`), Parquet (`.parquet`), CSV (`.csv`) and folders written by `Dataset.save_to_disk`. A path
+may be a glob pattern (`gsm8k/main/train-*.parquet`): a dataset downloaded from the Hub keeps each
+split as shards named so, and the pattern reads them all, in name order.
 
 Columns are mapped to the row protocol by the `data.*_key` settings. Every row is checked as it
 is read; a bad one stops the run with the file, the row (1-based) and the column named.
@@ -7,15 +9,59 @@ is read; a bad one stops the run with the file, the row (1-based) and the column
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rlhf.data.rows import DataError, Row, check_messages
 
-_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_SAVED = ("state.json", "dataset_dict.json")  # what save_to_disk writes into a Dataset / DatasetDict folder
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")  # the Hub's shard suffix: train-00000-of-00004.parquet
+
+
+def expand(path: str) -> list[str]:
+    """The files `path` names: itself, or the sorted matches of a glob pattern."""
+    if not glob.has_magic(path):
+        return [path]
+    matches = sorted(m for m in glob.glob(path, recursive=True) if Path(m).is_file())
+    if not matches:
+        raise DataError(f"{path} matches no file (relative paths start at {Path.cwd()})")
+    return matches
+
+
+def check_path(path: str) -> str | None:
+    """What is wrong with a data path, from the file system alone (no file is read), or None."""
+    try:
+        files = expand(path)
+    except DataError as e:
+        return str(e)
+    for file in files:
+        p = Path(file)
+        if not p.exists():
+            return f"{file} does not exist (relative paths start at {Path.cwd()})"
+        if p.is_dir() and not any((p / name).is_file() for name in _SAVED):
+            return _not_a_saved_folder(p)
+        if p.is_file() and p.suffix not in _FORMATS:
+            return f"{file}: unknown format {p.suffix!r}; use .jsonl/.json, .parquet, .csv or a folder written by datasets' save_to_disk"
+    return None
+
+
+def _not_a_saved_folder(folder: Path) -> str:
+    found = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in _FORMATS)
+    if not found:
+        return (f"{folder} is a folder but not one written by datasets' save_to_disk, and holds no "
+                f".jsonl/.json/.parquet/.csv files")
+    first = found[0]
+    shard = _SHARD.sub("", first.stem)
+    pattern = first.parent / (f"{shard}-*{first.suffix}" if shard != first.stem else first.name)
+    listed = ", ".join(str(f.relative_to(folder)) for f in found[:6]) + (", ..." if len(found) > 6 else "")
+    return (f"{folder} is a folder but not one written by datasets' save_to_disk; it holds data files ({listed}): "
+            f"name the split's files, e.g. {pattern}")
 
 
 def _first_bad_json_line(path: Path) -> str | None:
@@ -35,8 +81,9 @@ def read_table(path: str):
 
     datasets.disable_progress_bars()
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file {path} does not exist (check data.train_files / data.eval_files)")
+    problem = check_path(path)
+    if problem:
+        raise DataError(f"data file {problem} (check data.train_files / data.eval_files)")
     try:
         if p.is_dir():
             table = datasets.load_from_disk(str(p))
@@ -47,16 +94,13 @@ def read_table(path: str):
                         f"e.g. {p / next(iter(table))}"
                     )
                 table = next(iter(table.values()))
-        elif p.suffix in _FORMATS:
-            if p.stat().st_size == 0 or (_FORMATS[p.suffix] == "json" and not p.read_text(errors="replace").strip()):
+        else:
+            if p.stat().st_size == 0 or (_FORMATS[p.suffix] != "parquet" and not p.read_text(errors="replace").strip()):
                 raise DataError(f"data file {path} is empty")
+            if p.suffix == ".csv" and sum(1 for line in p.open(errors="replace") if line.strip()) < 2:
+                raise DataError(f"data file {path} has no rows (a header at most)")
             cache = os.path.join(tempfile.gettempdir(), "rlhf-datasets")
             table = datasets.load_dataset(_FORMATS[p.suffix], data_files=str(p), split="train", cache_dir=cache)
-        else:
-            raise DataError(
-                f"data file {path}: unknown format {p.suffix!r}; use .jsonl/.json, .parquet or a folder written by "
-                f"datasets' save_to_disk"
-            )
     except DataError:
         raise
     except Exception as e:
@@ -78,7 +122,12 @@ def _text(value: Any, where: str, key_setting: str) -> str:
 
 
 def load_rows(path: str, data) -> list[Row]:
-    """Every row of one file, mapped through `data` (the `data:` config section) and checked."""
+    """Every row of the file (or of each file a glob pattern matches, in name order), mapped
+    through `data` (the `data:` config section) and checked."""
+    return [row for file in expand(path) for row in _file_rows(file, data)]
+
+
+def _file_rows(path: str, data) -> list[Row]:
     table = read_table(path)
     columns = set(table.column_names)
     listed = ", ".join(sorted(columns))
@@ -118,6 +167,9 @@ def load_rows(path: str, data) -> list[Row]:
 
 
 def eval_name(path: str, taken: set[str]) -> str:
-    """A short name for an eval file in metric keys: its stem, or its path if the stem is taken."""
-    stem = Path(path).name.split(".")[0]
+    """A short name for an eval file or pattern in metric keys: its stem without glob characters
+    or the Hub's shard suffix (`test-*.parquet`, `test-00000-of-00001.parquet`: `test`), or its
+    path if the stem is taken."""
+    stem = _SHARD.sub("", Path(path).name.split(".")[0])
+    stem = re.sub(r"[-_.]*[*?\[\]]+.*$", "", stem) or stem
     return stem if stem not in taken else path
