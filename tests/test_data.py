@@ -176,10 +176,60 @@ def test_multi_turn_loss_counts_only_assistant_tokens(chat_tok, tiny_model):
         _ids(chat_tok, pieces[0][0]) + _ids(chat_tok, pieces[1][0]) + _ids(chat_tok, pieces[2][0]))]
 
 
+def test_verl_and_trl_conversational_rows_render_their_whole_prompt_and_learn_only_the_completion(tmp_path, chat_tok):
+    """verl's parquet layout (prompt: a list of messages, the ground truth in the struct column
+    reward_model) and TRL's conversational prompt-completion rows, read as they are."""
+    import datasets
+
+    few_shot = [{"role": "system", "content": "Add."}, {"role": "user", "content": "2+3="},
+                {"role": "assistant", "content": "5"}, {"role": "user", "content": "7+8="}]
+    rows = [{"prompt": few_shot, "completion": [{"role": "assistant", "content": "15"}],
+             "reward_model": {"ground_truth": "15", "style": "rule"}, "data_source": "add"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "verl.parquet"))
+    [row] = load_rows(str(tmp_path / "verl.parquet"), _data(
+        "data.prompt_key=prompt", "data.answer_key=reward_model.ground_truth", "data.response_key=completion",
+        "data.extra_keys=[data_source]"))
+    assert (row.prompt, row.answer, row.response, row.extra, row.messages) == ("7+8=", "15", "15", {"data_source": "add"}, None)
+    # by hand: the whole prompt conversation, few-shot answer included, then the generation prompt
+    prompt = ("<|im_start|>system\nAdd.<|im_end|>\n<|im_start|>user\n2+3=<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n"
+              "<|im_start|>user\n7+8=<|im_end|>\n<|im_start|>assistant\n")
+    renderer = Renderer(chat_tok, True, "ignored: the prompt has its own system turn")
+    assert renderer.prompt_ids(row) == _ids(chat_tok, prompt)
+    ids, mask = renderer.sft_example(row)
+    assert ids == _ids(chat_tok, prompt) + _ids(chat_tok, "15<|im_end|>\n")
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "15<|im_end|>\n"  # not the few-shot "5"
+    # a prompt without a system turn gets data.system_prompt, as a plain prompt does
+    plain = Row("7+8=", "15", context=few_shot[3:])
+    assert Renderer(chat_tok, True, "Be brief.").prompt_ids(plain) == Renderer(chat_tok, True, "Be brief.").prompt_ids(
+        Row("7+8=", "15"))
+
+
+@pytest.mark.parametrize("record, overrides, must_name", [
+    ({"prompt": "q", "reward_model": {"ground_truth": "1", "style": "rule"}}, ["data.answer_key=reward_model.ground_truht"],
+     ["row 1", "no field 'ground_truht' in 'reward_model'", "its fields are: ground_truth, style"]),
+    ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"}, [],
+     ["row 1", "'prompt'", "ends with an assistant turn", "data.messages_key"]),
+    ({"prompt": [{"role": "system", "content": "s"}], "answer": "1"}, [], ["row 1", "'prompt'", "no user turn"]),
+    ({"prompt": "q", "answer": "1", "completion": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]},
+     ["data.response_key=completion"], ["row 1", "'completion'", "one assistant message, got 2"]),
+])
+def test_bad_conversational_rows_and_struct_fields_are_named(tmp_path, record, overrides, must_name):
+    path = _jsonl(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(DataError) as e:
+        load_rows(path, _data("data.prompt_key=prompt", *overrides))
+    for s in [path, *must_name]:
+        assert s in str(e.value), (s, str(e.value))
+
+
 def test_conversations_need_a_template_and_sft_needs_a_target(chat_tok):
     convo = Row("hi", None, None, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], {}, "f, row 3")
     with pytest.raises(DataError, match="f, row 3: a conversation .* needs a tokenizer with a chat template"):
         Renderer(chat_tok, False, None).sft_example(convo)
+    prompt_only = Row("hi", None, context=[{"role": "user", "content": "hi"}], origin="f, row 5")
+    with pytest.raises(DataError, match="f, row 5: a conversational prompt .* needs a tokenizer with a chat template"):
+        Renderer(chat_tok, False, None).prompt_ids(prompt_only)
+    with pytest.raises(DataError, match="f, row 5: SFT needs a target"):
+        Renderer(chat_tok, True, None).sft_example(prompt_only)
     with pytest.raises(DataError, match="f, row 4: SFT needs a target"):
         Renderer(chat_tok, True, None).sft_example(Row("q", "a", origin="f, row 4"))
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rlhf.data.rows import DataError, Row, check_messages
+from rlhf.data.rows import DataError, Row, check_context, check_messages
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _SAVED = ("state.json", "dataset_dict.json")  # what save_to_disk writes into a Dataset / DatasetDict folder
@@ -127,42 +127,89 @@ def load_rows(path: str, data) -> list[Row]:
     return [row for file in expand(path) for row in _file_rows(file, data)]
 
 
+_MISSING = object()
+
+
+def _field(record: dict, key: str) -> Any:
+    """`record[key]`, or for a dotted key a field of a struct column (verl keeps the ground truth
+    in `reward_model.ground_truth`); `_MISSING` where there is no such field."""
+    if key in record:
+        return record[key]
+    value = record
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _check_key(key: str, setting: str, first: dict, path: str, listed: str) -> None:
+    if _field(first, key) is not _MISSING:
+        return
+    head = key.split(".")[0]
+    if "." in key and head in first:
+        value, walked = first, []
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                fields = ", ".join(sorted(value)) if isinstance(value, dict) else f"none ({type(value).__name__})"
+                raise DataError(f"{path}, row 1: no field {part!r} in {'.'.join(walked)!r} ({setting}={key}); its fields "
+                                f"are: {fields}")
+            value, walked = value[part], [*walked, part]
+    raise DataError(f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {listed}. "
+                    f"Set {setting} to the right column name")
+
+
+def _last_user(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
 def _file_rows(path: str, data) -> list[Row]:
     table = read_table(path)
     columns = set(table.column_names)
     listed = ", ".join(sorted(columns))
+    first = table[0]
     conversations = data.messages_key is not None and data.messages_key in columns
     required = [(data.prompt_key, "data.prompt_key")] if not conversations else []
     if data.answer_key is not None:
         required.append((data.answer_key, "data.answer_key"))
     required += [(k, "data.extra_keys") for k in data.extra_keys]
     for key, setting in required:
-        if key not in columns:
-            raise DataError(
-                f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {listed}. "
-                f"Set {setting} to the right column name"
-            )
+        _check_key(key, setting, first, path, listed)
     rows = []
     for n, record in enumerate(table, 1):
         at = f"{path}, row {n}"
-        messages = None
+        messages = context = None
         if conversations and record.get(data.messages_key) is not None:
             messages = check_messages(record[data.messages_key], f"{at}, column {data.messages_key!r}")
-        if messages is not None and (data.prompt_key not in columns or record.get(data.prompt_key) is None):
-            users = [m["content"] for m in messages if m["role"] == "user"]
-            prompt = users[-1] if users else ""
+        value = _field(record, data.prompt_key)
+        if messages is not None and (value is None or value is _MISSING):
+            prompt = _last_user(messages)
+        elif isinstance(value, (list, tuple)):
+            turns = check_context(value, f"{at}, column {data.prompt_key!r}")
+            context = turns if messages is None else None
+            prompt = _last_user(turns)
         else:
-            prompt = _text(record.get(data.prompt_key), f"{at}, column {data.prompt_key!r}", "data.prompt_key")
+            value = None if value is _MISSING else value
+            prompt = _text(value, f"{at}, column {data.prompt_key!r}", "data.prompt_key")
         answer = None
         if data.answer_key is not None:
-            answer = record[data.answer_key]
-            if answer is None or (isinstance(answer, str) and not answer.strip()):
+            answer = _field(record, data.answer_key)
+            if answer is None or answer is _MISSING or (isinstance(answer, str) and not answer.strip()):
                 raise DataError(f"{at}, column {data.answer_key!r}: the ground truth is empty (data.answer_key)")
         response = None
-        if data.response_key is not None and data.response_key in columns and record[data.response_key] is not None:
-            response = _text(record[data.response_key], f"{at}, column {data.response_key!r}", "data.response_key")
+        value = _field(record, data.response_key) if data.response_key is not None else None
+        if value is not None and value is not _MISSING:
+            where = f"{at}, column {data.response_key!r}"
+            if isinstance(value, (list, tuple)):  # TRL's conversational completion: one assistant message
+                turns = check_messages(value, where)
+                if len(turns) != 1:
+                    raise DataError(f"{where}: a conversational response must be one assistant message, got "
+                                    f"{len(turns)} messages")
+                value = turns[0]["content"]
+            response = _text(value, where, "data.response_key")
         rows.append(Row(prompt=prompt, answer=answer, response=response, messages=messages,
-                        extra={k: record[k] for k in data.extra_keys}, origin=at))
+                        extra={k: _field(record, k) for k in data.extra_keys}, origin=at, context=context))
     return rows
 
 

@@ -2,7 +2,8 @@
 
 With `data.chat_template` on and a tokenizer that has a chat template, a prompt is the
 conversation so far (optional system prompt, then the user's turn; for a conversation row,
-every turn before its last assistant turn) rendered with the generation prompt. Otherwise it
+every turn before its last assistant turn; for a conversational prompt, all of it) rendered with
+the generation prompt. Otherwise it
 is the plain text (system prompt and prompt joined by a newline).
 
 An SFT example is the rendering of the whole exchange, cut into text segments at the turn
@@ -31,26 +32,36 @@ class Renderer:
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-    def _conversation(self, row: Row) -> list[dict]:
-        """The row as messages: its conversation, or (system,) user, and the response if any."""
-        if row.messages is not None:
-            head = [] if not self.system_prompt or row.messages[0]["role"] == "system" else [
+    def _conversation(self, row: Row) -> tuple[list[dict], int]:
+        """The row as messages: its conversation, its conversational prompt and the response if
+        any, or (system,) user and the response if any; and the index of the first turn that
+        may be a target (SFT learns assistant turns from there on)."""
+        convo = row.messages if row.messages is not None else row.context
+        if convo is not None:
+            head = [] if not self.system_prompt or convo[0]["role"] == "system" else [
                 {"role": "system", "content": self.system_prompt}]
-            return head + row.messages
+            if row.messages is not None:
+                return head + convo, 0
+            reply = [{"role": "assistant", "content": row.response}] if row.response is not None else []
+            return head + convo + reply, len(head) + len(convo)
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         msgs.append({"role": "user", "content": row.prompt})
         if row.response is not None:
             msgs.append({"role": "assistant", "content": row.response})
-        return msgs
+        return msgs, 0
 
     def prompt_ids(self, row: Row) -> list[int]:
         if not self.templated:
-            if row.messages is not None:
-                raise DataError(f"{row.origin}: a conversation (data.messages_key) needs a tokenizer with a chat "
-                                f"template and data.chat_template=true")
+            if row.messages is not None or row.context is not None:
+                what = "a conversation (data.messages_key)" if row.messages is not None else \
+                    "a conversational prompt (a list of messages in data.prompt_key)"
+                raise DataError(f"{row.origin}: {what} needs a tokenizer with a chat template and "
+                                f"data.chat_template=true")
             text = f"{self.system_prompt}\n{row.prompt}" if self.system_prompt else row.prompt
             return self.tok(text).input_ids
-        msgs = self._conversation(row)
+        msgs, first = self._conversation(row)
+        if row.context is not None:
+            return self._ids(self._render(msgs[:first], generation_prompt=True))
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
         return self._ids(self._render(msgs[:last], generation_prompt=True))
 
@@ -63,10 +74,10 @@ class Renderer:
             prompt = self.prompt_ids(row)
             response = self._ids(row.response) + [self.eos]
             return prompt + response, [0] * len(prompt) + [1] * len(response)
-        msgs = self._conversation(row)
+        msgs, first = self._conversation(row)
         ids, mask, done = [], [], ""
         for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
+            if m["role"] != "assistant" or i < first:
                 continue
             before = self._render(msgs[:i], generation_prompt=True) if i else ""
             after = self._render(msgs[: i + 1], generation_prompt=False)

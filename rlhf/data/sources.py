@@ -22,7 +22,7 @@ def _texts(rows: list[Row]) -> list[str]:
     for row in rows:
         out.append(row.prompt + (str(row.answer) if row.answer is not None else ""))
         out.extend(t for t in [row.response] if t)
-        out.extend(m["content"] for m in row.messages or [])
+        out.extend(m["content"] for m in (row.messages or []) + (row.context or []))
     return out
 
 
