@@ -691,8 +691,10 @@ def validate(cfg: RunConfig) -> None:
         for file in files:
             problem = check_data_path(file)
             if problem:
-                raise ConfigError(f"{key}: {problem}; give .jsonl/.json, .parquet or .csv files (a glob pattern "
-                                  f"such as train-*.parquet reads every match) or a folder written by datasets' save_to_disk")
+                hint = "" if "save_to_disk" in problem else (
+                    "; give .jsonl/.json, .parquet or .csv files (a glob pattern such as train-*.parquet reads every "
+                    "match) or a folder written by datasets' save_to_disk")
+                raise ConfigError(f"{key}: {problem}{hint}")
     if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
         raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
                           f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")

@@ -63,7 +63,7 @@ def test_a_hub_download_is_read_through_glob_patterns_shard_by_shard(tmp_path):
     shards = [ROWS, more[:3], more[3:]]  # written out of name order: the pattern must sort them
     for i in (2, 0, 1):
         datasets.Dataset.from_list(shards[i]).to_parquet(str(main / f"train-{i:05d}-of-00003.parquet"))
-    datasets.Dataset.from_list(ROWS[:1]).to_csv(str(main / "test-00000-of-00001.csv"), index=False)
+    datasets.Dataset.from_list(ROWS[:1]).to_csv(str(main / "test-00000-of-00001-a09b74b3ef9c3b56.csv"), index=False)  # an older upload's name
 
     data = _data("data.extra_keys=[level]")
     rows = load_rows(str(main / "train-*.parquet"), data)
@@ -80,6 +80,16 @@ def test_a_hub_download_is_read_through_glob_patterns_shard_by_shard(tmp_path):
         load_rows(str(tmp_path / "hub"), data)
     with pytest.raises(DataError, match=r"validation-\*\.parquet matches no file"):
         load_rows(str(main / "validation-*.parquet"), data)
+
+
+def test_csv_cells_stay_text_and_names_with_glob_characters_are_files(tmp_path):
+    """pandas would read "007" as 7.0, "True" as a bool and "NA" as null: a CSV row arrives as
+    written. A file whose real name has [ or * in it is read as itself, not as a pattern."""
+    (tmp_path / "a.csv").write_text("question,answer,level\n12,007,NA\nTrue,2.50,\n")
+    rows = load_rows(str(tmp_path / "a.csv"), _data("data.extra_keys=[level]"))
+    assert [(r.prompt, r.answer, r.extra["level"]) for r in rows] == [("12", "007", "NA"), ("True", "2.50", "")]
+    odd = _jsonl(tmp_path / "[v2]train*.jsonl", ROWS)
+    assert [r.prompt for r in load_rows(odd, _data())] == [r["question"] for r in ROWS]
 
 
 @pytest.mark.parametrize("rows, overrides, must_name", [
@@ -204,9 +214,26 @@ def test_verl_and_trl_conversational_rows_render_their_whole_prompt_and_learn_on
         Row("7+8=", "15"))
 
 
+def test_struct_fields_are_checked_by_the_schema_and_absent_ones_reach_rewards_as_none(tmp_path):
+    import datasets
+
+    rows = [{"prompt": "q1", "rm": None}, {"prompt": "q2", "rm": {"gt": "2", "meta": None}},
+            {"prompt": "q3", "rm": {"gt": "3", "meta": {"idx": 7}}}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "s.parquet"))
+    # row 1's struct is null: the key is still right (the schema has it), and that row's value is None
+    got = load_rows(str(tmp_path / "s.parquet"), _data("data.prompt_key=prompt", "data.answer_key=null",
+                                                       "data.extra_keys=[rm.gt, rm.meta.idx]"))
+    assert [r.extra for r in got] == [{"rm.gt": None, "rm.meta.idx": None}, {"rm.gt": "2", "rm.meta.idx": None},
+                                      {"rm.gt": "3", "rm.meta.idx": 7}]
+    with pytest.raises(DataError, match="row 1, column 'rm.gt': the ground truth is empty"):
+        load_rows(str(tmp_path / "s.parquet"), _data("data.prompt_key=prompt", "data.answer_key=rm.gt"))
+    with pytest.raises(DataError, match=r"no field 'idz' in 'rm.meta' \(data.answer_key=rm.meta.idz\); its fields are: idx"):
+        load_rows(str(tmp_path / "s.parquet"), _data("data.prompt_key=prompt", "data.answer_key=rm.meta.idz"))
+
+
 @pytest.mark.parametrize("record, overrides, must_name", [
     ({"prompt": "q", "reward_model": {"ground_truth": "1", "style": "rule"}}, ["data.answer_key=reward_model.ground_truht"],
-     ["row 1", "no field 'ground_truht' in 'reward_model'", "its fields are: ground_truth, style"]),
+     ["no field 'ground_truht' in 'reward_model'", "its fields are: ground_truth, style"]),
     ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"}, [],
      ["row 1", "'prompt'", "ends with an assistant turn", "data.messages_key"]),
     ({"prompt": [{"role": "system", "content": "s"}], "answer": "1"}, [], ["row 1", "'prompt'", "no user turn"]),

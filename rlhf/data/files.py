@@ -21,14 +21,19 @@ from rlhf.data.rows import DataError, Row, check_context, check_messages
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _SAVED = ("state.json", "dataset_dict.json")  # what save_to_disk writes into a Dataset / DatasetDict folder
-_SHARD = re.compile(r"-\d{5}-of-\d{5}$")  # the Hub's shard suffix: train-00000-of-00004.parquet
+# the Hub's shard suffix: train-00000-of-00004.parquet (older uploads add a hash: ...-of-00004-a09b74b3.parquet)
+_SHARD = re.compile(r"-\d{5}-of-\d{5}(-[0-9a-f]{8,})?$")
+
+
+def _saved(p: Path) -> bool:
+    return p.is_dir() and any((p / name).is_file() for name in _SAVED)
 
 
 def expand(path: str) -> list[str]:
-    """The files `path` names: itself, or the sorted matches of a glob pattern."""
-    if not glob.has_magic(path):
+    """The files (or saved folders) `path` names: itself, or the sorted matches of a glob pattern."""
+    if Path(path).exists() or not glob.has_magic(path):  # a real name with [ or * in it is itself
         return [path]
-    matches = sorted(m for m in glob.glob(path, recursive=True) if Path(m).is_file())
+    matches = sorted(m for m in glob.glob(path, recursive=True) if Path(m).is_file() or _saved(Path(m)))
     if not matches:
         raise DataError(f"{path} matches no file (relative paths start at {Path.cwd()})")
     return matches
@@ -44,15 +49,28 @@ def check_path(path: str) -> str | None:
         p = Path(file)
         if not p.exists():
             return f"{file} does not exist (relative paths start at {Path.cwd()})"
-        if p.is_dir() and not any((p / name).is_file() for name in _SAVED):
+        if p.is_dir() and not _saved(p):
             return _not_a_saved_folder(p)
         if p.is_file() and p.suffix not in _FORMATS:
             return f"{file}: unknown format {p.suffix!r}; use .jsonl/.json, .parquet, .csv or a folder written by datasets' save_to_disk"
     return None
 
 
+def _data_files(folder: Path, depth: int = 3, most: int = 50) -> list[Path]:
+    """Data files under `folder` (hidden folders skipped, `depth` levels, at most `most`): enough
+    to name a pattern without walking a large tree during the config check."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        level = len(Path(root).relative_to(folder).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if level < depth else []
+        found += [Path(root) / f for f in sorted(files) if Path(f).suffix in _FORMATS]
+        if len(found) >= most:
+            break
+    return sorted(found)
+
+
 def _not_a_saved_folder(folder: Path) -> str:
-    found = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in _FORMATS)
+    found = _data_files(folder)
     if not found:
         return (f"{folder} is a folder but not one written by datasets' save_to_disk, and holds no "
                 f".jsonl/.json/.parquet/.csv files")
@@ -62,6 +80,25 @@ def _not_a_saved_folder(folder: Path) -> str:
     listed = ", ".join(str(f.relative_to(folder)) for f in found[:6]) + (", ..." if len(found) > 6 else "")
     return (f"{folder} is a folder but not one written by datasets' save_to_disk; it holds data files ({listed}): "
             f"name the split's files, e.g. {pattern}")
+
+
+def _csv_as_text(p: Path) -> dict:
+    """Options that keep a CSV's cells as written ("007", "2.50", "NA"): pandas' guessing would
+    turn answers into floats and "NA" into null. Every column (named by the header) is a string."""
+    import csv
+
+    import datasets
+
+    with p.open(newline="", errors="replace") as f:
+        header = next(csv.reader(f))
+    return {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
+
+
+def _has_rows(p: Path, header: bool) -> bool:
+    """Whether a text file has a non-blank line (after a CSV's header), read no further than that."""
+    with p.open(errors="replace") as f:
+        lines = (line for line in f if line.strip())
+        return next(lines, None) is not None and (not header or next(lines, None) is not None)
 
 
 def _first_bad_json_line(path: Path) -> str | None:
@@ -95,12 +132,14 @@ def read_table(path: str):
                     )
                 table = next(iter(table.values()))
         else:
-            if p.stat().st_size == 0 or (_FORMATS[p.suffix] != "parquet" and not p.read_text(errors="replace").strip()):
+            fmt = _FORMATS[p.suffix]
+            if p.stat().st_size == 0 or (fmt != "parquet" and not _has_rows(p, header=False)):
                 raise DataError(f"data file {path} is empty")
-            if p.suffix == ".csv" and sum(1 for line in p.open(errors="replace") if line.strip()) < 2:
+            if fmt == "csv" and not _has_rows(p, header=True):
                 raise DataError(f"data file {path} has no rows (a header at most)")
             cache = os.path.join(tempfile.gettempdir(), "rlhf-datasets")
-            table = datasets.load_dataset(_FORMATS[p.suffix], data_files=str(p), split="train", cache_dir=cache)
+            table = datasets.load_dataset(fmt, data_files=glob.escape(str(p)), split="train", cache_dir=cache,
+                                          **(_csv_as_text(p) if fmt == "csv" else {}))
     except DataError:
         raise
     except Exception as e:
@@ -143,18 +182,25 @@ def _field(record: dict, key: str) -> Any:
     return value
 
 
-def _check_key(key: str, setting: str, first: dict, path: str, listed: str) -> None:
-    if _field(first, key) is not _MISSING:
+def _present(value: Any) -> Any:
+    return None if value is _MISSING else value
+
+
+def _check_key(key: str, setting: str, features: dict, path: str, listed: str) -> None:
+    """That `key` names a column, or (dotted) a field of a struct column, by the file's schema
+    (not by row 1, whose struct may be null)."""
+    if key in features:
         return
-    head = key.split(".")[0]
-    if "." in key and head in first:
-        value, walked = first, []
-        for part in key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                fields = ", ".join(sorted(value)) if isinstance(value, dict) else f"none ({type(value).__name__})"
-                raise DataError(f"{path}, row 1: no field {part!r} in {'.'.join(walked)!r} ({setting}={key}); its fields "
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] in features:
+        feature = features
+        for i, part in enumerate(parts):
+            if not isinstance(feature, dict) or part not in feature:
+                fields = ", ".join(sorted(feature)) if isinstance(feature, dict) else "none (it is not a struct)"
+                raise DataError(f"{path}: no field {part!r} in {'.'.join(parts[:i])!r} ({setting}={key}); its fields "
                                 f"are: {fields}")
-            value, walked = value[part], [*walked, part]
+            feature = feature[part]
+        return
     raise DataError(f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {listed}. "
                     f"Set {setting} to the right column name")
 
@@ -168,14 +214,13 @@ def _file_rows(path: str, data) -> list[Row]:
     table = read_table(path)
     columns = set(table.column_names)
     listed = ", ".join(sorted(columns))
-    first = table[0]
     conversations = data.messages_key is not None and data.messages_key in columns
     required = [(data.prompt_key, "data.prompt_key")] if not conversations else []
     if data.answer_key is not None:
         required.append((data.answer_key, "data.answer_key"))
     required += [(k, "data.extra_keys") for k in data.extra_keys]
     for key, setting in required:
-        _check_key(key, setting, first, path, listed)
+        _check_key(key, setting, table.features, path, listed)
     rows = []
     for n, record in enumerate(table, 1):
         at = f"{path}, row {n}"
@@ -183,15 +228,13 @@ def _file_rows(path: str, data) -> list[Row]:
         if conversations and record.get(data.messages_key) is not None:
             messages = check_messages(record[data.messages_key], f"{at}, column {data.messages_key!r}")
         value = _field(record, data.prompt_key)
-        if messages is not None and (value is None or value is _MISSING):
-            prompt = _last_user(messages)
+        if messages is not None and (value is None or value is _MISSING or isinstance(value, (list, tuple))):
+            prompt = _last_user(messages)  # the conversation is rendered; a prompt column in list form is not used
         elif isinstance(value, (list, tuple)):
-            turns = check_context(value, f"{at}, column {data.prompt_key!r}")
-            context = turns if messages is None else None
-            prompt = _last_user(turns)
+            context = check_context(value, f"{at}, column {data.prompt_key!r}")
+            prompt = _last_user(context)
         else:
-            value = None if value is _MISSING else value
-            prompt = _text(value, f"{at}, column {data.prompt_key!r}", "data.prompt_key")
+            prompt = _text(_present(value), f"{at}, column {data.prompt_key!r}", "data.prompt_key")
         answer = None
         if data.answer_key is not None:
             answer = _field(record, data.answer_key)
@@ -209,14 +252,17 @@ def _file_rows(path: str, data) -> list[Row]:
                 value = turns[0]["content"]
             response = _text(value, where, "data.response_key")
         rows.append(Row(prompt=prompt, answer=answer, response=response, messages=messages,
-                        extra={k: _field(record, k) for k in data.extra_keys}, origin=at, context=context))
+                        extra={k: _present(_field(record, k)) for k in data.extra_keys}, origin=at, context=context))
     return rows
 
 
 def eval_name(path: str, taken: set[str]) -> str:
-    """A short name for an eval file or pattern in metric keys: its stem without glob characters
-    or the Hub's shard suffix (`test-*.parquet`, `test-00000-of-00001.parquet`: `test`), or its
-    path if the stem is taken."""
-    stem = _SHARD.sub("", Path(path).name.split(".")[0])
-    stem = re.sub(r"[-_.]*[*?\[\]]+.*$", "", stem) or stem
-    return stem if stem not in taken else path
+    """A short name for an eval file or pattern in metric keys: its stem up to any glob character,
+    without the Hub's shard suffix (`test-*.parquet`, `test-00000-of-00001.parquet`: `test`), else
+    its folder's name; its path if the name is taken."""
+    head = re.split(r"[*?\[]", Path(path).name)[0]
+    name = _SHARD.sub("", head.split(".")[0])
+    if head != Path(path).name:  # cut at a glob character: drop a partial shard number too
+        name = re.sub(r"[-_.]*\d*$", "", name)
+    name = name.rstrip("-_.") or Path(re.split(r"[*?\[]", path)[0].rstrip("/") or ".").name
+    return name if name and name not in taken else path
