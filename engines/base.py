@@ -22,6 +22,16 @@ LossFn = Callable[[dict, TensorDict], tuple[torch.Tensor, dict[str, torch.Tensor
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the matched linear layers (W + alpha/rank * B @ A, B starting at 0):
+    only A and B train, the rest of the model is frozen. Exported weights are merged."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]  # module-name patterns with * wildcards, e.g. ("*_proj",)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     dtype: str  # compute dtype: float32 | bfloat16 | float16 (master weights and optimizer stay float32)
     micro_batch_size: int
@@ -32,6 +42,7 @@ class EngineConfig:
     ep_size: int = 1  # expert-parallel ranks (MoE models)
     packing: bool = False  # micro-batches as one row of real tokens (no padding), sequences kept apart by positions
     max_tokens_per_micro_batch: int | None = None  # token budget per micro-batch (None: micro_batch_size rows)
+    lora: LoraConfig | None = None  # None: every weight trains
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class InferenceEngine(ABC):
         `dtype` if given. A collective: every rank must iterate it to the end (the full tensors
         are gathered from the shards as they are produced), and every rank gets every tensor."""
 
+    @abstractmethod
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable", "total"} parameters of the whole model, and "adapted_layers" (LoRA)."""
 
     @abstractmethod
     def offload(self, what: str) -> None:

@@ -23,7 +23,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from engines import micro_batches
-from engines.base import EngineConfig, LossFn, OptimConfig, TrainingEngine
+from engines.base import EngineConfig, LoraConfig, LossFn, OptimConfig, TrainingEngine
 from engines.grads import clip_grad_norm
 from engines.ops import token_entropy, token_logprobs, token_values
 
@@ -38,7 +38,8 @@ class TorchEngine(TrainingEngine):
     """`head="lm"`: the policy (or a frozen reference); `head="value"`: a critic, the same
     backbone with a scalar value head (initialised to zero, so every rank starts identical).
 
-    Weights and optimizer state are float32 (master weights); `cfg.dtype` is the compute dtype:
+    Weights and optimizer state are float32 (master weights; with LoRA only the adapters, the
+    frozen base is held in the compute dtype); `cfg.dtype` is the compute dtype:
     FSDP2 casts the parameters for forward and backward and reduces gradients in float32, and a
     model that is not FSDP-sharded (one data-parallel rank) computes under autocast instead."""
 
@@ -50,8 +51,16 @@ class TorchEngine(TrainingEngine):
         torch.manual_seed(cfg.seed + self.rank)
 
         dtype = torch_dtype(cfg.dtype)
-        master = torch.float32 if trainable else dtype  # a frozen reference needs no master copy
+        # A frozen reference, or a base that LoRA keeps frozen, needs no float32 master copy (LoRA's
+        # adapters are float32).
+        master = torch.float32 if trainable and cfg.lora is None else dtype
         model = self._load_lm(model_path, master) if head == "lm" else self._load_critic(model_path, master)
+        if cfg.lora is not None:
+            if not trainable or head != "lm":
+                raise ValueError("LoRA adapts a policy that trains (head='lm', trainable=True), not a reference or critic")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # the same adapters on every rank, whatever the world size
+                self._apply_lora(model, cfg.lora)
         # Dropout would make the training forward disagree with the log-probs and values taken in
         # eval mode (PPO's ratio would not start at 1): RL trains without it, as SFT here does.
         for module in model.modules():
@@ -97,7 +106,26 @@ class TorchEngine(TrainingEngine):
         """AdamW over the (sharded) parameters and its LR schedule, whose `step()` advances one
         optimizer step."""
 
+    def _apply_lora(self, model: torch.nn.Module, lora: LoraConfig) -> None:
+        """Freeze `model` and add trainable low-rank adapters (modules with `lora_A`, `lora_B` and
+        `scale`) to the linear layers `lora.target_modules` matches, before `_parallelize`."""
+        raise ValueError(f"{type(self).__name__} has no LoRA; use engine=automodel (NeMo Automodel's LoRA)")
+
     # Shared behaviour.
+
+    def _adapters(self) -> dict[str, torch.nn.Module]:
+        """The LoRA-adapted layers by module name (empty without LoRA)."""
+        if self.cfg.lora is None:
+            return {}
+        return {name: m for name, m in self.model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")}
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {"trainable": 0, "total": 0, "adapted_layers": len(self._adapters())}
+        for p in self.model.parameters():
+            n = p.numel()  # a DTensor's numel is the full tensor's
+            counts["total"] += n
+            counts["trainable"] += n if p.requires_grad else 0
+        return counts
 
     def _load_critic(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
         # HF's token-classification head with one label is a value head on the same backbone.
@@ -308,11 +336,17 @@ class TorchEngine(TrainingEngine):
 
     def _export(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         self._reshard()
+        adapters = self._adapters()
         embed, sent = None, set()
         for fqn, tensor in self.model.state_dict().items():
             if self.tied and fqn == "lm_head.weight":
                 continue  # the embedding, yielded as the head below: no second gather, one tensor for both
-            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            owner, _, leaf = fqn.rpartition(".")
+            if owner.rpartition(".")[2] in ("lora_A", "lora_B") and owner.rpartition(".")[0] in adapters:
+                continue  # folded into its layer's weight below: vLLM and HF checkpoints see one merged weight
+            full = _full(tensor)
+            if leaf == "weight" and owner in adapters:
+                full = _merged(full, adapters[owner])
             full = full.detach().to(dtype) if dtype is not None else full.detach()
             for name, hf in self._hf_tensors(fqn, full):
                 if name == "model.embed_tokens.weight":
@@ -397,3 +431,13 @@ class TorchEngine(TrainingEngine):
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _merged(weight: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    """A LoRA layer's effective weight, W + scale * B @ A, in float32 then W's dtype."""
+    a, b = _full(layer.lora_A.weight.detach()), _full(layer.lora_B.weight.detach())
+    return (weight.float() + layer.scale * (b.float() @ a.float())).to(weight.dtype)

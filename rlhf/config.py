@@ -77,10 +77,18 @@ class EngineGroupConfig:
 
 
 @dataclass
+class LoraSection:
+    rank: int
+    alpha: float
+    target_modules: list[str]
+
+
+@dataclass
 class ActorConfig(EngineGroupConfig):
     max_grad_norm: float
     weight_decay: float
     betas: list[float]
+    lora: LoraSection
 
 
 @dataclass
@@ -439,6 +447,28 @@ def trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
     return groups
 
 
+def _check_lora(cfg: RunConfig) -> None:
+    lora, a = cfg.actor.lora, cfg.actor
+    if lora.rank < 0:
+        raise ConfigError(f"actor.lora.rank must be 0 (off: every weight trains) or more, got {lora.rank}")
+    if lora.rank == 0:
+        return
+    if a.engine != "automodel":
+        raise ConfigError(f"actor.lora.rank={lora.rank}: LoRA is NeMo Automodel's, on actor.engine=automodel (got "
+                          f"{a.engine}); set actor.engine=automodel or actor.lora.rank=0")
+    if lora.alpha <= 0 or not lora.target_modules or any(not t for t in lora.target_modules):
+        raise ConfigError(f"actor.lora needs alpha > 0 and non-empty target_modules patterns (e.g. ['*_proj']), got "
+                          f"alpha={lora.alpha} and target_modules={lora.target_modules}")
+    if a.tp_size > 1 or a.ep_size > 1:
+        raise ConfigError(f"actor.lora with actor.tp_size={a.tp_size} and actor.ep_size={a.ep_size}: LoRA runs with "
+                          f"data parallelism only (FSDP2) so far; set both to 1 or actor.lora.rank=0")
+    if cfg.model.path is None and "sft" in cfg.stages:
+        raise ConfigError(
+            f"actor.lora.rank={lora.rank} with the embedded model (model.path=null): its weights are random and LoRA "
+            f"keeps them frozen, so SFT cannot teach it the task. Fine-tune it fully first (actor.lora.rank=0), then "
+            f"run LoRA from that run's checkpoint: model.path=<output_dir>/checkpoints/sft stages=[rl]")
+
+
 def _check_layout(cfg: RunConfig) -> None:
     """Engines, parallel sizes and GPUs of every trainer group, before any process starts."""
     from engines import ENGINES
@@ -520,6 +550,7 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"{name}.num_gpus_per_worker={g.num_gpus_per_worker}: each rank drives one GPU (or a share of one); "
                 f"use at most 1 and raise {name}.world_size instead"
             )
+    _check_lora(cfg)
     from rlhf.placement import gpu_layout
 
     layout = gpu_layout(cfg)

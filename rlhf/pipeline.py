@@ -348,7 +348,11 @@ def run(cfg: RunConfig) -> dict:
         print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
               f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
         job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        print(f"[rlhf] roles ready in {time.time() - start:.1f}s", flush=True)
+        counts = job.roles.actor.all("parameter_counts")[0]
+        lora = cfg.actor.lora
+        adapters = (f" (LoRA rank {lora.rank} on {counts['adapted_layers']} layers)" if lora.rank else "")
+        print(f"[rlhf] roles ready in {time.time() - start:.1f}s; actor: {counts['trainable']:,} of {counts['total']:,} "
+              f"parameters train{adapters}", flush=True)
         for i, stage in enumerate(stages):
             if stage.name in done:
                 continue

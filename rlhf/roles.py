@@ -13,7 +13,7 @@ import ray
 import torch
 
 from engines import ENGINES
-from engines.base import EngineConfig
+from engines.base import EngineConfig, LoraConfig
 from rlhf.config import RunConfig, trainer_groups
 from rlhf.placement import Placement, gpu_layout
 from rlhf.worker_group import TrainerGroup
@@ -101,6 +101,11 @@ def _resources(resources: dict | None) -> dict:
     return {"resources": dict(resources)} if resources else {}
 
 
+def _lora(cfg: RunConfig) -> LoraConfig | None:
+    lora = cfg.actor.lora
+    return LoraConfig(lora.rank, float(lora.alpha), tuple(lora.target_modules)) if lora.rank > 0 else None
+
+
 def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm",
                   placement: Placement | None = None) -> TrainerGroup:
     """The trainer group for role `name` (actor, ref or critic), laid out by its config section."""
@@ -108,7 +113,8 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
     engine_cfg = EngineConfig(dtype=group.dtype, micro_batch_size=group.micro_batch_size,
                               max_grad_norm=cfg.actor.max_grad_norm, seed=cfg.seed,
                               trust_remote_code=cfg.model.trust_remote_code, tp_size=group.tp_size, ep_size=group.ep_size,
-                              packing=group.packing, max_tokens_per_micro_batch=group.max_tokens_per_micro_batch)
+                              packing=group.packing, max_tokens_per_micro_batch=group.max_tokens_per_micro_batch,
+                              lora=_lora(cfg) if name == "actor" else None)
     where = placement if placement is not None and group.num_gpus_per_worker else None
     return TrainerGroup(group.world_size, ENGINES[group.engine], model_path, engine_cfg, trainable=trainable,
                         num_cpus=group.num_cpus_per_worker, num_gpus=group.num_gpus_per_worker, name=name, head=head,

@@ -58,6 +58,9 @@ class TrainerWorker:
     def last_logprobs(self):
         return self.engine.last_logprobs()
 
+    def parameter_counts(self) -> dict:
+        return self.engine.parameter_counts()
+
     def connect_rollout(self, transport: str, receivers: list, bucket_bytes: int, dtype: str) -> None:
         """Become a sender of `transport` to the rollout engines `receivers` (Ray actor handles)."""
         names = ray.get(receivers[0].weight_names.remote())

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from engines.base import EngineConfig, OptimConfig, TrainingEngine
+from engines.base import EngineConfig, LoraConfig, OptimConfig, TrainingEngine
 from engines.torch_engine import TorchEngine
 
 
@@ -80,6 +80,21 @@ class AutomodelEngine(TorchEngine):
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                     trust_remote_code=self.cfg.trust_remote_code)
+
+    def _apply_lora(self, model: torch.nn.Module, lora: LoraConfig) -> None:
+        from nemo_automodel.components._peft.lora import (
+            PeftConfig,
+            apply_lora_to_linear_modules,
+        )
+
+        # Adapters in float32 (master weights), whatever the dtype of the frozen base.
+        peft = PeftConfig(target_modules=list(lora.target_modules), dim=lora.rank, alpha=lora.alpha,
+                          lora_dtype=torch.float32)
+        if apply_lora_to_linear_modules(model, peft) == 0:
+            linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise ValueError(
+                f"lora.target_modules={list(lora.target_modules)} matches no linear layer of {type(model).__name__}; "
+                f"its linear layers are named {linear} (patterns take * wildcards, e.g. '*_proj')")
 
     def _parallelize(self, model: torch.nn.Module, dtype: torch.dtype):
         from nemo_automodel.components.distributed.config import (
