@@ -2,12 +2,16 @@
 
     python benchmarks/engine_throughput.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
         [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 6] [--packing]
+        [--lora-rank R]
 
 Each engine runs as the product runs it (a trainer group of Ray actors, one GPU per rank) on the
 reference model's shape (benchmarks/reference_model.py, random weights), bf16 compute with fp32
 master weights and AdamW, an SFT step (forward, backward, optimizer) over `batch` sequences of
 `seq` random tokens. Step times are medians after one warm-up step; MFU counts the model FLOPs of
 engines/flops.py against the card's dense bf16 peak. A table is printed last; JSON goes to $OUT.
+With `--lora-rank R` each engine trains LoRA adapters of rank R on the projections instead (the
+base frozen in bf16); MFU then counts what LoRA computes (no base weight gradients:
+engines/flops.py with weight_grads=False).
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
     from rlhf.algos.losses import SFTLoss
     from rlhf.worker_group import TrainerGroup
 
+    from engines.base import LoraConfig
+
+    lora = LoraConfig(args.lora_rank, 2.0 * args.lora_rank, ("*_proj",)) if args.lora_rank else None
     cfg = EngineConfig(dtype="bfloat16", micro_batch_size=args.micro_batch, max_grad_norm=1.0, seed=0,
-                       trust_remote_code=False, tp_size=args.tp, packing=args.packing)
+                       trust_remote_code=False, tp_size=args.tp, packing=args.packing, lora=lora)
     t = time.perf_counter()
     group = TrainerGroup(args.world_size, ENGINES[name], model, cfg, trainable=True, num_cpus=1,
                          num_gpus=1 if args.gpus else 0, name=f"bench-{name}")
@@ -61,13 +68,15 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
             if step:  # the first step warms allocators and kernels up
                 times.append(time.perf_counter() - t)
         stats = group.all("device_stats")
+        counts = group.all("parameter_counts")[0]
     finally:
         group.shutdown()
     step = statistics.median(times)
     tok_s = batch["input_ids"].numel() / step
     peak = peak_flops(stats[0]["device"])
     return {
-        "engine": name, "world_size": args.world_size, "tp": args.tp, "start_s": round(start, 1),
+        "engine": name + (f"+lora{args.lora_rank}" if lora else ""), "trainable_params": counts["trainable"],
+        "world_size": args.world_size, "tp": args.tp, "start_s": round(start, 1),
         "step_s": round(step, 3), "tokens_per_s": round(tok_s), "device": stats[0]["device"],
         "mfu": round(flops_per_token * tok_s / (peak * args.world_size), 4) if peak else None,
         "peak_memory_gb": round(max(s["peak_memory_gb"] for s in stats), 2),
@@ -87,6 +96,7 @@ def main() -> int:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: every weight)")
     args = ap.parse_args()
 
     import ray
@@ -106,7 +116,7 @@ def main() -> int:
         print(f"built {model} in {time.perf_counter() - t:.0f} s", flush=True)
     config = AutoConfig.from_pretrained(model)
     batch = batch_of(args.batch, args.seq, config.vocab_size)
-    flops = train_flops_per_token(config, args.seq)
+    flops = train_flops_per_token(config, args.seq, weight_grads=not args.lora_rank)
     ray.init(num_cpus=max(2, args.world_size + 1), include_dashboard=False)
     rows = []
     try:
@@ -121,7 +131,7 @@ def main() -> int:
     shape = f"{args.shape}{f' ({config.num_hidden_layers} layers)' if args.layers else ''}"
     summary = {"shape": shape, "batch": args.batch, "seq": args.seq, "packing": args.packing, "rows": rows}
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"engines-{args.shape}-ws{args.world_size}-tp{args.tp}.json").write_text(json.dumps(summary, indent=2))
+        Path(os.environ["OUT"], f"engines-{args.shape}-ws{args.world_size}-tp{args.tp}-lora{args.lora_rank}.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{shape}, {args.batch} x {args.seq} tokens, bf16, world {args.world_size}, tp {args.tp}")
     print("| engine | step s | tokens/s | MFU | peak GiB | start s |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -35,6 +35,10 @@
 #          then the one-GPU tests of PPO resume and the IPC push
 #   final: one GPU: the colocated IPC push, then `one` with 6 steps (at most 8 files in $OUT)
 #   tests: the GPU-marked tests (tests/test_gpu.py)
+#   lora1: one GPU: the LoRA engine tests on CUDA, the engines benchmark (0.5B shape) with every weight
+#          training and with LoRA rank 32, then the reference workload both ways (5 steps each)
+#   lora7: one GPU: the engines benchmark with LoRA rank 32 on the Qwen2.5-7B shape at full depth
+#          (LAYERS to cut it), 4 x 1024 tokens
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
 #          and the reference workload (ours)
 #   nccl:  weight push on two GPUs (benchmarks/weight_push.py): disaggregated over NCCL against a
@@ -237,6 +241,23 @@ case ${1:-one} in
     grep -E "Error|error" "$work/weight_push_ipc.log" | tail -3 >> "$OUT/table.txt"
     STEPS=6 REF_TIMEOUT=180 TRL_TIMEOUT=200 vs_trl
     cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
+  lora1)
+    timeout 120 python3 -m pytest -q -s tests/test_lora.py -p no:cacheprovider -k "plain_lora_and or names" \
+      > "$OUT/lora_tests.log" 2>&1; echo "lora tests rc=$?" >> "$OUT/table.txt"
+    grep -E "passed|failed|LoRA rank|^E " "$OUT/lora_tests.log" | tail -6 >> "$OUT/table.txt"
+    for r in 0 32; do
+      timeout 100 python3 benchmarks/engine_throughput.py --engines automodel --lora-rank $r > "$OUT/engines_lora$r.log" 2>&1
+      echo "engines lora$r rc=$?" >> "$OUT/table.txt"; grep "^| automodel" "$OUT/engines_lora$r.log" >> "$OUT/table.txt"
+    done
+    for name in full lora; do
+      extra=$([ $name = lora ] && echo "actor.lora.rank=32 rl.lr=1e-5")
+      STEPS=5 REF_TIMEOUT=150 ref ref_$name rollout.seed_per_prompt=false $extra
+      python3 -c "import json;[print('$name step',r['step'],*(f'{k.split("/")[1]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/push','perf/actor_peak_memory_gb') if k in r),'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$work/ref_$name/run/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
+    done ;;
+  lora7)
+    timeout 560 python3 benchmarks/engine_throughput.py --shape qwen2.5-7b ${LAYERS:+--layers $LAYERS} --engines automodel \
+      --lora-rank 32 --batch 4 --micro-batch 4 --steps 3 > "$OUT/engines_7b_lora.log" 2>&1
+    echo "engines 7b lora32 rc=$?" >> "$OUT/table.txt"; tail -5 "$OUT/engines_7b_lora.log" >> "$OUT/table.txt" ;;
   tests)
     python3 -m pytest -q -s -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
 esac

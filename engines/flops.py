@@ -27,9 +27,11 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
-def train_flops_per_token(config, context: float) -> float:
+def train_flops_per_token(config, context: float, weight_grads: bool = True) -> float:
     """FLOPs to train on one token of a sequence of mean length `context`, for an HF config of a
-    dense or MoE decoder (MoE: only the experts a token is routed to count)."""
+    dense or MoE decoder (MoE: only the experts a token is routed to count). `weight_grads=False`:
+    the weights are frozen (LoRA), so each matmul costs its forward and its input gradient, 4 x
+    parameters instead of 6 (the adapters' own small matmuls are not counted)."""
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
     h, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
     heads = c.num_attention_heads
@@ -46,4 +48,4 @@ def train_flops_per_token(config, context: float) -> float:
     else:
         mlp = 3 * h * c.intermediate_size  # gate, up, down
     matmul = layers * (attn + mlp) + h * vocab  # + the LM head
-    return 6 * matmul + 6 * layers * heads * head_dim * context
+    return (6 if weight_grads else 4) * matmul + 6 * layers * heads * head_dim * context

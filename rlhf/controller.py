@@ -419,7 +419,8 @@ class Controller:
 
                 self._model_config = AutoConfig.from_pretrained(self.roles.model_path,
                                                                 trust_remote_code=self.cfg.model.trust_remote_code)
-            flops = train_flops_per_token(self._model_config, context) * tokens
+            frozen_base = self.cfg.actor.lora.rank > 0  # LoRA: no weight gradients for the base
+            flops = train_flops_per_token(self._model_config, context, weight_grads=not frozen_base) * tokens
             out["perf/actor_mfu"] = flops / max(seconds, 1e-9) / (peak * self.roles.actor.world_size)
         return out
 

@@ -17,6 +17,8 @@ def test_dense_flops_count_every_linear_layer_once():
         context = 100
         attention = 6 * 3 * 4 * 16 * context  # layers x heads x head_dim x context, forward + backward, causal
         assert train_flops_per_token(config, context) == 6 * linear + attention
+        # frozen weights (LoRA): forward and input gradient of each matmul; attention is unchanged
+        assert train_flops_per_token(config, context, weight_grads=False) == 4 * linear + attention
 
 
 def test_peak_flops_knows_the_h100_and_nothing_it_does_not():

@@ -94,7 +94,7 @@ def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, ta
     want_weights, base, curve = _reference(tiny_model, start, batches)
     for got, (loss, norm) in zip(metrics, curve):
         assert got["loss"] == pytest.approx(loss, rel=1e-6) and got["actor/grad_norm"] == pytest.approx(norm, rel=1e-5)
-    exported = dict(engine.export_weights())
+    exported = {k: v.cpu() for k, v in engine.export_weights()}
     assert not any("lora_" in name for name in exported)
     gap = max((exported[k] - v).abs().max().item() for k, v in want_weights.items())
     moved = max((exported[k] - base[k]).abs().max().item() for k in want_weights)
