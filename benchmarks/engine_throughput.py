@@ -2,7 +2,7 @@
 
     python benchmarks/engine_throughput.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
         [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 6] [--packing]
-        [--lora-rank R]
+        [--lora-rank R] [--lora-recompute]
 
 Each engine runs as the product runs it (a trainer group of Ray actors, one GPU per rank) on the
 reference model's shape (benchmarks/reference_model.py, random weights), bf16 compute with fp32
@@ -51,7 +51,7 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
 
     from engines.base import LoraConfig
 
-    lora = LoraConfig(args.lora_rank, 2.0 * args.lora_rank, ("*_proj",)) if args.lora_rank else None
+    lora = LoraConfig(args.lora_rank, 2.0 * args.lora_rank, ("*_proj",), args.lora_recompute) if args.lora_rank else None
     cfg = EngineConfig(dtype="bfloat16", micro_batch_size=args.micro_batch, max_grad_norm=1.0, seed=0,
                        trust_remote_code=False, tp_size=args.tp, packing=args.packing, lora=lora)
     t = time.perf_counter()
@@ -75,7 +75,7 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
     tok_s = batch["input_ids"].numel() / step
     peak = peak_flops(stats[0]["device"])
     return {
-        "engine": name + (f"+lora{args.lora_rank}" if lora else ""), "trainable_params": counts["trainable"],
+        "engine": name + (f"+lora{args.lora_rank}" if lora else "") + ("-recompute" if lora and lora.recompute else ""), "trainable_params": counts["trainable"],
         "world_size": args.world_size, "tp": args.tp, "start_s": round(start, 1),
         "step_s": round(step, 3), "tokens_per_s": round(tok_s), "device": stats[0]["device"],
         "mfu": round(flops_per_token * tok_s / (peak * args.world_size), 4) if peak else None,
@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--packing", action="store_true")
     ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: every weight)")
+    ap.add_argument("--lora-recompute", action="store_true", help="LoRA recomputing activations in backward")
     args = ap.parse_args()
 
     import ray

@@ -245,14 +245,14 @@ case ${1:-one} in
     timeout 120 python3 -m pytest -q -s tests/test_lora.py -p no:cacheprovider -k "plain_lora_and or names" \
       > "$OUT/lora_tests.log" 2>&1; echo "lora tests rc=$?" >> "$OUT/table.txt"
     grep -E "passed|failed|LoRA rank|^E " "$OUT/lora_tests.log" | tail -6 >> "$OUT/table.txt"
-    for r in 0 32; do
-      timeout 100 python3 benchmarks/engine_throughput.py --engines automodel --lora-rank $r > "$OUT/engines_lora$r.log" 2>&1
-      echo "engines lora$r rc=$?" >> "$OUT/table.txt"; grep "^| automodel" "$OUT/engines_lora$r.log" >> "$OUT/table.txt"
+    for r in "0" "32" "32 --lora-recompute"; do
+      timeout 100 python3 benchmarks/engine_throughput.py --engines automodel --lora-rank $r > "$OUT/engines.log" 2>&1
+      echo "engines lora $r rc=$?" >> "$OUT/table.txt"; grep "^| automodel" "$OUT/engines.log" >> "$OUT/table.txt"
     done
-    for name in full lora; do
+    for name in lora full; do
       extra=$([ $name = lora ] && echo "actor.lora.rank=32 rl.lr=1e-5")
-      STEPS=5 REF_TIMEOUT=150 ref ref_$name rollout.seed_per_prompt=false $extra
-      python3 -c "import json;[print('$name step',r['step'],*(f'{k.split("/")[1]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/push','perf/actor_peak_memory_gb') if k in r),'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$work/ref_$name/run/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
+      STEPS=5 REF_TIMEOUT=185 ref ref_$name rollout.seed_per_prompt=false $extra
+      python3 -c "import json;[print('$name step',r['step'],*(f'{k[k.index(chr(47))+1:]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/push','perf/actor_peak_memory_gb') if k in r),'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$work/ref_$name/run/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
     done ;;
   lora7)
     timeout 560 python3 benchmarks/engine_throughput.py --shape qwen2.5-7b ${LAYERS:+--layers $LAYERS} --engines automodel \

@@ -29,6 +29,7 @@ class LoraConfig:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]  # module-name patterns with * wildcards, e.g. ("*_proj",)
+    recompute: bool = False  # recompute activations in backward (less memory, more time)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class LoraSection:
     rank: int
     alpha: float
     target_modules: list[str]
+    recompute: bool
 
 
 @dataclass

@@ -103,7 +103,8 @@ def _resources(resources: dict | None) -> dict:
 
 def _lora(cfg: RunConfig) -> LoraConfig | None:
     lora = cfg.actor.lora
-    return LoraConfig(lora.rank, float(lora.alpha), tuple(lora.target_modules)) if lora.rank > 0 else None
+    return (LoraConfig(lora.rank, float(lora.alpha), tuple(lora.target_modules), lora.recompute)
+            if lora.rank > 0 else None)
 
 
 def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, head: str = "lm",

@@ -69,9 +69,11 @@ def _train(engine_call, batches):
     return [engine_call("train_step", b, SFTLoss(), float(b["response_mask"].sum())) for b in batches]
 
 
-def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, task, one_rank_world):
+@pytest.mark.parametrize("recompute", [False, True], ids=["plain", "recompute"])
+def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, task, one_rank_world, recompute):
     batches = _batches(tiny_model, task, STEPS)
-    engine = load_object(ENGINES["automodel"])(tiny_model, CFG, trainable=True)
+    cfg = EngineConfig(**{**CFG.__dict__, "lora": LoraConfig(**{**LORA.__dict__, "recompute": recompute})})
+    engine = load_object(ENGINES["automodel"])(tiny_model, cfg, trainable=True)
     hf = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     projections = {n: m for n, m in hf.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("_proj")}
     adapters = engine._adapters()
@@ -86,7 +88,8 @@ def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, ta
         want = _hf_logprobs(hf, batches[0])
     assert (engine.logprobs(batches[0])[:, 1:] - want)[mask].abs().max() < 1e-5
 
-    start = {n: (m.lora_A.weight.detach().clone(), m.lora_B.weight.detach().clone()) for n, m in adapters.items()}
+    start = {n: (m.lora_A.weight.detach().cpu().clone(), m.lora_B.weight.detach().cpu().clone())
+             for n, m in adapters.items()}
     assert all(b.abs().max() == 0 and a.abs().max() > 0 for a, b in start.values())
     metrics = _train(lambda name, *a: getattr(engine, name)(*a), batches)
     assert all(m["actor/skipped_step"] == 0 for m in metrics)

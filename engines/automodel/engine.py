@@ -87,9 +87,10 @@ class AutomodelEngine(TorchEngine):
             apply_lora_to_linear_modules,
         )
 
-        # Adapters in float32 (master weights), whatever the dtype of the frozen base.
+        # Adapters in float32 (master weights), whatever the dtype of the frozen base. Automodel's
+        # memory-efficient LoRA recomputes the adapters' inputs and whole SwiGLU MLPs in backward.
         peft = PeftConfig(target_modules=list(lora.target_modules), dim=lora.rank, alpha=lora.alpha,
-                          lora_dtype=torch.float32)
+                          lora_dtype=torch.float32, use_memory_efficient_lora=lora.recompute)
         if apply_lora_to_linear_modules(model, peft) == 0:
             linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise ValueError(
