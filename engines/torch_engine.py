@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 
 from engines import micro_batches
@@ -67,6 +67,9 @@ class TorchEngine(TrainingEngine):
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         self.model, mesh, sharded = self._parallelize(model, dtype)
+        # Each training stage starts fresh adapters from these (see `_restart_adapters`).
+        self._fresh_a = {name: _local(layer.lora_A.weight).detach().cpu().clone()
+                         for name, layer in self._adapters().items()}
         self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
         # The ranks of one tensor-parallel group hold one replica and see the same rows; losses,
         # metrics and gradients are averaged over the data-parallel axis only.
@@ -145,7 +148,27 @@ class TorchEngine(TrainingEngine):
         self._reshard()
         self._offloaded = []  # the old optimizer's moments, if offloaded, are dropped with it
         self.optimizer = None
+        with self._weights_on_device():
+            self._restart_adapters()
         self.optimizer, self.scheduler = self._build_optimizer(cfg)
+
+    @torch.no_grad()
+    def _restart_adapters(self) -> None:
+        """Fold trained adapters into their base weights (merged as `export_weights` merges them)
+        and start again from the adapters drawn at start-up. A stage then trains adapters on the
+        very model the previous stage handed on, exactly as a restarted run does: it loads that
+        stage's merged checkpoint and draws the same adapters. A collective (full tensors)."""
+        for name, layer in self._adapters().items():
+            b = _full(layer.lora_B.weight)
+            if not b.any():  # the same answer on every rank: b is whole
+                continue
+            merged = _merged(_full(layer.weight), layer)
+            weight = layer.weight
+            if isinstance(weight, DTensor):
+                merged = distribute_tensor(merged, weight.device_mesh, weight.placements)
+            _local(weight).copy_(_local(merged))
+            _local(layer.lora_B.weight).zero_()
+            _local(layer.lora_A.weight).copy_(self._fresh_a[name])
 
     def _forward(self, mb: TensorDict, needs: frozenset) -> dict[str, torch.Tensor]:
         """Per-token quantities of a micro-batch, in its [b, t] layout."""
@@ -431,6 +454,10 @@ class TorchEngine(TrainingEngine):
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -117,6 +117,26 @@ def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, ta
     assert (engine.logprobs(batches[0])[:, 1:] - again)[mask].abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_second_stage_trains_like_a_run_restarted_from_the_first_stages_checkpoint(tiny_model, task, one_rank_world,
+                                                                                    tmp_path, dtype):
+    """The stage hand-off: the engine that trained stage 1 goes on to stage 2 (configure_optimizer)
+    exactly as a fresh engine built from stage 1's merged checkpoint would."""
+    batches = _batches(tiny_model, task, 4)
+    cfg = EngineConfig(**{**CFG.__dict__, "dtype": dtype})
+    first = load_object(ENGINES["automodel"])(tiny_model, cfg, trainable=True)
+    call = lambda name, *a: getattr(first, name)(*a)  # noqa: E731
+    _train(call, batches[:2])
+    first.save(str(tmp_path / "stage1"))
+    go_on = _train(call, batches[2:])
+    fresh = load_object(ENGINES["automodel"])(str(tmp_path / "stage1"), cfg, trainable=True)
+    again = _train(lambda name, *a: getattr(fresh, name)(*a), batches[2:])
+    for x, y in zip(go_on, again):
+        assert (x["loss"], x["actor/grad_norm"]) == (y["loss"], y["actor/grad_norm"])
+    want = dict(fresh.export_weights())
+    assert all(torch.equal(t, want[k]) for k, t in first.export_weights())
+
+
 def test_lora_names_the_layers_when_no_pattern_matches(tiny_model, one_rank_world):
     cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False,
                        lora=LoraConfig(rank=4, alpha=8.0, target_modules=("*.qkv",)))
@@ -144,6 +164,9 @@ def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank
             group.all("load_state", str(tmp_path / "state"))
             again = [group.dp("train_step", b, SFTLoss(), float(b["response_mask"].sum()))[0] for b in batches[1:]]
             group.all("save", str(tmp_path / "hf-resumed"))
+            # A new stage folds the adapters into the sharded base weights: the model is unchanged.
+            group.all("configure_optimizer", OPTIM)
+            group.all("save", str(tmp_path / "hf-next-stage"))
         finally:
             group.shutdown()
     finally:
@@ -161,6 +184,8 @@ def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank
         assert (x["loss"], x["actor/grad_norm"]) == (y["loss"], y["actor/grad_norm"])
     resumed = load_file(str(tmp_path / "hf-resumed" / "model.safetensors"))
     assert all(torch.equal(resumed[k], saved[k]) for k in saved)
+    next_stage = load_file(str(tmp_path / "hf-next-stage" / "model.safetensors"))
+    assert all(torch.equal(next_stage[k], saved[k]) for k in saved)
 
 
 @pytest.mark.e2e
