@@ -125,6 +125,9 @@ def main() -> int:
             if name not in ENGINES:
                 print(f"engine {name!r} is not registered here (have: {', '.join(ENGINES)}); skipped", flush=True)
                 continue
+            if args.lora_rank and name != "automodel":
+                print(f"engine {name!r} has no LoRA (Automodel's); skipped", flush=True)
+                continue
             rows.append(run_engine(name, model, args, batch, flops))
             print(json.dumps(rows[-1]), flush=True)
     finally:

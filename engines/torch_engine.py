@@ -58,9 +58,10 @@ class TorchEngine(TrainingEngine):
         if cfg.lora is not None:
             if not trainable or head != "lm":
                 raise ValueError("LoRA adapts a policy that trains (head='lm', trainable=True), not a reference or critic")
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[self.device.index] if cuda else []):
                 torch.manual_seed(cfg.seed)  # the same adapters on every rank, whatever the world size
                 self._apply_lora(model, cfg.lora)
+            _check_adapters(model)
         # Dropout would make the training forward disagree with the log-probs and values taken in
         # eval mode (PPO's ratio would not start at 1): RL trains without it, as SFT here does.
         for module in model.modules():
@@ -118,9 +119,7 @@ class TorchEngine(TrainingEngine):
 
     def _adapters(self) -> dict[str, torch.nn.Module]:
         """The LoRA-adapted layers by module name (empty without LoRA)."""
-        if self.cfg.lora is None:
-            return {}
-        return {name: m for name, m in self.model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")}
+        return _adapted_layers(self.model) if self.cfg.lora is not None else {}
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {"trainable": 0, "total": 0, "adapted_layers": len(self._adapters())}
@@ -148,16 +147,17 @@ class TorchEngine(TrainingEngine):
         self._reshard()
         self._offloaded = []  # the old optimizer's moments, if offloaded, are dropped with it
         self.optimizer = None
-        with self._weights_on_device():
-            self._restart_adapters()
         self.optimizer, self.scheduler = self._build_optimizer(cfg)
+        # folded at the stage's first train step, when the weights are on the device for training
+        self._restart_pending = bool(self._adapters())
 
     @torch.no_grad()
     def _restart_adapters(self) -> None:
         """Fold trained adapters into their base weights (merged as `export_weights` merges them)
         and start again from the adapters drawn at start-up. A stage then trains adapters on the
         very model the previous stage handed on, exactly as a restarted run does: it loads that
-        stage's merged checkpoint and draws the same adapters. A collective (full tensors)."""
+        stage's merged checkpoint and draws the same adapters. The model's function is unchanged.
+        A collective (full tensors)."""
         for name, layer in self._adapters().items():
             b = _full(layer.lora_B.weight)
             if not b.any():  # the same answer on every rank: b is whole
@@ -255,6 +255,9 @@ class TorchEngine(TrainingEngine):
     def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
         if self.optimizer is None:
             raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
+        if self._restart_pending:
+            self._restart_adapters()
+            self._restart_pending = False
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # FSDP averages gradients over data-parallel ranks; scaling by their number turns that
@@ -328,6 +331,7 @@ class TorchEngine(TrainingEngine):
         torch.cuda.synchronize()
 
     _offloaded_what: str | None = None
+    _restart_pending = False
 
     @contextlib.contextmanager
     def _weights_on_device(self):
@@ -423,6 +427,7 @@ class TorchEngine(TrainingEngine):
             self._load_state(path)
 
     def _load_state(self, path: str) -> None:
+        self._restart_pending = False  # a saved state is past its stage's first step: adapters as saved
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (
             get_state_dict,
@@ -454,6 +459,28 @@ class TorchEngine(TrainingEngine):
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+
+
+def _adapted_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")}
+
+
+def _check_adapters(model: torch.nn.Module) -> None:
+    """What the merged export can serve: every trainable parameter an `A` or `B` of a LoRA layer
+    (not an expert adapter of another layout, which it would not merge), and no adapted weight
+    shared with another module (a tied LM head's is the embedding: merging into it would change
+    the input embeddings too)."""
+    layers = _adapted_layers(model)
+    known = {f"{n}.{ab}.weight" for n in layers for ab in ("lora_A", "lora_B")}
+    other = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in known)
+    if other:
+        raise ValueError(f"LoRA made parameters trainable that the merged export does not handle: {other[:4]}; narrow "
+                         f"actor.lora.target_modules to linear layers (e.g. ['*_proj'])")
+    embed = model.get_input_embeddings()
+    shared = sorted(n for n, m in layers.items() if embed is not None and m.weight is embed.weight)
+    if shared:
+        raise ValueError(f"actor.lora.target_modules matches {shared}, whose weight is the input embedding (tied): "
+                         f"leave it out of the patterns")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

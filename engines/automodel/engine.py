@@ -86,16 +86,21 @@ class AutomodelEngine(TorchEngine):
             PeftConfig,
             apply_lora_to_linear_modules,
         )
+        from nemo_automodel.components._peft.module_matcher import wildcard_match
+
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        for pattern in lora.target_modules:
+            if not any(wildcard_match(pattern, name) for name in linear):
+                leaves = sorted({n.rpartition(".")[2] for n in linear})
+                raise ValueError(
+                    f"actor.lora.target_modules pattern {pattern!r} matches no linear layer of {type(model).__name__}: "
+                    f"patterns match full module names (e.g. '*.{leaves[0]}'); its linear layers are named {leaves}")
 
         # Adapters in float32 (master weights), whatever the dtype of the frozen base. Automodel's
         # memory-efficient LoRA recomputes the adapters' inputs and whole SwiGLU MLPs in backward.
         peft = PeftConfig(target_modules=list(lora.target_modules), dim=lora.rank, alpha=lora.alpha,
                           lora_dtype=torch.float32, use_memory_efficient_lora=lora.recompute)
-        if apply_lora_to_linear_modules(model, peft) == 0:
-            linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-            raise ValueError(
-                f"lora.target_modules={list(lora.target_modules)} matches no linear layer of {type(model).__name__}; "
-                f"its linear layers are named {linear} (patterns take * wildcards, e.g. '*_proj')")
+        apply_lora_to_linear_modules(model, peft)
 
     def _parallelize(self, model: torch.nn.Module, dtype: torch.dtype):
         from nemo_automodel.components.distributed.config import (
