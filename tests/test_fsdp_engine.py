@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss, ValueLoss
-from rlhf.batch import pack
 from rlhf.metrics import read_metrics, rl_steps
 from rlhf.worker_group import TrainerGroup
+from sft_batches import sft_batches
 
 ENGINE_NAMES = ("automodel", "fsdp")
 CFG = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False)
@@ -84,19 +84,11 @@ def _start(tiny_model, head, trainable=True):
         return {name: f.result() for name, f in futures.items()}
 
 
-def _batches(tiny_model, task, n, size=8):
-    _, (train, _) = task
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    return [pack([tok(p.prompt).input_ids for p in train[size * s: size * s + size]],
-                 [tok(p.answer).input_ids + [tok.eos_token_id] for p in train[size * s: size * s + size]],
-                 tok.eos_token_id) for s in range(n)]
-
-
 @pytest.mark.e2e
 def test_sft_parity_and_resume_at_dp2(ray_local, tiny_model, task, tmp_path):
     steps, lr, warmup = 20, 1e-3, 4
     optim = OptimConfig(lr, 0.01, (0.9, 0.999), warmup, steps, "cosine")
-    batches = _batches(tiny_model, task, steps)
+    batches = sft_batches(tiny_model, task, steps)
     hf = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():
         logits = hf(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"]).logits
@@ -141,7 +133,7 @@ def test_sft_parity_and_resume_at_dp2(ray_local, tiny_model, task, tmp_path):
 
 @pytest.mark.e2e
 def test_value_head_trains_alike_on_both_engines(ray_local, tiny_model, task):
-    batch = _batches(tiny_model, task, 1, size=8)[0]
+    batch = sft_batches(tiny_model, task, 1, size=8)[0]
     mask = batch["response_mask"]
     # A toy regression target: each response token's value is its position in the response / 4.
     batch["returns"] = (mask.cumsum(-1) * mask) / 4

@@ -10,28 +10,20 @@ import ray
 import torch
 from safetensors.torch import load_file
 from torch.func import functional_call
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from engines import ENGINES
 from rlhf.workers import load_object
 from engines.base import EngineConfig, LoraConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
-from rlhf.batch import pack
 from rlhf.metrics import read_metrics, rl_steps
 from rlhf.worker_group import TrainerGroup
+from sft_batches import sft_batches
 
 RANK, ALPHA, LR, STEPS = 4, 8.0, 3e-2, 3
 LORA = LoraConfig(rank=RANK, alpha=ALPHA, target_modules=("*_proj",))
 CFG = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False, lora=LORA)
 OPTIM = OptimConfig(LR, 0.0, (0.9, 0.999), 0, STEPS, "constant")
-
-
-def _batches(tiny_model, task, n, size=8):
-    _, (train, _) = task
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    return [pack([tok(p.prompt).input_ids for p in train[size * s: size * s + size]],
-                 [tok(p.answer).input_ids + [tok.eos_token_id] for p in train[size * s: size * s + size]],
-                 tok.eos_token_id) for s in range(n)]
 
 
 def _hf_logprobs(model, batch, weights=None):
@@ -71,7 +63,7 @@ def _train(engine_call, batches):
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["plain", "recompute"])
 def test_lora_trains_like_a_plain_lora_and_exports_merged_weights(tiny_model, task, one_rank_world, recompute):
-    batches = _batches(tiny_model, task, STEPS)
+    batches = sft_batches(tiny_model, task, STEPS)
     cfg = EngineConfig(**{**CFG.__dict__, "lora": LoraConfig(**{**LORA.__dict__, "recompute": recompute})})
     engine = load_object(ENGINES["automodel"])(tiny_model, cfg, trainable=True)
     hf = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -122,7 +114,7 @@ def test_a_second_stage_trains_like_a_run_restarted_from_the_first_stages_checkp
                                                                                     tmp_path, dtype):
     """The stage hand-off: the engine that trained stage 1 goes on to stage 2 (configure_optimizer)
     exactly as a fresh engine built from stage 1's merged checkpoint would."""
-    batches = _batches(tiny_model, task, 4)
+    batches = sft_batches(tiny_model, task, 4)
     cfg = EngineConfig(**{**CFG.__dict__, "dtype": dtype})
     first = load_object(ENGINES["automodel"])(tiny_model, cfg, trainable=True)
     call = lambda name, *a: getattr(first, name)(*a)  # noqa: E731
@@ -152,7 +144,7 @@ def test_lora_names_the_layers_when_no_pattern_matches(tiny_model, one_rank_worl
 
 @pytest.mark.e2e
 def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank_world):
-    batches = _batches(tiny_model, task, STEPS)
+    batches = sft_batches(tiny_model, task, STEPS)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         group = TrainerGroup(2, ENGINES["automodel"], tiny_model, CFG, True, 1, 0, "lora-dp2", "lm")
