@@ -41,7 +41,6 @@ def batch_of(batch: int, seq: int, vocab: int):
 
 
 def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> dict:
-
     from engines import ENGINES
     from engines.base import EngineConfig, OptimConfig
     from engines.flops import peak_flops
