@@ -109,6 +109,11 @@ class TrainingEngine(InferenceEngine):
         """
 
     @abstractmethod
+    def base_logprobs(self, batch: TensorDict) -> torch.Tensor:
+        """With LoRA: `logprobs` with the adapters off, i.e. of the model this training stage
+        started from (its adapters start at zero), which serves as the reference policy."""
+
+    @abstractmethod
     def last_logprobs(self) -> torch.Tensor:
         """The log-probs of the last `train_step`'s forward passes (before its update), for this
         rank's rows in the batch layout: an on-policy step's old log-probs, at no extra cost."""

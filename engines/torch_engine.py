@@ -148,8 +148,13 @@ class TorchEngine(TrainingEngine):
         self._offloaded = []  # the old optimizer's moments, if offloaded, are dropped with it
         self.optimizer = None
         self.optimizer, self.scheduler = self._build_optimizer(cfg)
-        # folded at the stage's first train step, when the weights are on the device for training
+        # folded at the stage's first train step (or reference forward), with the weights on the device
         self._restart_pending = bool(self._adapters())
+
+    def _fold_trained_adapters(self) -> None:
+        if self._restart_pending:
+            self._restart_adapters()
+            self._restart_pending = False
 
     @torch.no_grad()
     def _restart_adapters(self) -> None:
@@ -249,15 +254,27 @@ class TorchEngine(TrainingEngine):
     def logprobs(self, batch: TensorDict) -> torch.Tensor:
         return self._infer(batch, "logprobs")
 
+    def base_logprobs(self, batch: TensorDict) -> torch.Tensor:
+        layers = list(self._adapters().values())
+        if not layers:
+            raise RuntimeError("base_logprobs: this engine has no LoRA adapters")
+        self._fold_trained_adapters()
+        scales = [layer.scale for layer in layers]
+        for layer in layers:  # the adapter's term becomes an exact zero: W x + 0
+            layer.scale = 0.0
+        try:
+            return self._infer(batch, "logprobs")
+        finally:
+            for layer, scale in zip(layers, scales):
+                layer.scale = scale
+
     def values(self, batch: TensorDict) -> torch.Tensor:
         return self._infer(batch, "values")
 
     def train_step(self, batch: TensorDict, loss_fn: LossFn, normaliser: float) -> dict[str, float]:
         if self.optimizer is None:
             raise RuntimeError("train_step before configure_optimizer (or on a frozen engine)")
-        if self._restart_pending:
-            self._restart_adapters()
-            self._restart_pending = False
+        self._fold_trained_adapters()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # FSDP averages gradients over data-parallel ranks; scaling by their number turns that

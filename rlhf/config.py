@@ -441,7 +441,7 @@ def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
 def trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
     """The trainer groups this run starts."""
     groups = {"actor": cfg.actor}
-    if cfg.algo.uses_reference:
+    if cfg.algo.uses_reference and not cfg.actor.lora.rank:  # with LoRA the actor's adapters-off weights serve
         groups["ref"] = cfg.ref
     if cfg.algo.uses_critic:
         groups["critic"] = cfg.critic

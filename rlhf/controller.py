@@ -405,7 +405,7 @@ class Controller:
         out, device = {}, None
         for name in ("actor", "ref", "critic"):
             group = getattr(self.roles, name)
-            if group is None:
+            if group not in self.roles.trainers():
                 continue
             stats = group.all("device_stats")
             if stats[0]["device"] == "cpu":

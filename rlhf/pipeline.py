@@ -27,7 +27,7 @@ from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.export import export_final
 from rlhf.metrics import MetricsLog, fmt, stage_bar
 from rlhf.ray_auth import keep_token_local
-from rlhf.roles import start_roles, start_trainer
+from rlhf.roles import AdaptersOff, start_roles, start_trainer
 from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
 from rlhf.stop_signal import StopSignal
 from rlhf.trackers import open_trackers
@@ -58,7 +58,8 @@ def _start_ray(cfg: RunConfig) -> None:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
     algos = [stage.cfg.algo for stage in plan(cfg)]
-    groups = [cfg.actor] + [cfg.ref] * any(a.uses_reference for a in algos) + [cfg.critic] * any(a.uses_critic for a in algos)
+    groups = [cfg.actor] + [cfg.ref] * any(a.uses_reference and not cfg.actor.lora.rank for a in algos) \
+        + [cfg.critic] * any(a.uses_critic for a in algos)
     need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     keep_token_local()
@@ -211,7 +212,10 @@ class _Job:
         rl_updates = cfg.rl.steps * cfg.algo.epochs * cfg.algo.mini_batches
         if cfg.algo.uses_reference or cfg.algo.uses_critic:
             roles.prepare_training()  # with rollout.sleep, new trainer groups load while vLLM sleeps
-        if cfg.algo.uses_reference:
+        if cfg.algo.uses_reference and cfg.actor.lora.rank:
+            roles.ref = AdaptersOff(actor)
+            print("[rlhf] reference: the actor's weights with its LoRA adapters off (the stage's start model)", flush=True)
+        elif cfg.algo.uses_reference:
             t = time.time()
             roles.ref = start_trainer(cfg, "ref", start_path, trainable=False, placement=roles.placement)
             print(f"[rlhf] reference ready in {time.time() - t:.1f}s", flush=True)

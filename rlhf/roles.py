@@ -24,19 +24,38 @@ from rollout.vllm_engine import VLLMConfig
 from weight_sync import choose_transport
 
 
+class AdaptersOff:
+    """The reference policy of a LoRA run: the actor's own weights with its adapters off, which
+    is the model the stage started from, so no second copy of the model is loaded or held. It
+    answers the one call the controller makes of a reference; it has no processes of its own."""
+
+    workers: tuple = ()
+
+    def __init__(self, actor: TrainerGroup):
+        self.actor = actor
+
+    def dp(self, method: str, batch):
+        if method != "logprobs":
+            raise AttributeError(f"the LoRA reference answers logprobs only, not {method!r}")
+        return self.actor.dp("base_logprobs", batch)
+
+    def shutdown(self) -> None:
+        """The actor's processes are the actor's to end."""
+
+
 @dataclass
 class Roles:
     actor: TrainerGroup
     rollout: RolloutGroup
     placement: Placement | None = None
-    ref: TrainerGroup | None = None
+    ref: TrainerGroup | AdaptersOff | None = None
     critic: TrainerGroup | None = None
     model_path: str | None = None  # what the roles were started from (its config gives FLOPs per token)
 
     sleep: bool = False  # trainers and vLLM take turns on the GPUs (rollout.sleep)
 
     def trainers(self) -> list[TrainerGroup]:
-        return [g for g in (self.actor, self.ref, self.critic) if g is not None]
+        return [g for g in (self.actor, self.ref, self.critic) if isinstance(g, TrainerGroup)]
 
     def prepare_training(self) -> None:
         """Before trainer work (after generation): with sleep, vLLM frees the GPUs and the

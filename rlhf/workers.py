@@ -58,6 +58,9 @@ class TrainerWorker:
     def last_logprobs(self):
         return self.engine.last_logprobs()
 
+    def base_logprobs(self, batch):
+        return self.engine.base_logprobs(batch)
+
     def parameter_counts(self) -> dict:
         return self.engine.parameter_counts()
 

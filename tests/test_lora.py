@@ -128,6 +128,15 @@ def test_a_second_stage_trains_like_a_run_restarted_from_the_first_stages_checkp
     want = dict(fresh.export_weights())
     assert all(torch.equal(t, want[k]) for k, t in first.export_weights())
 
+    # The reference of stage 2 (adapters off) is stage 1's checkpoint, as a frozen engine loads it,
+    # while the policy has moved on.
+    frozen = load_object(ENGINES["automodel"])(str(tmp_path / "stage1"), EngineConfig(**{**cfg.__dict__, "lora": None}),
+                                               trainable=False)
+    reference = frozen.logprobs(batches[0])
+    mask = batches[0]["attention_mask"].bool()
+    assert (first.base_logprobs(batches[0]) - reference)[mask].abs().max() < (1e-6 if dtype == "float32" else 1e-2)
+    assert (first.logprobs(batches[0]) - reference)[mask].abs().max() > 1e-2
+
 
 def test_adapters_the_merged_export_cannot_serve_are_refused(tiny_model, one_rank_world):
     cfg = EngineConfig(**{**CFG.__dict__, "lora": LoraConfig(4, 8.0, ("*_proj", "lm_head"))})
@@ -199,23 +208,27 @@ def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank
 @pytest.mark.e2e
 def test_grpo_with_lora_through_the_product(tiny_model, tmp_path):
     """RL with LoRA from a model folder, with a reward that varies (so the adapters move every
-    step): after every push vLLM computes what the trainer computes through its adapters, and the
-    final checkpoint is a plain HF model whose only changed weights are the adapted layers'."""
+    step) and a KL penalty to the reference (the actor with its adapters off): after every push
+    vLLM computes what the trainer computes through its adapters, and the final checkpoint is a
+    plain HF model whose only changed weights are the adapted layers'."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.main", "stages=[rl]", f"model.path={tiny_model}", "actor.lora.rank=8",
+        [sys.executable, "-m", "rlhf.main", "stages=[rl]", f"model.path={tiny_model}", "actor.lora.rank=8", "algo.kl_coef=0.05",
          "rl.steps=4", "rl.prompts_per_step=8", "rl.lr=1e-2", "reward.fn=benchmarks/reference_rewards.py:length_reward",
          f"trainer.output_dir={out}"],
         capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(LoRA rank 8 on 28 layers)" in proc.stdout
+    assert "reference: the actor's weights with its LoRA adapters off" in proc.stdout  # no second model
     rows = rl_steps(read_metrics(out))
     assert sorted(rows) == [1, 2, 3, 4]
     for r in rows.values():
         assert r["actor/grad_norm"] > 0
         assert r["rollout/logprob_abs_diff_max"] < 1e-4  # fp32 vLLM vs the trainer's adapters, after every push
-    print({s: (r["reward/mean"], r["rollout/logprob_abs_diff_max"]) for s, r in rows.items()})
+    print({s: (r["reward/mean"], r["rollout/logprob_abs_diff_max"], r["actor/kl_ref"]) for s, r in rows.items()})
+    assert rows[1]["actor/kl_ref"] == 0  # B starts at zero: policy and reference are one model
+    assert all(rows[s]["actor/kl_ref"] > 0 for s in (2, 3, 4))
 
     base = load_file(str(Path(tiny_model) / "model.safetensors"))
     final = load_file(str(out / "checkpoints" / "final" / "model.safetensors"))
