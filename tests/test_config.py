@@ -74,3 +74,11 @@ def test_validation_imports_none_of_the_heavy_libraries(tmp_path):
 def test_empty_stop_string_is_refused():
     with pytest.raises(ConfigError, match="rl.stop"):
         load_config(['rl.stop=["", "x"]'])
+
+
+def test_a_lora_run_starts_no_reference_group():
+    from rlhf.config import trainer_groups
+
+    full = load_config(["algo.kl_coef=0.05", "stages=[rl]"])
+    lora = load_config(["algo.kl_coef=0.05", "stages=[rl]", "actor.lora.rank=8"])
+    assert sorted(trainer_groups(full)) == ["actor", "ref"] and sorted(trainer_groups(lora)) == ["actor"]
