@@ -37,6 +37,7 @@
 #   tests: the GPU-marked tests (tests/test_gpu.py)
 #   lora1: one GPU: the LoRA engine tests on CUDA, the engines benchmark (0.5B shape) with every weight
 #          training and with LoRA rank 32, then the reference workload both ways (5 steps each)
+#   lora2: lora1 without the full-training workload (LoRA's only)
 #   lora7: one GPU: the engines benchmark with LoRA rank 32 on the Qwen2.5-7B shape at full depth
 #          (LAYERS to cut it), 4 x 1024 tokens
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -95,7 +96,8 @@ rollout_bench() {  # timeout, rounds: our rollout engine against bare vLLM
   timeout $1 python3 benchmarks/rollout_throughput.py $model --repeat $2 > "$OUT/rollout_bench.log" 2>&1
   echo "rollout_throughput rc=$?" >> "$OUT/table.txt"; grep -E "^round|^\||by phase" "$OUT/rollout_bench.log" >> "$OUT/table.txt"
 }
-case ${1:-one} in
+mode=${1:-one}
+case $mode in
   ours)
     timeout 300 python3 benchmarks/rollout_throughput.py $model > "$OUT/rollout_bench.log" 2>&1; tail -7 "$OUT/rollout_bench.log" >> "$OUT/table.txt"
     ref ours_1gpu ;;
@@ -241,7 +243,7 @@ case ${1:-one} in
     grep -E "Error|error" "$work/weight_push_ipc.log" | tail -3 >> "$OUT/table.txt"
     STEPS=6 REF_TIMEOUT=180 TRL_TIMEOUT=200 vs_trl
     cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
-  lora1)
+  lora1|lora2)
     timeout 120 python3 -m pytest -q -s tests/test_lora.py -p no:cacheprovider -k "plain_lora_and or names" \
       > "$OUT/lora_tests.log" 2>&1; echo "lora tests rc=$?" >> "$OUT/table.txt"
     grep -E "passed|failed|LoRA rank|^E " "$OUT/lora_tests.log" | tail -6 >> "$OUT/table.txt"
@@ -249,7 +251,7 @@ case ${1:-one} in
       timeout 100 python3 benchmarks/engine_throughput.py --engines automodel --lora-rank $r > "$OUT/engines.log" 2>&1
       echo "engines lora $r rc=$?" >> "$OUT/table.txt"; grep "^| automodel" "$OUT/engines.log" >> "$OUT/table.txt"
     done
-    for name in lora full; do
+    for name in lora $([ $mode = lora1 ] && echo full); do
       extra=$([ $name = lora ] && echo "actor.lora.rank=32 rl.lr=1e-5")
       STEPS=5 REF_TIMEOUT=185 ref ref_$name rollout.seed_per_prompt=false $extra
       python3 -c "import json;[print('$name step',r['step'],*(f'{k[k.index(chr(47))+1:]} {r[k]:.3f}' for k in ('time/step','time/generate','time/train','time/push','perf/actor_peak_memory_gb') if k in r),'dlogp',round(r['rollout/logprob_abs_diff_mean'],4)) for r in map(json.loads,open('$work/ref_$name/run/metrics.jsonl')) if r.get('stage')=='rl' and 'time/step' in r]" >> "$OUT/table.txt" 2>&1
