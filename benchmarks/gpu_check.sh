@@ -38,6 +38,7 @@
 #   lora1: one GPU: the LoRA engine tests on CUDA, the engines benchmark (0.5B shape) with every weight
 #          training and with LoRA rank 32, then the reference workload both ways (5 steps each)
 #   lora2: lora1 without the full-training workload (LoRA's only)
+#   lora3: the engines benchmark of lora1 only
 #   lora7: one GPU: the engines benchmark with LoRA rank 32 on the Qwen2.5-7B shape at full depth
 #          (LAYERS to cut it), 4 x 1024 tokens
 #   engines1: the engines benchmark on one GPU (0.5B shape, 8 x 1024 tokens), a few GPU tests,
@@ -243,6 +244,11 @@ case $mode in
     grep -E "Error|error" "$work/weight_push_ipc.log" | tail -3 >> "$OUT/table.txt"
     STEPS=6 REF_TIMEOUT=180 TRL_TIMEOUT=200 vs_trl
     cp "$work/ours_1gpu/run/metrics.jsonl" "$OUT/ours_metrics.jsonl" 2>/dev/null ;;
+  lora3)
+    for r in "0" "32" "32 --lora-recompute"; do
+      timeout 90 python3 benchmarks/engine_throughput.py --engines automodel --lora-rank $r > "$OUT/engines.log" 2>&1
+      echo "engines lora $r rc=$?" >> "$OUT/table.txt"; grep "^| automodel" "$OUT/engines.log" >> "$OUT/table.txt"
+    done ;;
   lora1|lora2)
     timeout 120 python3 -m pytest -q -s tests/test_lora.py -p no:cacheprovider -k "plain_lora_and or names" \
       > "$OUT/lora_tests.log" 2>&1; echo "lora tests rc=$?" >> "$OUT/table.txt"
