@@ -55,7 +55,7 @@ class Roles:
     sleep: bool = False  # trainers and vLLM take turns on the GPUs (rollout.sleep)
 
     def trainers(self) -> list[TrainerGroup]:
-        return [g for g in (self.actor, self.ref, self.critic) if isinstance(g, TrainerGroup)]
+        return [g for g in (self.actor, self.ref, self.critic) if g is not None and not isinstance(g, AdaptersOff)]
 
     def prepare_training(self) -> None:
         """Before trainer work (after generation): with sleep, vLLM frees the GPUs and the
