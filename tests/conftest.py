@@ -45,6 +45,18 @@ def tiny_model(task):
     return ensure_tiny_model(MODEL_CACHE, corpus(train + held_out), cfg.model.arch, cfg.seed)
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_model():
+    """The embedded model of the `arithmetic_tools` task: a chat template with tool calls."""
+    from rlhf.data import arithmetic_tools
+    from rlhf.data.tiny_model import ensure_tiny_model
+
+    train, held_out = arithmetic_tools.make_splits(0, 999, 2000, 64, 0.5, True)
+    arch = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 512, "max_position_embeddings": 128}
+    return ensure_tiny_model(MODEL_CACHE, arithmetic_tools.corpus(train + held_out), arch, 0, chat=True)
+
+
 @pytest.fixture(scope="module")
 def one_rank_world():
     """The environment of a one-rank torch.distributed world, for an engine built in this process."""

@@ -1,0 +1,1 @@
+"""Built-in environments (`agent.env=<name>`, see agents/registry.py)."""

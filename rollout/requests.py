@@ -1,0 +1,124 @@
+"""vLLM driven request by request: many requests in flight, each finishing at its own pace, with
+continuous batching across them (every engine step serves all running requests).
+
+vLLM's `AsyncLLM` always runs its engine core in a process of its own: on CPU that start takes
+~17 s instead of ~2 s, leaves a /dev/shm segment behind, and turns tensors nested in RPC arguments
+into lists, which the weight transports rely on. So the in-process engine of the `LLM` the
+transports already talk to is stepped here by one thread, and requests come from any thread
+(futures) or coroutine (`await`). Whatever else touches the engine (a weight push, sleep or wake,
+a cache reset) runs inside `paused()`: no step runs meanwhile, and requests stay in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from concurrent.futures import Future
+
+
+class RequestDriver:
+    def __init__(self, llm):
+        from vllm.sampling_params import RequestOutputKind
+
+        self.engine = llm.llm_engine
+        self._final = RequestOutputKind.FINAL_ONLY
+        renderer = getattr(self.engine, "renderer", None)
+        self._render = getattr(renderer, "render_cmpl", None)
+        self._cv = threading.Condition()
+        self._futures: dict[str, Future] = {}
+        self._ids = itertools.count()
+        self._pauses = 0  # paused() holders, present and waiting
+        self._stepping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="vllm-steps", daemon=True)
+        self._thread.start()
+
+    def _prompt(self, prompt_ids: list[int]):
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        return self._render([prompt])[0] if self._render is not None else prompt
+
+    def submit(self, prompt_ids: list[int], params) -> Future:
+        """A request (n samples of `params`); its future gets vLLM's final `RequestOutput`."""
+        params.output_kind = self._final
+        future: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the rollout engine is shut down")
+            rid = f"q{next(self._ids)}"  # apart from LLM.generate's numbering
+            self._futures[rid] = future
+            try:
+                self.engine.add_request(rid, self._prompt(prompt_ids), params)
+            except BaseException:
+                del self._futures[rid]
+                raise
+            self._cv.notify_all()
+        return future
+
+    async def generate(self, prompt_ids: list[int], params):
+        return await asyncio.wrap_future(self.submit(prompt_ids, params))
+
+    def run(self, requests: list[tuple[list[int], object]]) -> list:
+        """Submit every (prompt ids, params) and wait for all; outputs in the same order."""
+        futures = [self.submit(ids, params) for ids, params in requests]
+        return [f.result() for f in futures]
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No engine step runs inside; requests in flight wait and continue afterwards."""
+        with self._cv:
+            self._pauses += 1
+            while self._stepping:
+                self._cv.wait()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._pauses -= 1
+                self._cv.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._futures)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and (self._pauses or not self._futures):
+                    self._cv.wait()
+                if self._closed:
+                    return
+                self._stepping = True
+            try:
+                outputs = self.engine.step()
+            except BaseException as e:  # the engine is broken: every waiter learns why
+                with self._cv:
+                    self._stepping, self._closed = False, True
+                    failed, self._futures = self._futures, {}
+                    self._cv.notify_all()
+                for future in failed.values():
+                    future.set_exception(e)
+                return
+            done = []
+            with self._cv:
+                self._stepping = False
+                for out in outputs:
+                    future = self._futures.pop(out.request_id, None) if out.finished else None
+                    if future is not None:
+                        done.append((future, out))
+                self._cv.notify_all()
+            for future, out in done:
+                future.set_result(out)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            pending, self._futures = self._futures, {}
+            self._cv.notify_all()
+        if pending:
+            with contextlib.suppress(Exception):
+                self.engine.abort_request(list(pending))
+        for future in pending.values():
+            future.set_exception(RuntimeError("the rollout engine shut down with this request in flight"))
+        self._thread.join(10)
