@@ -51,8 +51,23 @@ def _check(value) -> tuple[str, float | None, dict[str, float]]:
     return "ok", float(value), {k: float(v) for k, v in named.items()}
 
 
+def _takes_messages(fn) -> bool:
+    """Whether `fn` accepts `messages` (by name or through **extra); functions written before
+    multi-turn rollouts may name their keyword arguments and must not get one they do not know."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "messages" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _call(fn, kwargs: dict, idxs: list[int], items: list) -> list:
-    """Results for one task: a single item, or a chunk for a batched function."""
+    """Results for one task: a single item, or a chunk for a batched function. A multi-turn
+    sample's extras carry its whole conversation as `messages`, for functions that take it."""
+    if not _takes_messages(fn):
+        items = [(p, r, a, {k: v for k, v in e.items() if k != "messages"}) for p, r, a, e in items]
     try:
         if getattr(fn, "batched", False):
             prompts, responses, answers, extras = (list(col) for col in zip(*items))

@@ -41,3 +41,17 @@ def flaky(prompt, response, ground_truth, **extra):
 def by_extra(prompt, response, ground_truth, *, parity, bonus=0.0, **extra):
     """Uses a dataset column (`parity`, from data.extra_keys) and a config kwarg (`bonus`)."""
     return float(parity == "odd") + bonus
+
+
+def strict(prompt, response, ground_truth):
+    """Written before multi-turn rollouts: no **extra."""
+    return 1.0
+
+
+def turns(prompt, response, ground_truth, messages=None):
+    """Counts the assistant turns of a multi-turn conversation (0 without one)."""
+    return float(sum(m["role"] == "assistant" for m in messages or []))
+
+
+def counts_extra(prompt, response, ground_truth, **extra):
+    return float(len(extra.get("messages", [])))

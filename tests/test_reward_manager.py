@@ -94,3 +94,15 @@ def test_reward_model_scores_like_a_plain_hf_forward(tmp_path, tiny_model):
     with torch.no_grad():
         ref = [rm(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(prompts, responses)]
     assert out.errors == {} and out.rewards == pytest.approx(ref, abs=1e-5)
+
+
+def test_a_conversation_reaches_only_functions_that_take_it():
+    convo = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"},
+             {"role": "assistant", "content": "b"}]
+    for name, want in (("strict", 1.0), ("turns", 2.0), ("counts_extra", 4.0)):
+        m = manager(name)
+        try:
+            out = m.score(["p"], ["b"], ["a"], [{"messages": convo}])
+            assert out.errors == {} and out.rewards == [want], name
+        finally:
+            m.close()
