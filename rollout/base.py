@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tensordict import TensorDict
 
@@ -25,11 +25,26 @@ class Sampling:
     seed_per_prompt: bool = True
 
 
+@dataclass
+class Trajectories:
+    """Multi-turn rollouts: the batch (`response_mask` 1 on sampled tokens only, `env_rewards` [B]),
+    each trajectory's conversation (for reward functions), and the batch's `agent/*` metrics."""
+
+    batch: TensorDict
+    messages: list[list[dict]]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
 class RolloutEngine(ABC):
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
         """n samples per prompt, in the batch layout of `rlhf.batch`, with `rollout_logprobs`
         and `group_ids` (the prompt's index); samples of one prompt are adjacent."""
+
+    def trajectories(self, rows: list[dict], sampling: Sampling, agent) -> Trajectories:
+        """`sampling.n` multi-turn episodes per row against the environment `agent` names
+        (rollout/trajectory.py); samples of one row are adjacent, `group_ids` its index."""
+        raise NotImplementedError(f"{type(self).__name__} does not run multi-turn trajectories")
 
     timing: dict[str, float] = {}  # the last generate call's phases, in seconds (metrics)
 

@@ -4,8 +4,8 @@
 
 Many trajectories run at once (up to `agent.max_in_flight`), each at its own pace: a trajectory
 waiting on its tools does not hold the others, and every engine step serves all turns in flight.
-The engine is reached through one coroutine, `turn(prompt ids, seed, max new tokens) -> Turn`,
-so this loop knows no engine. Sampled ids are kept as sampled, with their log-probs; reply ids
+The engine is reached through one coroutine, `turn(prompt ids, seed, max new tokens, sampling)
+-> Turn`, so this loop knows no engine. Sampled ids are kept as sampled, with their log-probs; reply ids
 (see agents/chat.py) are in the context but masked out of the loss.
 """
 
@@ -76,8 +76,7 @@ def turn_seed(seed: int, turn: int) -> int:
 class TrajectoryRunner:
     """Runs trajectories for one environment on one engine; lives as long as the engine."""
 
-    def __init__(self, agent: AgentConfig, tokenizer, turn: Callable[[list[int], int, int], Awaitable[Turn]],
-                 max_model_len: int):
+    def __init__(self, agent: AgentConfig, tokenizer, turn: Callable[..., Awaitable[Turn]], max_model_len: int):
         self.agent, self.tok, self.turn, self.max_model_len = agent, tokenizer, turn, max_model_len
         self.env_cls = resolve_env(agent.env)
         self.chat = ChatTokens(tokenizer, getattr(self.env_cls, "tools", None))
@@ -103,7 +102,10 @@ class TrajectoryRunner:
             return await call
         return await asyncio.wait_for(call, self.agent.tool_timeout_s)
 
-    async def run(self, row: dict, seed: int, max_new_tokens: int) -> Trajectory:
+    async def run(self, row: dict, seed: int | None, sampling) -> Trajectory:
+        """One episode; `sampling` (the engine's: temperature, stop strings, `max_new_tokens` per
+        turn) goes to `turn` as it is."""
+        max_new_tokens = sampling.max_new_tokens
         env = self.env_cls(row)
         if isinstance(env, ToolEnv):
             env.tool_runner = self.tools
@@ -117,7 +119,8 @@ class TrajectoryRunner:
                 traj.cut = "max_model_len"
                 break
             t = time.perf_counter()
-            out = await self.turn(traj.prompt + traj.tokens, turn_seed(seed, turn), min(max_new_tokens, room))
+            out = await self.turn(traj.prompt + traj.tokens, None if seed is None else turn_seed(seed, turn),
+                                  min(max_new_tokens, room), sampling)
             traj.generate_seconds += time.perf_counter() - t
             traj.tokens += out.ids
             traj.sampled += [True] * len(out.ids)
@@ -168,7 +171,7 @@ class TrajectoryRunner:
                   f"training uses the tokens as sampled; counted in agent/template_mismatch", flush=True)
         return traj
 
-    def run_all(self, rows: list[dict], seeds: list[int], max_new_tokens: int) -> list[Trajectory]:
+    def run_all(self, rows: list[dict], seeds: list[int | None], sampling) -> list[Trajectory]:
         """Every (row, seed) as a trajectory, at most `agent.max_in_flight` at once; in order."""
 
         async def main():
@@ -176,7 +179,7 @@ class TrajectoryRunner:
 
             async def one(row, seed):
                 async with gate:
-                    return await self.run(row, seed, max_new_tokens)
+                    return await self.run(row, seed, sampling)
 
             return await asyncio.gather(*(one(r, s) for r, s in zip(rows, seeds)))
 

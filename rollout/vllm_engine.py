@@ -11,7 +11,8 @@ import torch
 from tensordict import TensorDict
 
 from rlhf.batch import pack, scatter_response_values
-from rollout.base import RolloutEngine, Sampling
+from rollout.base import RolloutEngine, Sampling, Trajectories
+from rollout.requests import RequestDriver
 from weight_sync.base import checkpoint_weight_names
 from weight_sync.buckets import Bucket
 
@@ -43,6 +44,28 @@ class _DropRepeatedNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not ("RotaryEmbedding: Failed to load weights" in msg or "torch.set_num_threads" in msg)
+
+
+def sampling_params(sampling: Sampling, seed: int | None, n: int | None = None, max_tokens: int | None = None):
+    """vLLM's sampling parameters for `sampling`: log-probs of the sampled tokens as one flat list
+    per sample, text only where stop strings need it."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=sampling.n if n is None else n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_tokens=sampling.max_new_tokens if max_tokens is None else max_tokens,
+        logprobs=0,
+        # one flat list per sample instead of a dict and an object per token (vLLM's GC and ours)
+        flat_logprobs=True,
+        # Stop strings are matched on the text; without them no text is needed.
+        detokenize=bool(sampling.stop),
+        stop=list(sampling.stop) or None,
+        include_stop_str_in_output=True,  # the text then matches the token ids, which end with it
+        seed=seed,
+    )
 
 
 def _sampled_logprobs(ids: list[int], per_token) -> list[float]:
@@ -95,6 +118,9 @@ class VLLMRollout(RolloutEngine):
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
         self.llm = LLM(**kwargs)
+        self.requests = RequestDriver(self.llm)
+        self._runners: dict = {}  # per agent config: its trajectory runner (environment, tools, template)
+        self.max_model_len = cfg.max_model_len
         # vLLM sets its handlers up lazily, so the filter goes on its loggers themselves (a logger's
         # filter sees the records created on it), once they all exist.
         noise = _DropRepeatedNoise()
@@ -116,34 +142,16 @@ class VLLMRollout(RolloutEngine):
             self.pad_id = self.eos_id
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
-        from vllm import SamplingParams
-
-        def params(seed):
-            return SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                max_tokens=sampling.max_new_tokens,
-                logprobs=0,
-                # one flat list per sample instead of a dict and an object per token (vLLM's GC and ours)
-                flat_logprobs=True,
-                # Stop strings are matched on the text; without them no text is needed.
-                detokenize=bool(sampling.stop),
-                stop=list(sampling.stop) or None,
-                include_stop_str_in_output=True,  # the text then matches the token ids, which end with it
-                seed=seed,
-            )
-
+        """The one-turn case of the request loop: each prompt one request of `sampling.n` samples."""
         if sampling.seed is not None and sampling.seed_per_prompt:
-            per_prompt = [params(sampling.seed + i) for i in range(len(prompt_ids))]
+            per_prompt = [sampling_params(sampling, sampling.seed + i) for i in range(len(prompt_ids))]
         else:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            per_prompt = params(None)
+            per_prompt = [sampling_params(sampling, None)] * len(prompt_ids)
         t = time.perf_counter()
         self._stale_prefixes = True
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], per_prompt, use_tqdm=False)
+        outs = self.requests.run(list(zip(prompt_ids, per_prompt)))
         self.timing = {"time/vllm_generate": time.perf_counter() - t}
         t = time.perf_counter()
         prompts, responses, logprobs, groups, truncated = [], [], [], [], []
@@ -162,6 +170,34 @@ class VLLMRollout(RolloutEngine):
         self.timing["time/rollout_postprocess"] = time.perf_counter() - t
         return batch
 
+    def trajectories(self, rows: list[dict], sampling: Sampling, agent) -> Trajectories:
+        """`sampling.n` multi-turn trajectories per row (rollout/trajectory.py), in flight at once up
+        to `agent.max_in_flight`, each turn a request of one sample. Sample j of row i starts from
+        seed `sampling.seed + i + j`, the seed `generate` gives it, so one-turn episodes sample alike."""
+        from rollout.trajectory import TrajectoryRunner, stats, to_batch
+
+        runner = self._runners.get(agent)
+        if runner is None:
+            runner = self._runners[agent] = TrajectoryRunner(agent, self.llm.get_tokenizer(), self._turn, self.max_model_len)
+        seeded = sampling.seed is not None and sampling.seed_per_prompt
+        if sampling.seed is not None and not seeded:
+            torch.manual_seed(sampling.seed)
+        jobs = [(row, sampling.seed + i + j if seeded else None, i) for i, row in enumerate(rows) for j in range(sampling.n)]
+        t = time.perf_counter()
+        self._stale_prefixes = True
+        runs = runner.run_all([r for r, _, _ in jobs], [s for _, s, _ in jobs], sampling)
+        seconds = time.perf_counter() - t
+        self.timing = {"time/vllm_generate": seconds}
+        return Trajectories(to_batch(runs, [g for _, _, g in jobs], self.pad_id), [r.messages for r in runs],
+                            stats(runs, seconds))
+
+    async def _turn(self, ids: list[int], seed: int | None, max_tokens: int, sampling: Sampling):
+        from rollout.trajectory import Turn
+
+        out = (await self.requests.generate(ids, sampling_params(sampling, seed, 1, max_tokens))).outputs[0]
+        tokens = list(out.token_ids)
+        return Turn(tokens, _sampled_logprobs(tokens, out.logprobs), out.finish_reason)
+
     @property
     def weight_names(self) -> list[str]:
         return self._weight_names
@@ -173,20 +209,24 @@ class VLLMRollout(RolloutEngine):
 
     def load_buckets(self, buckets: list[Bucket]) -> None:
         """Host buckets (the object-store transport) loaded by every vLLM worker."""
-        self.llm.collective_rpc("load_buckets", args=(buckets,))
+        with self.requests.paused():
+            self.llm.collective_rpc("load_buckets", args=(buckets,))
 
     def load_in_place(self, update_info: dict, reused: bool) -> None:
         """One payload of vLLM's weight-transfer engine, loaded by every vLLM worker in place."""
-        self.llm.collective_rpc("load_in_place", args=(update_info, reused))
+        with self.requests.paused():
+            self.llm.collective_rpc("load_in_place", args=(update_info, reused))
 
     def sleep(self) -> None:
         """Weights to CPU, KV cache dropped: the GPU memory goes to the trainers until `wake`."""
-        self.llm.sleep(level=1)
+        with self.requests.paused():
+            self.llm.sleep(level=1)
 
     def wake(self, tags: list[str]) -> None:
         """Restore "weights" (before a push lands in them) or "kv_cache" (once the trainers have
         moved out), so both never hold the GPU at once."""
-        self.llm.wake_up(tags=tags)
+        with self.requests.paused():
+            self.llm.wake_up(tags=tags)
 
     def weights_updated(self) -> None:
         self._drop_prefixes()
@@ -199,4 +239,5 @@ class VLLMRollout(RolloutEngine):
         every KV block (~12 ms for 3.3M tokens of cache), so it runs after a generation, while the
         trainer works, and a push repeats it only if the engine generated since."""
         if self._stale_prefixes:
-            self._stale_prefixes = not self.llm.reset_prefix_cache()
+            with self.requests.paused():
+                self._stale_prefixes = not self.llm.reset_prefix_cache()

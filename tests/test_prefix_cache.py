@@ -2,6 +2,9 @@
 a generation the rollout group saw, while the trainer works, and at a push only if the engine
 generated since or that drop failed. vLLM's `LLM` is replaced by a recorder."""
 
+import contextlib
+import types
+
 from rollout.base import Sampling
 from rollout.vllm_engine import VLLMRollout
 
@@ -18,6 +21,7 @@ class RecordingLLM:
 def engine(llm) -> VLLMRollout:
     e = VLLMRollout.__new__(VLLMRollout)  # no vLLM engine: only the prefix bookkeeping is under test
     e.llm, e._stale_prefixes = llm, False
+    e.requests = types.SimpleNamespace(paused=contextlib.nullcontext)  # no request loop either
     return e
 
 
@@ -39,12 +43,15 @@ def test_prefixes_are_dropped_once_per_generation_and_always_before_the_next_one
 def test_a_generation_marks_the_prefixes_stale_before_vllm_runs_it():
     """Even a generation that fails part-way may have cached prefixes: the flag is set first."""
 
-    class Failing(RecordingLLM):
-        def generate(self, *args, **kwargs):
+    class Failing:
+        def run(self, *args, **kwargs):
             raise RuntimeError("engine died")
 
-    llm = Failing()
+        paused = contextlib.nullcontext
+
+    llm = RecordingLLM()
     e = engine(llm)
+    e.requests = Failing()  # the request loop fails in vLLM's step
     e.timing = {}
     try:
         e.generate([[1, 2, 3]], Sampling(n=1, temperature=1.0, max_new_tokens=2))
