@@ -11,9 +11,11 @@ its tools), each holding one worker for the length of its call.
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
 import threading
 import traceback
+
+
+_START_S = 120  # a worker's start (a fresh interpreter importing the environment's module)
 
 
 def _result(fn, arguments: dict, max_chars: int) -> tuple[str, str | None]:
@@ -35,6 +37,7 @@ def _serve(conn, env: str, max_chars: int) -> None:
     from agents.registry import resolve_env
 
     cls = resolve_env(env)
+    conn.send("ready")
     while True:
         try:
             task = conn.recv()
@@ -51,36 +54,52 @@ class ToolRunner:
         """`env`: the environment's name as configured (`agent.env`), resolved in each worker."""
         self.env, self.max_workers, self.timeout_s, self.max_chars = env, max_workers, timeout_s, max_output_chars
         self._ctx = mp.get_context("forkserver")
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._idle: list = []
+        self._cv = threading.Condition()
         self._started = 0  # workers alive (idle or busy)
         self._all: list = []
 
     def _start(self):
+        """A new worker, once it has loaded the environment: the start is not part of a call's time."""
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, args=(child, self.env, self.max_chars), daemon=True, name="tool-worker")
         proc.start()
         child.close()
         self._all.append((proc, parent))
+        if not parent.poll(_START_S) or parent.recv() != "ready":
+            proc.kill()
+            raise RuntimeError(f"a tool worker for {self.env} did not start within {_START_S} s")
         return proc, parent
 
     def _take(self):
-        with self._lock:
-            try:
-                return self._idle.get_nowait()
-            except queue.Empty:
-                if self._started < self.max_workers:
-                    self._started += 1
-                    return self._start()
-        return self._idle.get()
+        """An idle worker, a new one while fewer than `max_workers` live, or the next to come free."""
+        with self._cv:
+            while not self._idle and self._started >= self.max_workers:
+                self._cv.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._started += 1
+        try:
+            return self._start()
+        except BaseException:
+            with self._cv:
+                self._started -= 1
+                self._cv.notify()
+            raise
+
+    def _give_back(self, worker) -> None:
+        with self._cv:
+            self._idle.append(worker)
+            self._cv.notify()
 
     def _drop(self, worker) -> None:
         proc, conn = worker
         proc.kill()
         proc.join(5)
         conn.close()
-        with self._lock:
+        with self._cv:
             self._started -= 1
+            self._cv.notify()
 
     def call(self, name: str, arguments: dict) -> tuple[str, str | None]:
         """The tool's text, and None or the kind of failure (timeout, crashed, exception,
@@ -97,7 +116,7 @@ class ToolRunner:
             code = proc.exitcode
             self._drop(worker)
             return f"error: the tool {name} crashed (exit code {code})", "crashed"
-        self._idle.put(worker)
+        self._give_back(worker)
         return text, error
 
     def close(self) -> None:

@@ -40,19 +40,15 @@ class FaultyTools(ToolEnv):
         return "slept"
 
 
-class CallsEveryTool(FaultyTools):
-    """Whatever the model writes, each turn calls the next tool of `ORDER` (so a random model
-    exercises every failure), then ends after the last."""
-
-    ORDER = ("raises", "hangs", "huge", "number", "fine")
+class CallsOneTool(FaultyTools):
+    """Whatever the model writes, its first turn calls the tool the row names (so a random model
+    exercises every failure); the second turn ends the episode with reward 1."""
 
     def step(self, messages):
-        turn = sum(m["role"] == "assistant" for m in messages) - 1
-        if turn >= len(self.ORDER):
+        if sum(m["role"] == "assistant" for m in messages) > 1:
             return [], 1.0, True
-        name = self.ORDER[turn]
-        result = self.call({"function": {"name": name, "arguments": {"x": turn}}})
-        return [{"role": "tool", "name": name, "content": result}], None, False
+        name = self.row["answer"]
+        return [{"role": "tool", "name": name, "content": self.call({"function": {"name": name, "arguments": {"x": 4}}})}], None, False
 
 
 class Planted:

@@ -1,6 +1,7 @@
 """The agents layer without an engine: chat-template token bookkeeping against whole renderings,
 vLLM's tool-call parser, tools in worker processes under every failure, and environments by name."""
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,10 @@ def test_tools_fail_into_messages_and_the_runner_goes_on():
         text, kind = runner.call("fine", {"y": 1})
         assert kind == "bad_arguments"
         assert runner.call("fine", {"x": 2}) == ("ok 2", None)  # a hung worker was replaced
+        # more hung calls than workers: each waiting call gets the place of a killed one
+        with ThreadPoolExecutor(4) as pool:
+            kinds = [kind for _, kind in pool.map(lambda _: runner.call("hangs", {"x": 1}), range(4))]
+        assert kinds == ["timeout"] * 4 and runner.call("fine", {"x": 3}) == ("ok 3", None)
     finally:
         runner.close()
 
