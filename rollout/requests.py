@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 from concurrent.futures import Future
 
 
@@ -32,6 +33,7 @@ class RequestDriver:
         self._pauses = 0  # paused() holders, present and waiting
         self._stepping = False
         self._closed = False
+        self.busy_s = 0.0  # time inside engine steps so far: the engine's busy share is busy_s / wall time
         self._thread = threading.Thread(target=self._run, name="vllm-steps", daemon=True)
         self._thread.start()
 
@@ -90,6 +92,7 @@ class RequestDriver:
                 if self._closed:
                     return
                 self._stepping = True
+            t = time.perf_counter()
             try:
                 outputs = self.engine.step()
             except BaseException as e:  # the engine is broken: every waiter learns why
@@ -100,6 +103,7 @@ class RequestDriver:
                 for future in failed.values():
                     future.set_exception(e)
                 return
+            self.busy_s += time.perf_counter() - t
             done = []
             with self._cv:
                 self._stepping = False
