@@ -20,7 +20,7 @@ from tensordict import TensorDict
 
 from rlhf.algos import AGGREGATIONS
 from rlhf.algos.kl import clamp_kl, kl_estimate
-from rlhf.algos.rollout_correction import tis_weights
+from rlhf.algos.rollout_correction import decoupled_weights, tis_weights
 
 
 def token_weights(mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -112,6 +112,9 @@ class PolicyLoss(Loss):
     seq_log_ratio_clamp: float | None = None
     kl_clamp: float | None = None
     tis_cap: float | None = None
+    # decoupled PPO: weight each token by proximal / behaviour (batch["policy_lag"] > 0 only), those
+    # above this cap leave the loss (see rlhf.algos.rollout_correction)
+    decoupled_cap: float | None = None
 
     @property
     def needs(self):
@@ -149,6 +152,10 @@ class PolicyLoss(Loss):
             per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * self.dual_clip), per_token)
         if self.tis_cap is not None:
             is_weights, _ = tis_weights(old, batch["rollout_logprobs"], mask, self.tis_cap)
+            per_token = per_token * is_weights
+        if self.decoupled_cap is not None:
+            is_weights, _ = decoupled_weights(old, batch["rollout_logprobs"], batch["policy_lag"], mask,
+                                              self.decoupled_cap)
             per_token = per_token * is_weights
         weights = token_weights(mask, self.aggregation)
         stats["actor/pg_loss"] = (per_token * weights).sum().detach()

@@ -11,6 +11,13 @@ Stability"; verl's rollout correction and TRL's vLLM importance-sampling correct
 - mis: sequence-level masked importance sampling. A sequence whose ratio
   exp(sum over its tokens of (old - rollout)) lies outside [low, high] leaves the loss
   (it leaves `response_mask`, so the loss normaliser does not count it either).
+- decoupled: decoupled PPO for off-policy samples (Hilton et al. 2022; AReaL's objective). The
+  rollout engine's log-probs are the behaviour policy's (each token's, whatever policy version
+  sampled it), the trainer's at the step's start the proximal policy's; PPO clips the ratio to
+  the proximal policy, and each token's term is weighted by w = exp(old - rollout), the
+  proximal-over-behaviour importance weight. Tokens with w above the cap leave the loss (as
+  AReaL's `behav_imp_weight_cap`). Tokens sampled by the current policy (lag 0) get w = 1, so
+  with on-policy samples the loss is PPO's exactly.
 """
 
 from __future__ import annotations
@@ -54,3 +61,14 @@ def mis_keep(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: t
     (compared in log space, so long sequences cannot overflow). Empty responses are kept."""
     seq_log_ratio = ((old_logprobs - rollout_logprobs) * mask).sum(-1)
     return (seq_log_ratio >= math.log(low)) & (seq_log_ratio <= math.log(high))
+
+
+def decoupled_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, lag: torch.Tensor,
+                      mask: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token weights of decoupled PPO, detached: exp(old - rollout) on response tokens sampled by
+    an older policy (`lag` > 0), 1 on those the current one sampled, 0 where the weight exceeds
+    `cap` (and off the response); and a 0/1 tensor marking the capped tokens."""
+    log_ratio = (old_logprobs - rollout_logprobs).detach().clamp(-_LOG_BOUND, _LOG_BOUND)
+    weights = torch.where(lag > 0, log_ratio.exp(), torch.ones_like(log_ratio))
+    capped = (weights > cap).float() * mask
+    return weights * mask * (1 - capped), capped
