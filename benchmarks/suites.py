@@ -263,7 +263,7 @@ def rollout_options(ap):
     shape_option(ap)
     ap.add_argument("--prompts", type=int, help="prompts (default 64; 16 on the tiny shape)")
     ap.add_argument("--n", type=int, help="samples per prompt (default 8; 4 on tiny)")
-    ap.add_argument("--tokens", type=int, help="new tokens per sample (default 256; 64 on tiny)")
+    ap.add_argument("--tokens", type=int, help="new tokens per sample (default 256; 32 on tiny)")
     ap.add_argument("--repeat", type=int, default=4, help="rounds, each running every case once (default 4)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
 
@@ -271,7 +271,7 @@ def rollout_options(ap):
 def run_rollout(ctx: Context, a) -> None:
     resolve_shape(a, "the rollout suite")
     argv = ["-m", "benchmarks.rollout_throughput", model(a.shape), "--prompts", str(tiny(a, a.prompts, 16, 64)),
-            "--n", str(tiny(a, a.n, 4, 8)), "--tokens", str(tiny(a, a.tokens, 64, 256)), "--repeat", str(a.repeat),
+            "--n", str(tiny(a, a.n, 4, 8)), "--tokens", str(tiny(a, a.tokens, 32, 256)), "--repeat", str(a.repeat),
             "--gpu-memory-utilization", str(a.gpu_memory_utilization)]
     rec = ctx.step("rollout", argv)
     f = rec["figures"]
