@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import shutil
 import statistics
@@ -165,7 +166,7 @@ def profile_options(ap):
                     "engine may come again (default %(default)s)")
     ap.add_argument("--automodel-backend", default="", metavar="KEY=VALUE,...",
                     help="one more Automodel run, its model built with these BackendConfig fields (e.g. rms_norm=torch)")
-    ap.add_argument("--rows", type=int, help="rows of the batch (default 512, the reference workload's; 64 on tiny)")
+    ap.add_argument("--rows", type=int, help="rows of the batch (default 512, the reference workload's; 32 on tiny)")
     ap.add_argument("--micro-batch", type=int, help="rows per forward (default 32; 16 on tiny)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up (default 3)")
     ap.add_argument("--top", type=int, default=16, help="operators listed from the profiled step (default 16)")
@@ -181,7 +182,7 @@ def run_profile(ctx: Context, a) -> None:
     runs = [(e, "") for e in a.engines.split(",")] + ([("automodel", a.automodel_backend)] if a.automodel_backend else [])
     rows = []
     for i, (engine, backend) in enumerate(runs):
-        argv = ["-m", "benchmarks.train_profile", path, "--engine", engine, "--rows", str(tiny(a, a.rows, 64, 512)),
+        argv = ["-m", "benchmarks.train_profile", path, "--engine", engine, "--rows", str(tiny(a, a.rows, 32, 512)),
                 "--micro-batch", str(tiny(a, a.micro_batch, 16, 32)), "--steps", str(a.steps), "--top", str(a.top),
                 "--host-top", str(a.host_top)] + (["--no-profile"] if a.no_profile else []) \
             + (["--packing"] if a.packing else []) + (["--max-tokens", str(a.max_tokens)] if a.max_tokens else []) \
@@ -195,9 +196,9 @@ def run_profile(ctx: Context, a) -> None:
         rows.append([engine + (f" ({backend})" if backend else ""), f["model_class"], f["micro_batch"], f["step_s"],
                      f"{f['tokens_per_s']:,}", pct(f["mfu"]), f["peak_memory_gb"],
                      f"{f['device_busy_s']:.3f} / {f['profiled_wall_s']:.3f}" if "device_busy_s" in f else None,
-                     f.get("kernel_launches")])
+                     f.get("kernel_launches") or None])
     if rows:
-        ctx.table(f"train step: {a.shape} shape, {tiny(a, a.rows, 64, 512)} rows x 276 tokens; median of {a.steps} steps "
+        ctx.table(f"train step: {a.shape} shape, {tiny(a, a.rows, 32, 512)} rows x 276 tokens; median of {a.steps} steps "
                   "(operators and host functions: runs/*.log and the JSON)",
                   ["engine", "model class", "micro-batch", "step s", "tokens/s", "MFU", "peak GiB",
                    "busy / wall s (profiled step)", "kernels"], rows)
@@ -342,8 +343,6 @@ def workload_run(ctx: Context, a, variant: str, name: str) -> dict | None:
     if rec["rc"] or not summary.is_file():
         no_figures(ctx, rec)
         return None
-    import json
-
     rec["figures"] = json.loads(summary.read_text())
     shutil.rmtree(folder / "run" / "checkpoints", ignore_errors=True)  # a random model's weights: gigabytes, no use
     return rec["figures"]
