@@ -1,14 +1,16 @@
 """Training engines side by side on the same batch: tokens/s, MFU and peak memory per engine.
 
-    python benchmarks/engine_throughput.py [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
-        [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 6] [--packing]
-        [--lora-rank R] [--lora-recompute]
+    python -m benchmarks engines [options]      (the suite; or this module directly:)
+    python -m benchmarks.engine_throughput [--shape qwen2.5-0.5b] [--layers N] [--engines automodel,fsdp]
+        [--world-size 1] [--tp 1] [--batch 8] [--seq 1024] [--micro-batch 8] [--steps 5] [--packing]
+        [--lora-rank R] [--lora-recompute] [--json PATH]
 
 Each engine runs as the product runs it (a trainer group of Ray actors, one GPU per rank) on the
 reference model's shape (benchmarks/reference_model.py, random weights), bf16 compute with fp32
-master weights and AdamW, an SFT step (forward, backward, optimizer) over `batch` sequences of
-`seq` random tokens. Step times are medians after one warm-up step; MFU counts the model FLOPs of
-engines/flops.py against the card's dense bf16 peak. A table is printed last; JSON goes to $OUT.
+master weights and AdamW (on a CPU: fp32 throughout), an SFT step (forward, backward, optimizer)
+over `batch` sequences of `seq` random tokens. Step times are medians after one warm-up step; MFU
+counts the model FLOPs of engines/flops.py against the card's dense bf16 peak. A table is printed
+last; `--json` writes the figures to that file.
 With `--lora-rank R` each engine trains LoRA adapters of rank R on the projections instead (the
 base frozen in bf16); MFU then counts what LoRA computes (no base weight gradients:
 engines/flops.py with weight_grads=False).
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,7 +51,7 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
     from engines.base import LoraConfig
 
     lora = LoraConfig(args.lora_rank, 2.0 * args.lora_rank, ("*_proj",), args.lora_recompute) if args.lora_rank else None
-    cfg = EngineConfig(dtype="bfloat16", micro_batch_size=args.micro_batch, max_grad_norm=1.0, seed=0,
+    cfg = EngineConfig(dtype=args.dtype, micro_batch_size=args.micro_batch, max_grad_norm=1.0, seed=0,
                        trust_remote_code=False, tp_size=args.tp, packing=args.packing, lora=lora)
     t = time.perf_counter()
     group = TrainerGroup(args.world_size, ENGINES[name], model, cfg, trainable=True, num_cpus=1,
@@ -85,7 +86,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="qwen2.5-0.5b")
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--model", default=None, help="model folder (built there if missing)")
+    ap.add_argument("--model", default=None, help="model folder (built there if missing; default: one per shape "
+                    "under .work/benchmarks/models)")
     ap.add_argument("--engines", default="automodel,fsdp")
     ap.add_argument("--world-size", type=int, default=1)
     ap.add_argument("--tp", type=int, default=1)
@@ -96,23 +98,20 @@ def main() -> int:
     ap.add_argument("--packing", action="store_true")
     ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: every weight)")
     ap.add_argument("--lora-recompute", action="store_true", help="LoRA recomputing activations in backward")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
 
     import ray
     import torch
     from transformers import AutoConfig
 
-    from benchmarks.reference_model import build
+    from benchmarks.reference_model import ensure
     from engines import ENGINES
     from engines.flops import train_flops_per_token
 
     args.gpus = torch.cuda.is_available()
-    work = Path(os.environ.get("TMPDIR", "/tmp"))
-    model = args.model or str(work / f"bench-{args.shape}-{args.layers or 'full'}")
-    if not Path(model, "config.json").is_file():
-        t = time.perf_counter()
-        build(model, args.shape, args.layers)
-        print(f"built {model} in {time.perf_counter() - t:.0f} s", flush=True)
+    args.dtype = "bfloat16" if args.gpus else "float32"
+    model = ensure(args.shape, args.layers, args.model)
     config = AutoConfig.from_pretrained(model)
     batch = batch_of(args.batch, args.seq, config.vocab_size)
     flops = train_flops_per_token(config, args.seq, weight_grads=not args.lora_rank)
@@ -131,10 +130,11 @@ def main() -> int:
     finally:
         ray.shutdown()
     shape = f"{args.shape}{f' ({config.num_hidden_layers} layers)' if args.layers else ''}"
-    summary = {"shape": shape, "batch": args.batch, "seq": args.seq, "packing": args.packing, "rows": rows}
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"engines-{args.shape}-ws{args.world_size}-tp{args.tp}-lora{args.lora_rank}.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{shape}, {args.batch} x {args.seq} tokens, bf16, world {args.world_size}, tp {args.tp}")
+    summary = {"shape": shape, "batch": args.batch, "seq": args.seq, "micro_batch": args.micro_batch,
+               "packing": args.packing, "dtype": args.dtype, "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    print(f"\n{shape}, {args.batch} x {args.seq} tokens, {args.dtype}, world {args.world_size}, tp {args.tp}")
     print("| engine | step s | tokens/s | MFU | peak GiB | start s |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['engine']} | {r['step_s']} | {r['tokens_per_s']} | {r['mfu'] if r['mfu'] is not None else 'n/a'} | "

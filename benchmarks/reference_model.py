@@ -7,12 +7,16 @@ The model's vocabulary (151,936) is far larger than the tokenizer's (257 tokens)
 model mostly samples ids the tokenizer does not know, and decoding drops them. That is intended;
 rewards on this workload must not depend on the decoded text making sense.
 
-    python benchmarks/reference_model.py OUT_DIR [--shape qwen2.5-0.5b|qwen2.5-7b|tiny] [--layers N]
+    python benchmarks/reference_model.py OUT_DIR [--shape qwen2.5-0.5b|qwen2.5-7b|qwen3-moe-tiny|tiny] [--layers N]
+
+The benchmarks build it once per shape under `.work/benchmarks/models/` (`ensure`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 from rlhf.config import load_config
@@ -84,6 +88,30 @@ def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None =
     # Only the special ids: no sampling defaults that vLLM would silently apply.
     model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     model.save_pretrained(out)
+    return str(out)
+
+
+def models_dir() -> Path:
+    """Where the benchmarks keep their models: under the work folder (`RLHF_WORK`, default `.work/`)."""
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("RLHF_WORK", root / ".work")) / "benchmarks" / "models"
+
+
+def ensure(shape: str = "qwen2.5-0.5b", layers: int | None = None, folder: str | Path | None = None) -> str:
+    """The model folder of `shape` (and `layers`), built there first if missing; default folder: one
+    per shape under models_dir(). Built aside and renamed, so an interrupted build leaves no folder
+    that looks complete."""
+    out = Path(folder) if folder else models_dir() / (shape + (f"-{layers}-layers" if layers else ""))
+    if (out / "config.json").is_file():
+        return str(out)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    build(tmp, shape, layers)
+    try:
+        tmp.rename(out)
+    except OSError:  # built meanwhile by another process (theirs is identical), or a stale folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise RuntimeError(f"{out} exists but holds no model (no config.json): remove it and run again") from None
     return str(out)
 
 

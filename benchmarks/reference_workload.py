@@ -1,12 +1,14 @@
 """The reference workload through the product, one command: build the Qwen2.5-0.5B-shaped
 random model if missing, run `python -m rlhf.main` on it, print the median step and phases.
 
-    python benchmarks/reference_workload.py OUT_DIR [--model DIR] [--steps 8] [key=value ...]
+    python -m benchmarks workload [options]      (the suite; or this module directly:)
+    python -m benchmarks.reference_workload OUT_DIR [--model DIR] [--shape S] [--steps 8] [key=value ...]
 
 64 prompts x 8 samples x 256 new tokens per step, lr 1e-6, no reference model, the length reward
 (benchmarks/reference_rewards.py), bf16 compute with fp32 master weights, bf16 vLLM, one trainer
 rank and one vLLM engine sharing one GPU unless overrides say otherwise (e.g. actor.world_size=2
 on two GPUs). Medians are over steps 3..N (the first two include CUDA-graph and allocator warm-up).
+OUT_DIR/summary.json holds the medians and every step's phases; OUT_DIR/run is the run's folder.
 """
 
 from __future__ import annotations
@@ -31,21 +33,23 @@ WORKLOAD = [
 # time/rollout_wait: with rl.off_policy_steps=1, how long the push waited for the next step's
 # generation (which ran during time/train; time/generate is its own length)
 PHASES = ["time/step", "time/rollout", "time/generate", "time/logprobs", "time/train", "time/rollout_wait", "time/push"]
+# per step, beside the phases
+STEP_KEYS = ["rollout/logprob_abs_diff_mean", "rollout/logprob_abs_diff_max", "rollout/policy_lag",
+             "perf/actor_peak_memory_gb", "perf/actor_mfu", "response/length_mean", "reward/mean"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
-    ap.add_argument("--model", default=None, help="the model folder (built there if missing)")
+    ap.add_argument("--model", default=None, help="the model folder (built there if missing; default: one per "
+                    "shape under .work/benchmarks/models)")
     ap.add_argument("--shape", default="qwen2.5-0.5b")
     ap.add_argument("--steps", type=int, default=8)
     args, overrides = ap.parse_known_args()
-    from benchmarks.reference_model import build
+    from benchmarks.reference_model import ensure
 
     out = Path(args.out)
-    model = Path(args.model or out / "model")
-    if not (model / "config.json").is_file():
-        build(model, args.shape)
+    model = ensure(args.shape, folder=args.model)
     run = out / "run"
     cmd = [sys.executable, "-m", "rlhf.main", f"model.path={model}", f"rl.steps={args.steps}", *WORKLOAD, *overrides,
            f"trainer.output_dir={run}"]
@@ -55,14 +59,19 @@ def main() -> int:
         return proc.returncode
     from rlhf.metrics import read_metrics, rl_steps
 
-    rows = [r for s, r in sorted(rl_steps(read_metrics(run)).items()) if s >= 3] or list(rl_steps(read_metrics(run)).values())
+    steps = rl_steps(read_metrics(run))
+    rows = [r for s, r in sorted(steps.items()) if s >= 3] or list(steps.values())
     if any("time/rollout_wait" in r for r in rows[:-1]):
         rows = [r for r in rows if "time/rollout_wait" in r]  # off-policy: the last step overlaps no generation
     med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean"]
            if k in rows[0]}
-    tokens = statistics.median(r["response/length_mean"] for r in rows) * 64 * 8
+    rl = json.loads((run / "config.json").read_text())["rl"]
+    tokens = statistics.median(r["response/length_mean"] for r in rows) * rl["prompts_per_step"] * rl["n"]
     med["gen_tokens_per_s"] = tokens / med["time/generate"]
-    (out / "summary.json").write_text(json.dumps({"overrides": overrides, "median_steps_3_on": med}, indent=2))
+    per_step = [{"step": s, **{k: r[k] for k in PHASES + STEP_KEYS if k in r}} for s, r in sorted(steps.items())]
+    (out / "summary.json").write_text(json.dumps({"model": model, "shape": args.shape, "overrides": overrides,
+                                                  "median_of_steps": [r["step"] for r in rows], "median": med,
+                                                  "steps": per_step}, indent=2))
     print("| " + " | ".join(med) + " |\n| " + " | ".join("---" for _ in med) + " |\n| "
           + " | ".join(f"{v:.4g}" for v in med.values()) + " |", flush=True)
     return 0

@@ -1,7 +1,8 @@
 """Generation throughput through our rollout engine against bare vLLM on the same requests, in one
 process on one GPU (the same `LLM` object, so only our code around it differs).
 
-    python benchmarks/rollout_throughput.py MODEL_DIR [--prompts 64] [--n 8] [--tokens 256] [--repeat 3]
+    python -m benchmarks rollout [options]      (the suite; or this module directly:)
+    python -m benchmarks.rollout_throughput MODEL_DIR [--prompts 64] [--n 8] [--tokens 256] [--repeat 3] [--json PATH]
 
 Cases: bare `LLM.generate` with one unseeded SamplingParams; ours (`VLLMRollout.generate`: vLLM's
 flat log-prob lists, the batch built with log-probs) unseeded; bare with one seeded SamplingParams
@@ -10,12 +11,13 @@ default). Each round runs every case once (in reverse order every other round), 
 output tokens per second. A case's share of bare vLLM is the median of its per-round ratios against
 the bare case of the same round sending the same requests, so a drift of the machine's speed
 between rounds does not enter it; the lowest and highest ratios show the noise. Each round is
-printed as it ends.
+printed as it ends; `--json` writes the figures to that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
 
     import torch
@@ -95,16 +98,26 @@ def main() -> None:
         """tokens/s of `name` over `like`'s, round by round, sorted"""
         return sorted((n / t) / (bn / bt) for (t, n), (bt, bn) in zip(runs[name], runs[like]))
 
-    print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
-    print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items()))
-    print("| case | seconds | output tokens/s | vs bare unseeded | vs bare, same requests: median | lowest | highest |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
+    phases = {k: statistics.median(v) for k, v in split.items()}
+    rows = []
     for name, (_, like) in cases.items():
         got, same = runs[name], shares(name, like)
         secs = statistics.median(r[0] for r in got)
-        print(f"| {name} | {secs:.3f} | {statistics.median(r[1] for r in got) / secs:,.0f} "
-              f"| {statistics.median(shares(name, 'bare vLLM, unseeded')):.1%} "
-              f"| {statistics.median(same):.1%} | {same[0]:.1%} | {same[-1]:.1%} |")
+        rows.append({"case": name, "seconds": secs, "tokens_per_s": statistics.median(r[1] for r in got) / secs,
+                     "vs_bare_unseeded": statistics.median(shares(name, "bare vLLM, unseeded")),
+                     "vs_bare_same_requests": statistics.median(same), "lowest": same[0], "highest": same[-1]})
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "prompts": args.prompts, "n": args.n, "tokens": args.tokens, "repeat": args.repeat,
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "ours_unseeded_phases_s": phases, "cases": rows,
+            "rounds": {name: [{"seconds": t, "tokens": n} for t, n in got] for name, got in runs.items()}}, indent=2))
+    print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, median of {args.repeat}")
+    print("ours, unseeded, by phase (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+    print("| case | seconds | output tokens/s | vs bare unseeded | vs bare, same requests: median | lowest | highest |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['case']} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | {r['vs_bare_unseeded']:.1%} "
+              f"| {r['vs_bare_same_requests']:.1%} | {r['lowest']:.1%} | {r['highest']:.1%} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Where one training step's time goes: an engine in this process (no Ray), the reference
 workload's train batch, timed, then one step under the PyTorch profiler.
 
-    python benchmarks/train_profile.py MODEL_DIR [--engine automodel|fsdp] [--rows 512] [--prompt 20]
+    python -m benchmarks train-profile [options]      (the suite; or this module directly:)
+    python -m benchmarks.train_profile MODEL_DIR [--engine automodel|fsdp] [--rows 512] [--prompt 20]
         [--response 256] [--micro-batch 32] [--max-tokens N] [--packing] [--steps 3] [--no-profile] [--host-top K]
-        [--automodel-backend KEY=VALUE,...]
+        [--automodel-backend KEY=VALUE,...] [--json PATH]
 
 The batch is what one GRPO step of the reference workload trains on (64 prompts x 8 samples of a
 `prompt`-token prompt and a `response`-token response, random token ids) with the SFT loss (the
@@ -13,8 +14,8 @@ wall time, and the operators whose kernels took the most GPU time, so a step tha
 as busy time well under the wall time. With `--host-top K`, one more step runs under cProfile and the K
 Python functions with the most time of their own are printed: where the host's time goes.
 `--automodel-backend` (an experiment; the product does not take it yet) builds Automodel's model
-classes with these fields of its `BackendConfig` (e.g. `rms_norm=torch`). With $OUT set, the figures go to
-$OUT/train_profile_<engine>_mb<micro-batch>.json.
+classes with these fields of its `BackendConfig` (e.g. `rms_norm=torch`). `--json` writes the figures to
+that file.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--host-top", type=int, default=0)
     ap.add_argument("--automodel-backend", default="")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
 
     import torch
@@ -160,10 +162,8 @@ def main() -> int:
         print("| function | calls | own s | cumulative s |\n| --- | --- | --- | --- |")
         for r in result["host_top"]:
             print(f"| {r['function'][:70]} | {r['calls']} | {r['own_s']:.4f} | {r['cumulative_s']:.4f} |")
-    if os.environ.get("OUT"):
-        variant = "_backend" if args.automodel_backend else ""
-        Path(os.environ["OUT"], f"train_profile_{args.engine}{variant}_mb{args.micro_batch}.json").write_text(
-            json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"\n| engine | class | attn | micro-batch | step s | tokens/s | MFU | peak GiB |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.engine} {args.automodel_backend} | {result['model_class']} | {result['attn']} | {args.micro_batch} | {result['step_s']} | "
           f"{result['tokens_per_s']} | {result['mfu']} | {result['peak_memory_gb']} |")

@@ -1,8 +1,9 @@
 """One weight push through the product path (`Roles.sync_weights`), its GB/s, where its time
 goes, and whether vLLM then scores like the trainer.
 
-    python benchmarks/weight_push.py [--model DIR] [--mode ipc|nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32]
-        [--more-buckets BYTES,...] [key=value ...]
+    python -m benchmarks push [options]      (the suite; or this module directly:)
+    python -m benchmarks.weight_push [--model DIR] [--mode ipc|nccl|tp2] [--reps 5] [--prompts 64] [--tokens 32]
+        [--more-buckets BYTES,...] [--json PATH] [key=value ...]
 
 ipc:  one GPU: the trainer (one rank) and one vLLM engine share it in separate processes
       (colocated; the transport `auto` picks: CUDA IPC). Target: a push of 20 ms or less.
@@ -21,14 +22,13 @@ responses, with the scrambled weights and after the push. Also printed: the last
 (the sender's copies, calls and waits, and each engine call's span, in ms from the push's start;
 CUDA IPC), the round trip of an empty Ray call from the trainer to the engine, and with
 `--more-buckets` the push again for each of those bucket sizes (new buffers, two warm-ups each).
-A short table is printed last; with $OUT set the numbers go to $OUT/weight_push_<mode>.json.
+A short table is printed last; `--json` writes the figures to that file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -157,24 +157,25 @@ def _logprob_gap(roles, prompts, tokens: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/tmp/ref-0.5b", help="the reference model folder (built there if missing)")
+    ap.add_argument("--model", default=None, help="the model folder (default: the reference model, built under "
+                    ".work/benchmarks/models if missing)")
     ap.add_argument("--mode", choices=sorted(MODES), default="nccl")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=64, help="prompts (x4 samples) of the log-prob check")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per sample in the log-prob check")
     ap.add_argument("--more-buckets", default="", help="bucket sizes in bytes to time the push with as well")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     args, overrides = ap.parse_known_args()
 
     import ray
     from transformers import AutoTokenizer
 
-    from benchmarks.reference_model import build, task_problems
+    from benchmarks.reference_model import ensure, task_problems
     from rlhf.config import load_config
     from rlhf.pipeline import _start_ray
     from rlhf.roles import start_roles
 
-    if not (Path(args.model) / "config.json").is_file():
-        build(args.model)
+    args.model = ensure(folder=args.model)
     cfg = load_config([f"model.path={args.model}", *COMMON, *MODES[args.mode], *overrides])
     tok = AutoTokenizer.from_pretrained(args.model)
     train, _ = task_problems()
@@ -274,8 +275,8 @@ def main() -> int:
                  ("push speed / plain broadcast", f"{result['push_vs_plain']:.0%} (target >= 70%)")]
     rows += [("mean |dlogp| vLLM vs trainer, scrambled", f"{result['logprob_gap_scrambled']:.4f}"),
              ("mean |dlogp| vLLM vs trainer, after push", f"{result['logprob_gap_after_push']:.4f} (target <= 1e-2)")]
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"weight_push_{args.mode}.json").write_text(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"\n| {args.mode} | |\n| --- | --- |")
     for k, v in rows:
         print(f"| {k} | {v} |")

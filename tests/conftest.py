@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine run benchmarks/gpu_check.sh)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine: python -m benchmarks gpu-tests)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -178,12 +178,13 @@ def test_weight_push(tiny_model, tmp_path, mode):
     small = ["rollout.bucket_bytes=65536"] if mode == "ipc" else []
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "weight_push.py"), "--model", tiny_model, "--mode", mode, "--reps", "2",
-         "actor.dtype=float32", "rollout.dtype=float32", "rollout.max_model_len=64", *small],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path)},
+         "--json", str(tmp_path / "push.json"), "actor.dtype=float32", "rollout.dtype=float32", "rollout.max_model_len=64",
+         *small],
+        capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     print(proc.stdout[-1500:])
-    result = json.loads((tmp_path / f"weight_push_{mode}.json").read_text())
+    result = json.loads((tmp_path / "push.json").read_text())
     assert result["transport"] == {"ipc": "CudaIpcReceiver", "nccl": "NcclReceiver", "tp2": "CudaIpcReceiver"}[mode]
     # the same bound as the one-GPU job test (NeMo-RL's functional test bounds the mean at 2e-3)
     assert result["logprob_gap_after_push"] < 2e-3

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Downloads the TRL wheel that the GPU machine (no network there) installs, into .device/trl
-# (git-ignored; the device tool carries it). Run from anywhere, on a machine with network.
+# Downloads the TRL wheel the vs-trl suite needs into DIR (default: .work/benchmarks/wheels), for a
+# GPU machine without network: there, `pip install --no-deps --target SITE DIR/*.whl` and put SITE on
+# PYTHONPATH. Run on a machine with network:   bash benchmarks/vs_trl/fetch_wheels.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-"${PYTHON:-python3}" -m pip download trl==1.16.0 --no-deps -d .device/trl
-ls .device/trl
+dir=${1:-.work/benchmarks/wheels}
+"${PYTHON:-python3}" -m pip download trl==1.16.0 --no-deps -d "$dir"
+ls "$dir"

@@ -10,10 +10,11 @@ Timings: the wall time of each optimizer step (callback to callback, CUDA synchr
 TRL's own phase timings. TRL measures its phases with `trl.extras.profiling.ProfilingContext`
 but only reports them to wandb/mlflow/trackio; this script records the same contexts per step.
 
-    python benchmarks/vs_trl/run_trl.py --model MODEL_DIR [--steps 8] [--no-vllm ...]
+    python -m benchmarks vs-trl [options]      (the suite: ours, then this; or this alone:)
+    python benchmarks/vs_trl/run_trl.py --model MODEL_DIR [--steps 8] [--no-vllm ...] [--json PATH]
 
-Prints one JSON line per step and a table of medians over steps 3..N; writes `$OUT/trl.json`
-when OUT is set.
+Prints one JSON line per step and a table of medians over steps 3..N; `--json` writes the figures
+to that file.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def main() -> None:
                         help="trainer weights: float32 (TRL's default, bf16 autocast) or bfloat16 (pure bf16)")
     parser.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3)
     parser.add_argument("--no-vllm", action="store_true", help="generate with transformers (CPU smoke runs)")
+    parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
     samples = args.prompts * args.gens
     if samples % args.micro_batch:
@@ -211,7 +213,7 @@ def main() -> None:
     print("| " + " | ".join(p.removesuffix("_s") for p in PHASES) + " |\n|" + " --- |" * len(PHASES))
     print("| " + " | ".join(f"{summary[p]:.3f}" for p in PHASES) + " |")
     result = {
-        "workload": vars(args),
+        "workload": {k: v for k, v in vars(args).items() if k != "json"},
         "startup_s": startup_s,
         "steps": rows,
         "median": summary,
@@ -222,10 +224,8 @@ def main() -> None:
                      "vllm": getattr(sys.modules.get("vllm"), "__version__", None)},
     }
     print(f"startup (model load + vLLM start) {startup_s:.1f} s; peak GPU memory {result['peak_gpu_memory_gib']} GiB")
-    if os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "trl.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"wrote {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
