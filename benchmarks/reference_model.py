@@ -61,9 +61,11 @@ def task_problems() -> tuple[list[Row], list[Row]]:
     return make_splits(cfg.seed, cfg.task.max_operand, cfg.task.ops, cfg.task.num_eval, cfg.task.demo_carry_error)
 
 
-def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None = None) -> str:
+def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None = None, chat: bool = False) -> str:
     """Write the HF folder (config, bf16 safetensors, generation config, tokenizer); return its path.
-    `layers`: fewer decoder layers than the shape has (a model too large for the machine at hand)."""
+    `layers`: fewer decoder layers than the shape has (a model too large for the machine at hand).
+    `chat`: the tokenizer of the built-in tool task instead (a chat template with tool calls, for
+    multi-turn benchmarks; its end of turn ends a sample)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -71,8 +73,14 @@ def build(out_dir: str | Path, shape: str = "qwen2.5-0.5b", layers: int | None =
         raise ValueError(f"shape={shape!r} is not one of {', '.join(SHAPES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, held_out = task_problems()
-    tok = build_tokenizer(corpus(train + held_out), out)
+    if chat:
+        from rlhf.data import arithmetic_tools
+
+        train, held_out = arithmetic_tools.make_splits(SEED, 999, 2000, 64, 0.5, True)
+        tok = build_tokenizer(arithmetic_tools.corpus(train + held_out), out, chat=True)
+    else:
+        train, held_out = task_problems()
+        tok = build_tokenizer(corpus(train + held_out), out)
     eos = tok.eos_token_id
     spec = {"model_type": "qwen2", "tie_word_embeddings": True, **SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})}
     config = AutoConfig.for_model(
@@ -97,15 +105,16 @@ def models_dir() -> Path:
     return Path(os.environ.get("RLHF_WORK", root / ".work")) / "benchmarks" / "models"
 
 
-def ensure(shape: str = "qwen2.5-0.5b", layers: int | None = None, folder: str | Path | None = None) -> str:
+def ensure(shape: str = "qwen2.5-0.5b", layers: int | None = None, folder: str | Path | None = None,
+           chat: bool = False) -> str:
     """The model folder of `shape` (and `layers`), built there first if missing; default folder: one
     per shape under models_dir(). Built aside and renamed, so an interrupted build leaves no folder
     that looks complete."""
-    out = Path(folder) if folder else models_dir() / (shape + (f"-{layers}-layers" if layers else ""))
+    out = Path(folder) if folder else models_dir() / (shape + (f"-{layers}-layers" if layers else "") + ("-chat" if chat else ""))
     if (out / "config.json").is_file():
         return str(out)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    build(tmp, shape, layers)
+    build(tmp, shape, layers, chat)
     try:
         tmp.rename(out)
     except OSError:  # built meanwhile by another process (theirs is identical), or a stale folder
@@ -120,8 +129,9 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers than the shape has")
+    parser.add_argument("--chat", action="store_true", help="the tool task's chat tokenizer (multi-turn benchmarks)")
     args = parser.parse_args()
-    print(build(args.out_dir, args.shape, args.layers))
+    print(build(args.out_dir, args.shape, args.layers, args.chat))
 
 
 if __name__ == "__main__":

@@ -85,14 +85,14 @@ def tiny(a: argparse.Namespace, value, on_tiny, default):
     return value if value is not None else (on_tiny if a.shape == "tiny" else default)
 
 
-def model(shape: str, layers: int | None = None) -> str:
+def model(shape: str, layers: int | None = None, chat: bool = False) -> str:
     """The reference model of this shape, built first if missing (not counted in any run's time)."""
     from benchmarks.reference_model import ensure, models_dir
 
-    name = shape + (f"-{layers}-layers" if layers else "")
+    name = shape + (f"-{layers}-layers" if layers else "") + ("-chat" if chat else "")
     if not (models_dir() / name / "config.json").is_file():
         print(f"[benchmarks] building the {name} reference model under {models_dir()}", flush=True)
-    return ensure(shape, layers)
+    return ensure(shape, layers, chat=chat)
 
 
 def no_figures(ctx: Context, rec: dict) -> None:
@@ -284,6 +284,29 @@ def run_rollout(ctx: Context, a) -> None:
               ["case", "seconds", "output tokens/s", "vs bare unseeded", "vs bare, same requests", "lowest", "highest"],
               [[c["case"], num(c["seconds"]), f"{c['tokens_per_s']:,.0f}", pct(c["vs_bare_unseeded"]),
                 pct(c["vs_bare_same_requests"]), pct(c["lowest"]), pct(c["highest"])] for c in f["cases"]])
+
+
+# ---- agents --------------------------------------------------------------------------------
+
+def agents_options(ap):
+    shape_option(ap)
+    ap.add_argument("--trajectories", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=64, help="tool worker processes (agent.tool_workers)")
+
+
+def run_agents(ctx: Context, a) -> None:
+    resolve_shape(a, "the agents suite")
+    argv = ["-m", "benchmarks.agent_concurrency", model(a.shape, chat=True), "--trajectories", str(a.trajectories),
+            "--workers", str(a.workers)]
+    rec = ctx.step("agents", argv)
+    f = rec["figures"]
+    if not f:
+        return no_figures(ctx, rec)
+    ctx.table(f"agents: {f['trajectories']} trajectories x 3 calls of a tool that sleeps 1 s, {a.shape} shape on {f['device']}",
+              ["tool calls", "serial tool time s", "wall s", "engine busy s", "beyond generation s", "engine busy share",
+               "trajectories/s"],
+              [[f["tool_calls"], num(f["tool_seconds_serial"], 0), num(f["wall_s"], 2), num(f["engine_busy_s"], 2),
+                num(f["beyond_generation_s"], 2), pct(f["engine_busy_share"]), num(f["trajectories_per_s"], 1)]])
 
 
 # ---- workload ------------------------------------------------------------------------------
@@ -605,6 +628,9 @@ SUITES = {s.name: s for s in [
     Suite("rollout", "our rollout engine against bare vLLM on the same requests: output tokens/s (GPU; CPU: tiny shape)",
           "Unseeded and seeded per prompt, round-robin in one process (benchmarks/rollout_throughput.py).", 600,
           rollout_options, run_rollout),
+    Suite("agents", "multi-turn rollouts with a slow tool: wall time against the engine's busy time (GPU; CPU: tiny shape)",
+          "64 trajectories x 3 calls of a tool that sleeps 1 s on one rollout engine, the environment calling it\n"
+          "whatever the model writes (benchmarks/agent_concurrency.py).", 600, agents_options, run_agents),
     Suite("lora", "LoRA against full training: the engines, and the workload with actor.lora.rank (GPU; CPU: engines on "
           "the tiny shape)", "The engines benchmark with --lora-rank (Automodel), the reference workload with\n"
           "actor.lora.rank and rl.lr=1e-5.", 600, lora_options, run_lora),

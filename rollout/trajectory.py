@@ -63,7 +63,8 @@ class Trajectory:
     tool_errors: Counter = field(default_factory=Counter)
     tool_seconds: float = 0.0  # waiting on the environment
     generate_seconds: float = 0.0  # waiting on the engine
-    cut: str | None = None  # the limit that ended it: max_turns, max_model_len, max_new_tokens
+    cut: str | None = None  # the limit that ended it: max_turns or max_model_len
+    turns_cut: int = 0  # turns that stopped at the per-turn limit (rl.max_new_tokens)
     mismatch: int | None = None  # first position where the template's rendering differs
 
 
@@ -130,9 +131,11 @@ class TrajectoryRunner:
             traj.tool_calls += len(message.get("tool_calls", ()))
             messages.append(message)
             written.append(as_written(message))
-            if out.finish_reason == "length":
-                traj.cut = "max_new_tokens" if len(out.ids) == max_new_tokens else "max_model_len"
+            if out.finish_reason == "length" and len(out.ids) < max_new_tokens:
+                traj.cut = "max_model_len"  # the context is full: no room for a reply and another turn
                 break
+            # a turn cut at rl.max_new_tokens goes to the environment like any other (it decides)
+            traj.turns_cut += out.finish_reason == "length"
             t = time.perf_counter()
             try:
                 replies, reward, done = await self._env(env, "step", list(messages))
@@ -218,7 +221,8 @@ def stats(trajectories: list[Trajectory], seconds: float) -> dict[str, float]:
         "agent/trajectories_per_s": len(trajectories) / max(seconds, 1e-9),
     }
     out.update({f"agent/tool_errors/{k}": v / n for k, v in errors.items()})
-    for reason in ("max_turns", "max_model_len", "max_new_tokens"):
+    out["agent/turns_cut_mean"] = sum(t.turns_cut for t in trajectories) / n
+    for reason in ("max_turns", "max_model_len"):
         out[f"agent/cut/{reason}"] = sum(t.cut == reason for t in trajectories) / n
     return out
 
