@@ -444,6 +444,9 @@ class TorchEngine(TrainingEngine):
             self._load_state(path)
 
     def _load_state(self, path: str) -> None:
+        """Load a state saved by any layout of this group (world size, tensor-parallel size):
+        DCP reshards the weights and optimizer moments onto this layout's shards. What the
+        checkpoint cannot map onto this model (another model, another stored dtype) is refused."""
         self._restart_pending = False  # a saved state is past its stage's first step: adapters as saved
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (
@@ -451,18 +454,36 @@ class TorchEngine(TrainingEngine):
             set_state_dict,
         )
 
-        local = Path(path) / f"rank{self.rank}.pt"
-        if not local.is_file():
-            raise FileNotFoundError(f"{local} is missing: the state was saved by fewer ranks than this run has")
         self._reshard()
-        # get_state_dict creates the optimizer's (empty) moments, so DCP has tensors to load into.
+        if self.optimizer is not None:
+            # get_state_dict creates a fresh optimizer's (empty) moments, so DCP has tensors to load
+            # into; it takes gradients left by earlier steps for a sign that they exist, and would
+            # then load no moments at all.
+            self.optimizer.zero_grad(set_to_none=True)
         model_sd, optim_sd = get_state_dict(self.model, self._optimizers())
+        _check_saved_model(path, model_sd)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=path)
         set_state_dict(self.model, self._optimizers(), model_state_dict=state["model"], optim_state_dict=state["optim"])
-        extra = torch.load(local, weights_only=True)  # tensors and numbers only: no code can run
+        self._load_local_state(Path(path))
+
+    def _load_local_state(self, path: Path) -> None:
+        """The per-rank extras. The LR schedule is the same on every rank: any rank's file serves
+        (rank 0's where the saving layout had no rank of this number). The RNG: this rank's saved
+        state where the saving layout had this rank, else the seed it started with (seed + rank);
+        nothing a step computes draws from it (dropout is off; LoRA's adapters are drawn at
+        start-up from the seed alone), so either gives the same results."""
+        own = path / f"rank{self.rank}.pt"
+        source = own if own.is_file() else path / "rank0.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: {path} is not a complete state (every saving rank writes "
+                                    f"rank<N>.pt); resume from another state")
+        extra = torch.load(source, weights_only=True)  # tensors and numbers only: no code can run
         if self.scheduler is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
+        if source != own:
+            torch.manual_seed(self.cfg.seed + self.rank)
+            return
         torch.set_rng_state(extra["rng"])
         if extra.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(extra["cuda_rng"])
@@ -476,6 +497,33 @@ class TorchEngine(TrainingEngine):
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+
+
+def _check_saved_model(path: str, model_sd: dict) -> None:
+    """Refuse a state whose weights DCP cannot reshard onto `model_sd` (this engine's model state
+    dict): other tensor names or shapes (another model, head or LoRA layout) or another stored
+    dtype. Any layout of the same model passes: DCP stores each tensor whole-shaped."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (Path(path) / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} holds no saved trainer state (no torch.distributed.checkpoint .metadata); "
+                                f"point trainer.resume at a state-<stage>-step<N> folder of a run")
+    meta = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    saved = {k.removeprefix("model."): v for k, v in meta.items() if k.startswith("model.")}
+    fix = "resume with the model (model.path), head and LoRA settings (actor.lora.*) the state was saved with"
+    if saved.keys() != model_sd.keys():
+        only_saved, only_now = sorted(saved.keys() - model_sd.keys()), sorted(model_sd.keys() - saved.keys())
+        raise ValueError(f"the state {path} holds another model: tensors only in the state {only_saved[:3]}, only in "
+                         f"this model {only_now[:3]}; {fix}")
+    for name, tensor in model_sd.items():
+        m = saved[name]
+        if tuple(m.size) != tuple(tensor.shape):
+            raise ValueError(f"the state {path} holds another model: {name} was saved as {list(m.size)}, this "
+                             f"model's is {list(tensor.shape)}; {fix}")
+        if m.properties.dtype != tensor.dtype:
+            raise ValueError(f"the state {path} stores {name} in {m.properties.dtype}, this engine holds it in "
+                             f"{tensor.dtype}: resume with the dtype the state was saved with (actor.dtype, "
+                             f"critic.dtype)")
 
 
 def _adapted_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

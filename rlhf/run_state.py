@@ -32,6 +32,9 @@ _NAME = re.compile(r"state-(.+)-step(\d+)")
 # Keys that may differ between the saved run and the resumed one: where output goes and how it
 # is reported, not what is computed.
 _FREE = ("trainer.", "eval.")
+# The trainer groups' parallel layouts: the engines reshard a saved state onto any of them
+# (torch.distributed.checkpoint), and the results differ only by the order of reductions.
+_LAYOUT = {f"{group}.{key}" for group in ("actor", "ref", "critic") for key in ("world_size", "tp_size")}
 
 
 def _files(path: Path) -> dict[str, int]:
@@ -92,6 +95,14 @@ def _grows(key: str, saved: dict, now: dict) -> bool:
             and (now["critic.lr_schedule"] == "constant" or now["algo.adv_estimator"] != "gae"))
 
 
+def _relayout(key: str, saved: dict, now: dict) -> bool:
+    """A layout key that a resume may change: a trainer group's world or tensor-parallel size, and
+    the number of vLLM engines where each prompt's samples are seeded on their own (then the
+    samples do not depend on which engine drew them)."""
+    return key in _LAYOUT or (key == "rollout.num_engines" and bool(saved.get("rollout.seed_per_prompt"))
+                              and bool(now.get("rollout.seed_per_prompt")))
+
+
 def check(cfg: RunConfig) -> dict | None:
     """Find and check the state `trainer.resume` names, before any process starts; None: start afresh.
 
@@ -118,15 +129,18 @@ def check(cfg: RunConfig) -> dict | None:
     state = json.loads((path / "driver.json").read_text())
     saved, now = flatten(state["config"]), flatten(dataclasses.asdict(cfg))
     keys = [k for k in sorted(set(saved) | set(now))
-            if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)]
+            if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)
+            and not _relayout(k, saved, now)]
     if any(k not in saved for k in keys):  # a key newer than the state, at its default, asks for what the state's code did
         defaults = flatten(dataclasses.asdict(load_config([])))
         keys = [k for k in keys if k in saved or now[k] != defaults.get(k)]
     diffs = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys]
     if diffs:
         raise ConfigError(
-            f"the state {path} was saved with a different config; resume with the same overrides (only trainer.* "
-            f"and eval.* may change, and rl.steps may grow with constant LR schedules). Differences:\n  "
+            f"the state {path} was saved with a different config; resume with the same overrides (only trainer.*, "
+            f"eval.*, the world_size and tp_size of actor, ref and critic, and rollout.num_engines with "
+            f"rollout.seed_per_prompt=true may change, and rl.steps may grow with constant LR schedules). "
+            f"Differences:\n  "
             + "\n  ".join(diffs)
         )
     why = problem(path)

@@ -162,3 +162,24 @@ def test_rollout_restarts_carry_over_a_resume(tmp_path, start):
     assert resumed.roles.rollout.restarts == 2
     resumed.roles.rollout.restarts += 1  # an engine replaced after the resume
     assert resumed.state_dict()["rollout_restarts"] == 3
+
+
+def test_a_state_resumes_at_another_parallel_layout_but_not_with_other_settings(tmp_path, start):
+    """Layouts the engines reshard a state onto may change on resume (the engine-level resharding is
+    checked in test_reshard_resume.py); what changes the computation is still refused."""
+    out = tmp_path / "run"
+    _save(_cfg(out), out, 1, start)  # the defaults: actor.world_size=2, tp_size=1, one vLLM engine
+    for layout in (["actor.world_size=1"], ["actor.world_size=4", "rollout.num_engines=2"],
+                   ["actor.tp_size=2"], ["critic.world_size=1", "ref.world_size=4", "ref.tp_size=2"]):
+        assert run_state.check(_cfg(out, "trainer.resume=auto", *layout))["step"] == 1, layout
+    with pytest.raises(ConfigError, match="actor.dtype: saved 'float32', now 'bfloat16'"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "actor.world_size=1", "actor.dtype=bfloat16"))
+    with pytest.raises(ConfigError, match="actor.ep_size: saved 1, now 2"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "actor.ep_size=2"))
+    with pytest.raises(ConfigError, match="seed: saved 0, now 7"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "actor.world_size=1", "seed=7"))
+    # Without per-prompt seeds each engine's generator draws its share: the engine count changes the samples.
+    _save(_cfg(out, "rollout.seed_per_prompt=false"), out, 2, start)
+    with pytest.raises(ConfigError, match="rollout.num_engines: saved 1, now 2"):
+        run_state.check(_cfg(out, "trainer.resume=auto", "rollout.seed_per_prompt=false", "rollout.num_engines=2"))
+    assert run_state.check(_cfg(out, "trainer.resume=auto", "rollout.seed_per_prompt=false", "actor.world_size=1"))
