@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -335,6 +336,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def config_diff(saved: dict, now: dict, default: typing.Callable[[str], Any] = lambda key: None) -> list[str]:
+    """`key: saved X, now Y` for each key of two flat configs (see `flatten`) whose values differ,
+    in key order. A key the saved config lacks (added to the code after it was saved) is no
+    difference while it holds its default, `default(key)`: it asks for what the saving code did."""
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k) and (k in saved or k not in now or now[k] != default(k))]
+
+
+@functools.cache
+def default_config() -> "RunConfig":
+    """The config of no overrides: what a key newer than a saved config meant before it existed."""
+    return load_config([])
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
