@@ -732,7 +732,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.eval_files and not cfg.data.train_files:
         raise ConfigError("data.eval_files needs data.train_files (with no training files the built-in task runs, "
                           "with its own held-out problems)")
-    from rlhf.data.files import check_path as check_data_path
+    from rlhf.data.files import check_columns, check_path as check_data_path
+    from rlhf.data.rows import DataError
 
     for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
         for file in files:
@@ -742,6 +743,10 @@ def validate(cfg: RunConfig) -> None:
                     "; give .jsonl/.json, .parquet or .csv files (a glob pattern such as train-*.parquet reads every "
                     "match) or a folder written by datasets' save_to_disk")
                 raise ConfigError(f"{key}: {problem}{hint}")
+            try:
+                check_columns(file, cfg.data)
+            except DataError as e:
+                raise ConfigError(f"{key}: {e}") from e
     if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
         raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
                           f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")

@@ -93,6 +93,8 @@ CASES = [
      ["data.eval_files", "/nonexistent/test.jsonl does not exist"]),
     (["data.train_files=[{tmp}/hub]"], ["data.train_files", "save_to_disk", "hub/main/train-*.parquet"]),
     (["data.train_files=[{tmp}/hub/main/validation-*.parquet]"], ["data.train_files", "validation-*.parquet matches no file"]),
+    (["data.train_files=[{tmp}/data/train.jsonl]", "data.prompt_key=problme"],
+     ["data.train_files", "no column 'problme' (data.prompt_key)", "Did you mean data.prompt_key=prompt?"]),
     (["trainer.resume=/nonexistent/state-rl-step3"], ["trainer.resume", "driver.json"]),
     (["reward.fn=/nonexistent/rewards.py:score"], ["/nonexistent/rewards.py"]),
     (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),

@@ -59,6 +59,23 @@ def test_cli_fails_fast_before_ray(tmp_path):
     assert time.time() - t < 60
 
 
+def test_a_misspelled_column_fails_before_ray_and_writes_nothing(tmp_path):
+    """The columns of the data files are checked with the config (benchmarks/config_errors.py times
+    it); a bad row, found only when every row is read, also stops the run before the output folder
+    is written."""
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"problem": "1+1=", "answer": "2"}\n{"problem": 7, "answer": "4"}\n')
+    for key, message in [("problme", "no column 'problme' (data.prompt_key); the file's columns are: answer, problem. "
+                                     "Did you mean data.prompt_key=problem?"),
+                         ("problem", "row 2, column 'problem' must be a string, got int 7")]:
+        proc = subprocess.run([sys.executable, "-m", "rlhf.main", f"data.train_files=[{train}]", f"data.prompt_key={key}",
+                               f"trainer.output_dir={tmp_path}/out"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+        assert "Ray" not in proc.stdout + proc.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_validation_imports_none_of_the_heavy_libraries(tmp_path):
     """Bad configs fail in well under 2 s because validation imports none of the libraries that take
     a second or more to import; checked on the default config, which passes every check, and with
