@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,9 @@ def stage_names(cfg: RunConfig) -> list[str]:
     names, counts = [], {}
     for i, kind in enumerate(cfg.stages):
         if kind not in KINDS:
-            raise ConfigError(f"stages[{i}]={kind!r} is not one of {', '.join(KINDS)}")
+            near = difflib.get_close_matches(str(kind), KINDS, n=1)
+            raise ConfigError(f"stages[{i}]={kind!r} is not one of {', '.join(KINDS)}"
+                              + (f". Did you mean {near[0]}?" if near else " (e.g. stages=[sft,rl])"))
         counts[kind] = counts.get(kind, 0) + 1
         names.append(kind if counts[kind] == 1 else f"{kind}{counts[kind]}")
     return names
@@ -64,11 +67,15 @@ def stage_names(cfg: RunConfig) -> list[str]:
 
 def plan(cfg: RunConfig) -> list[Stage]:
     from rlhf.config import _to_dataclass, validate
+    from rlhf.data.files import check_columns
+    from rlhf.data.rows import DataError
 
     names = stage_names(cfg)
     unknown = sorted(set(cfg.stage_overrides) - set(names))
     if unknown:
-        raise ConfigError(f"stage_overrides names {', '.join(unknown)}, not a stage of this run ({', '.join(names)})")
+        raise ConfigError(f"stage_overrides names {', '.join(unknown)}, not a stage of this run ({', '.join(names)}): a "
+                          f"stage is named by its kind, numbered from the second of a kind on (sft, rl, rl2); rename the "
+                          f"entry or add the stage to stages")
     base = dataclasses.asdict(cfg)
     stages = []
     for i, (name, kind) in enumerate(zip(names, cfg.stages)):
@@ -76,14 +83,28 @@ def plan(cfg: RunConfig) -> list[Stage]:
         if not isinstance(over, dict) or any(k not in OVERRIDABLE for k in over):
             bad = sorted(set(over) - set(OVERRIDABLE)) if isinstance(over, dict) else over
             raise ConfigError(f"stage_overrides.{name}: only the sections {', '.join(OVERRIDABLE)} can be set "
-                              f"per stage, got {bad}")
+                              f"per stage, got {bad}; set the others for the whole run (e.g. actor.world_size=1, "
+                              f"not stage_overrides.{name}.actor.world_size=1)")
         merged = _merge(copy.deepcopy(base), over)
         try:
             stage_cfg = _to_dataclass(RunConfig, merged, "")
             validate(stage_cfg)
         except ConfigError as e:
             raise ConfigError(f"stage_overrides.{name}: {e}") from e
+        if kind == "sft":
+            for file in stage_cfg.data.train_files:
+                try:
+                    check_columns(file, stage_cfg.data, sft=True)
+                except DataError as e:
+                    where = f"stage_overrides.{name}: " if over else ""
+                    raise ConfigError(f"{where}data.train_files of stage {name}: {e}") from e
         stages.append(Stage(name, kind, i, stage_cfg))
+    if all(s.empty for s in stages):
+        keys = [f"stage_overrides.{s.name}.{s.kind}.steps" if "steps" in (cfg.stage_overrides.get(s.name) or {}).get(s.kind, {})
+                else f"{s.kind}.steps" for s in stages]
+        raise ConfigError(f"every stage has 0 steps ({', '.join(dict.fromkeys(k + '=0' for k in keys))}) and a stage of 0 "
+                          f"steps is skipped, so nothing would run; give a stage steps (e.g. rl.steps=20), or train in "
+                          f"epochs (sft.epochs=1)")
     return stages
 
 

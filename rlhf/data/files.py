@@ -240,6 +240,21 @@ def _needed(data, features: dict) -> tuple[bool, list[tuple[str, str]]]:
     return conversations, required + [(k, "data.extra_keys") for k in data.extra_keys]
 
 
+def _sft_target_problem(features: dict, data, path: str) -> str | None:
+    """Why an SFT stage finds no target column in the file (data.response_key, or a conversation
+    in data.messages_key), with the fix; None when it has one."""
+    keys = [(k, s) for k, s in ((data.response_key, "data.response_key"), (data.messages_key, "data.messages_key")) if k]
+    if any(_key_problem(k, s, features, path) is None for k, s in keys):
+        return None
+    near = difflib.get_close_matches(data.response_key or "response", list(features), n=1)
+    fix = f"Did you mean data.response_key={near[0]}?" if near else "Set data.response_key to the column of the answers to learn"
+    named = [f"{s}={k!r}" for k, s in keys]
+    which = (f"neither {named[0]} nor {named[1]} is a column of the file" if len(named) == 2 else
+             f"{named[0]} is not a column of the file" if named else "data.response_key and data.messages_key are null")
+    return (f"{path}: an SFT stage learns from a response or a conversation column, but {which} (its columns are: "
+            f"{', '.join(sorted(features))}). {fix}")
+
+
 def _check_columns(features: dict, data, path: str) -> bool:
     """That the file has every column `data` names; whether its rows are conversations."""
     conversations, required = _needed(data, features)
@@ -261,7 +276,7 @@ def _merge(schema: dict, record: dict) -> dict:
     return schema
 
 
-def _json_schema(p: Path, data) -> dict | None:
+def _json_schema(p: Path, data, sft: bool) -> dict | None:
     """The columns of a JSON-lines file, read row by row until every key `data` needs is there
     (a column of a JSON file may first appear in any row; row 1 is enough when the keys are
     right); None for a file that is not JSON lines of objects (a JSON list, an object over several
@@ -281,7 +296,8 @@ def _json_schema(p: Path, data) -> dict | None:
                 return None
             _merge(schema, record)
             _, required = _needed(data, schema)
-            if not any(_key_problem(key, setting, schema, str(p)) for key, setting in required):
+            if not any(_key_problem(key, setting, schema, str(p)) for key, setting in required) and not (
+                    sft and _sft_target_problem(schema, data, str(p))):
                 break
     return schema
 
@@ -297,7 +313,7 @@ def _saved_fields(features: dict) -> dict:
     return {k: _saved_fields(v) if isinstance(v, dict) and "_type" not in v else None for k, v in features.items()}
 
 
-def _schema(p: Path, data) -> dict | None:
+def _schema(p: Path, data, sft: bool) -> dict | None:
     """The columns of one data file or saved folder, without reading its rows (JSON aside, see
     `_json_schema`); None where the layout is left to `datasets`."""
     if p.is_dir():
@@ -316,19 +332,23 @@ def _schema(p: Path, data) -> dict | None:
     if fmt == "parquet":
         return _arrow_fields(_parquet(p).schema_arrow)
     _check_not_empty(p, fmt)
-    return dict.fromkeys(_csv_header(p)) if fmt == "csv" else _json_schema(p, data)
+    return dict.fromkeys(_csv_header(p)) if fmt == "csv" else _json_schema(p, data, sft)
 
 
-def check_columns(path: str, data) -> None:
+def check_columns(path: str, data, sft: bool = False) -> None:
     """Every file `path` names holds rows and the columns `data` (the `data:` config section)
-    asks for, judged from what the files say of themselves: a Parquet schema, a saved folder's
+    asks for (`sft`: the training files of an SFT stage, which also need a target column),
+    judged from what the files say of themselves: a Parquet schema, a saved folder's
     dataset_info.json, a CSV header, the first JSON rows. This is the config check's: fast
     (pyarrow at most, not `datasets`, which takes seconds to import) and before anything is
     written. The rows themselves are checked when they are read (`load_rows`)."""
     for file in expand(path):
-        features = _schema(Path(file), data)
+        features = _schema(Path(file), data, sft)
         if features is not None:
             _check_columns(features, data, file)
+            problem = _sft_target_problem(features, data, file) if sft else None
+            if problem:
+                raise DataError(problem)
 
 
 def _last_user(messages: list[dict]) -> str:
