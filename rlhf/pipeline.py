@@ -313,13 +313,16 @@ def run(cfg: RunConfig) -> dict:
             break
         done[stage.name] = record
     model_path = cfg.model.path
+    try:  # every row of every stage to run, checked before anything is written (read once: load_data keeps them)
+        texts = load_data(cfg.data, cfg.task, cfg.seed).texts if model_path is None else []
+        for stage in stages:
+            if stage.name not in done:
+                load_data(stage.cfg.data, stage.cfg.task, stage.cfg.seed)
+    except DataError as e:
+        raise JobError(str(e)) from e
     if model_path is None:
-        try:
-            texts = load_data(cfg.data, cfg.task, cfg.seed).texts
-        except DataError as e:
-            raise JobError(str(e)) from e
         model_path = ensure_tiny_model(cfg.model.cache_dir, texts, cfg.model.arch, cfg.seed)
-    # written only now: a refused stage or a bad data row leaves no output folder (nor another config.json) behind
+    # written only now: a refused stage or a bad row leaves no output folder (nor another config.json) behind
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if resume:

@@ -179,11 +179,11 @@ def _saved_settings(record: dict, stage: Stage, before: list[Stage]) -> dict:
         saved = {BEFORE: names, **flatten(config)}
         for name, earlier in zip(names, after):
             saved.update({f"[{name}] {k}": v for k, v in flatten({k: v for k, v in earlier.items() if k != "after"}).items()})
-    kinds = {s.name: s for s in before}
+    by_name = {s.name: s for s in before}
     keep = {}
     for key, value in saved.items():
         name, _, plain = key[1:].partition("] ") if key.startswith("[") else ("", "", key)
-        owner = kinds.get(name) if name else stage
+        owner = by_name.get(name) if name else stage
         if key in (BEFORE, PROMPT_LIMIT) or (owner is not None and (plain == PROMPT_LIMIT or _counts(plain, owner))):
             keep[key] = value
     return keep
@@ -205,7 +205,7 @@ def finished(stage: Stage, out: Path, before: list[Stage]) -> dict | None:
         return None
     record = json.loads(marker.read_text())
     saved, now = _saved_settings(record, stage, before), _settings(stage, before)
-    if saved[BEFORE] != now[BEFORE]:  # the earlier stages' settings compare only stage by stage
+    if saved[BEFORE] != now[BEFORE]:  # other earlier stages: that line says it, not each of their settings
         saved = {k: v for k, v in saved.items() if not k.startswith("[")}
         now = {k: v for k, v in now.items() if not k.startswith("[")}
     diffs = config_diff(saved, now, _default)

@@ -59,17 +59,20 @@ def test_cli_fails_fast_before_ray(tmp_path):
     assert time.time() - t < 60
 
 
-def test_a_misspelled_column_fails_before_ray_and_writes_nothing(tmp_path):
+def test_a_misspelled_column_fails_before_ray_and_writes_nothing(tmp_path, tiny_model):
     """The columns of the data files are checked with the config (benchmarks/config_errors.py times
-    it); a bad row, found only when every row is read, also stops the run before the output folder
-    is written."""
+    it); a bad row, found only when every row is read, also stops the run before Ray starts and the
+    output folder is written, with the embedded model and with a model folder."""
     train = tmp_path / "train.jsonl"
     train.write_text('{"problem": "1+1=", "answer": "2", "response": "2"}\n{"problem": 7, "answer": "4", "response": "4"}\n')
-    for key, message in [("problme", "no column 'problme' (data.prompt_key); the file's columns are: answer, problem, response. "
-                                     "Did you mean data.prompt_key=problem?"),
-                         ("problem", "row 2, column 'problem' must be a string, got int 7")]:
+    for key, model, message in [
+            ("problme", "null", "no column 'problme' (data.prompt_key); the file's columns are: answer, problem, response. "
+                                "Did you mean data.prompt_key=problem?"),
+            ("problem", "null", "row 2, column 'problem' must be a string, got int 7"),
+            ("problem", tiny_model, "row 2, column 'problem' must be a string, got int 7")]:
         proc = subprocess.run([sys.executable, "-m", "rlhf.main", f"data.train_files=[{train}]", f"data.prompt_key={key}",
-                               f"trainer.output_dir={tmp_path}/out"], capture_output=True, text=True, timeout=300)
+                               f"model.path={model}", f"trainer.output_dir={tmp_path}/out"],
+                              capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
         assert "Ray" not in proc.stdout + proc.stderr
