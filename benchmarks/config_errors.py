@@ -49,7 +49,8 @@ def main() -> None:
             cli = f"{time.perf_counter() - t:.2f} s"
             assert proc.returncode == 2 and "config error" in proc.stderr, proc.stderr
         shown = " ".join(overrides).replace("|", "\\|")
-        rows.append(f"| `{shown}` | {message.replace(str(tmp), '{tmp}').replace('|', chr(92) + '|').replace(chr(10), ' ')} "
+        message = message.replace(str(tmp), "{tmp}").replace(str(ROOT), "<repo>")
+        rows.append(f"| `{shown}` | {message.replace('|', chr(92) + '|').replace(chr(10), ' ')} "
                     f"| {in_process * 1000:.0f} ms | {cli} |")
         print(rows[-1], flush=True)
     times = sorted(float(r.split("|")[-3].split()[0]) for r in rows)
@@ -72,7 +73,9 @@ Every config below fails in `load_config` (rlhf/config.py), before Ray or any mo
 `config error: ...` and exit code 2. Each case is a test (`tests/test_config.py`, cases in
 `tests/bad_configs.py`); `python benchmarks/config_errors.py` measures the times and rewrites this
 page. `{{tmp}}` stands for a folder the benchmark fills with broken model folders (weights only as
-pickle `.bin`, no tokenizer, code in `auto_map`, 3 attention heads) and a data file.
+pickle `.bin`, no tokenizer, code in `auto_map`, 3 attention heads), data files and reward files
+(a function misnamed, one that takes other arguments, a file that fails to load); `<repo>` for
+the project's folder, where the benchmark runs.
 
 {summary}
 

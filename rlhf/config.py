@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -337,6 +338,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def config_diff(saved: dict, now: dict, default: typing.Callable[[str], Any] = lambda key: None) -> list[str]:
+    """`key: saved X, now Y` for each key of two flat configs (see `flatten`) whose values differ,
+    in key order. A key the saved config lacks (added to the code after it was saved) is no
+    difference while it holds its default, `default(key)`: it asks for what the saving code did."""
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k) and (k in saved or k not in now or now[k] != default(k))]
+
+
+@functools.cache
+def default_config() -> "RunConfig":
+    """The config of no overrides: what a key newer than a saved config meant before it existed."""
+    return load_config([])
+
+
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     if not isinstance(node, dict):
         return []
@@ -390,7 +405,8 @@ def load_config(overrides: list[str]) -> RunConfig:
     group_overrides, value_overrides, per_stage = [], [], []
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value; give it a value, e.g. {item}=VALUE "
+                              f"(`python -m rlhf.main --cfg` prints every key with its value)")
         key, value = item.split("=", 1)
         if key == "stage_overrides" or key.startswith("stage_overrides."):
             per_stage.append((item, key))  # free-form by stage name: checked against the schema per stage
@@ -457,12 +473,17 @@ def _check_lora(cfg: RunConfig) -> None:
     if a.engine != "automodel":
         raise ConfigError(f"actor.lora.rank={lora.rank}: LoRA is NeMo Automodel's, on actor.engine=automodel (got "
                           f"{a.engine}); set actor.engine=automodel or actor.lora.rank=0")
-    if lora.alpha <= 0 or not lora.target_modules or any(not t for t in lora.target_modules):
-        raise ConfigError(f"actor.lora needs alpha > 0 and non-empty target_modules patterns (e.g. ['*_proj']), got "
-                          f"alpha={lora.alpha} and target_modules={lora.target_modules}")
-    if a.tp_size > 1 or a.ep_size > 1:
-        raise ConfigError(f"actor.lora with actor.tp_size={a.tp_size} and actor.ep_size={a.ep_size}: LoRA runs with "
-                          f"data parallelism only (FSDP2) so far; set both to 1 or actor.lora.rank=0")
+    if lora.alpha <= 0:
+        raise ConfigError(f"actor.lora.alpha must be > 0 (the adapters are scaled by alpha / rank), got {lora.alpha:g}; "
+                          f"e.g. actor.lora.alpha={2 * lora.rank} (twice the rank)")
+    if not lora.target_modules or any(not t for t in lora.target_modules):
+        raise ConfigError(f"actor.lora.target_modules must be a non-empty list of non-empty patterns, got "
+                          f"{lora.target_modules!r}; e.g. actor.lora.target_modules=['*_proj'] (every attention and MLP "
+                          f"projection of Qwen and Llama models)")
+    for key in ("tp_size", "ep_size"):
+        if getattr(a, key) > 1:
+            raise ConfigError(f"actor.lora.rank={lora.rank} with actor.{key}={getattr(a, key)}: LoRA runs with data "
+                              f"parallelism only (FSDP2) so far; set actor.{key}=1 or actor.lora.rank=0")
     if cfg.model.path is None and "sft" in cfg.stages:
         raise ConfigError(
             f"actor.lora.rank={lora.rank} with the embedded model (model.path=null): its weights are random and LoRA "
@@ -486,27 +507,33 @@ def _check_layout(cfg: RunConfig) -> None:
     if cfg.rl.off_policy_steps and r.sleep:
         raise ConfigError("rl.off_policy_steps=1 generates while the trainers work, but rollout.sleep=true puts vLLM to "
                           "sleep while they do; set rollout.sleep=false (or rl.off_policy_steps=0)")
-    if r.sleep and (r.num_gpus == 0 or cfg.actor.num_gpus_per_worker == 0):
-        raise ConfigError("rollout.sleep=true needs the engines and the actor on GPUs (rollout.num_gpus > 0 and "
-                          "actor.num_gpus_per_worker > 0): otherwise nothing is freed by sleeping; set rollout.sleep=false")
+    for key, value in (("rollout.num_gpus", r.num_gpus), ("actor.num_gpus_per_worker", cfg.actor.num_gpus_per_worker)):
+        if r.sleep and value == 0:
+            raise ConfigError(f"rollout.sleep=true frees GPU memory, but {key}=0 puts that role on the CPU, so nothing "
+                              f"would be freed; set rollout.sleep=false, or give the engines and the actor GPU shares "
+                              f"(e.g. actor.num_gpus_per_worker=0.5 rollout.num_gpus=0.5)")
     if r.sleep and r.placement == "disaggregated":
         raise ConfigError("rollout.sleep=true frees vLLM's GPU memory for trainers on the same GPUs, but with "
                           "rollout.placement=disaggregated none share them; set rollout.sleep=false")
     if r.weight_transport == "cuda_ipc" and r.num_gpus == 0:
-        raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs (rollout.num_gpus > 0)")
+        raise ConfigError("rollout.weight_transport=cuda_ipc needs the engines on GPUs, but rollout.num_gpus=0; give "
+                          "them a share of the trainer's GPUs (e.g. rollout.num_gpus=0.5 actor.num_gpus_per_worker=0.5) "
+                          "or set rollout.weight_transport=auto")
     if r.weight_transport == "cuda_ipc" and r.placement == "disaggregated":
         raise ConfigError(
             "rollout.weight_transport=cuda_ipc cannot reach engines on GPUs of their own (rollout.placement="
             "disaggregated): use rollout.weight_transport=nccl (or auto), or rollout.placement=colocated"
         )
-    if r.weight_transport == "nccl" and (r.num_gpus == 0 or cfg.actor.num_gpus_per_worker == 0
-                                         or r.placement != "disaggregated"):
-        raise ConfigError(
-            f"rollout.weight_transport=nccl broadcasts from the trainer's GPU to the engines' GPUs: it needs "
-            f"actor.num_gpus_per_worker > 0, rollout.num_gpus > 0 and rollout.placement=disaggregated (NCCL "
-            f"cannot connect two processes on one GPU), got {cfg.actor.num_gpus_per_worker:g}, {r.num_gpus:g} and "
-            f"{r.placement}; for engines on the trainer's GPUs use cuda_ipc (or auto)"
-        )
+    if r.weight_transport == "nccl":
+        for key, value in (("actor.num_gpus_per_worker", cfg.actor.num_gpus_per_worker), ("rollout.num_gpus", r.num_gpus)):
+            if value == 0:
+                raise ConfigError(f"rollout.weight_transport=nccl broadcasts from the trainer's GPU to the engines' GPUs, "
+                                  f"but {key}=0 puts that role on the CPU; give it GPUs ({key}=1) or set "
+                                  f"rollout.weight_transport=auto (Ray's object store on CPU)")
+        if r.placement != "disaggregated":
+            raise ConfigError("rollout.weight_transport=nccl needs the engines on GPUs of their own (NCCL cannot connect "
+                              "two processes on one GPU), but rollout.placement=colocated shares them with the trainer; "
+                              "set rollout.placement=disaggregated, or rollout.weight_transport=auto (CUDA IPC when colocated)")
     if r.num_gpus > 1:
         raise ConfigError(
             f"rollout.num_gpus={r.num_gpus:g}: it is the share of one GPU each vLLM worker takes (at most 1); for "
@@ -515,8 +542,15 @@ def _check_layout(cfg: RunConfig) -> None:
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(r, key) is not None and getattr(r, key) < 1:
             raise ConfigError(f"rollout.{key} must be at least 1 (or null for vLLM's default), got {getattr(r, key)}")
-    if not 0 < cfg.rl.top_p <= 1 or cfg.rl.top_k < 0:
-        raise ConfigError(f"rl.top_p must be in (0, 1] and rl.top_k >= 0 (0: off), got {cfg.rl.top_p} and {cfg.rl.top_k}")
+    if r.max_num_seqs is not None and r.max_num_batched_tokens is not None and r.max_num_batched_tokens < r.max_num_seqs:
+        raise ConfigError(f"rollout.max_num_batched_tokens={r.max_num_batched_tokens} is below rollout.max_num_seqs="
+                          f"{r.max_num_seqs}: a vLLM step takes at least a token of every sequence it runs, and vLLM "
+                          f"refuses this at start; raise rollout.max_num_batched_tokens to {r.max_num_seqs} or more, or "
+                          f"lower rollout.max_num_seqs")
+    if not 0 < cfg.rl.top_p <= 1:
+        raise ConfigError(f"rl.top_p must be in (0, 1] (1: off), got {cfg.rl.top_p}")
+    if cfg.rl.top_k < 0:
+        raise ConfigError(f"rl.top_k must be 0 (off) or more, got {cfg.rl.top_k}")
     if any(not s for s in cfg.rl.stop):
         raise ConfigError(f"rl.stop={cfg.rl.stop!r} holds an empty string, which would end every response at once; remove it")
     for name, g in trainer_groups(cfg).items():
@@ -544,8 +578,10 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"over ep_size ranks of the world; make world_size a multiple of ep_size"
             )
         _check_resources(f"{name}.resources", g.resources)
-        if g.num_cpus_per_worker < 0 or g.num_gpus_per_worker < 0:
-            raise ConfigError(f"{name}.num_cpus_per_worker and {name}.num_gpus_per_worker must be 0 or more")
+        for key in ("num_cpus_per_worker", "num_gpus_per_worker"):
+            if getattr(g, key) < 0:
+                raise ConfigError(f"{name}.{key} must be 0 or more (a share of a {key[4:7].upper()} per rank), got "
+                                  f"{getattr(g, key):g}")
         if g.num_gpus_per_worker > 1:
             raise ConfigError(
                 f"{name}.num_gpus_per_worker={g.num_gpus_per_worker}: each rank drives one GPU (or a share of one); "
@@ -560,9 +596,13 @@ def _check_layout(cfg: RunConfig) -> None:
     crowded = {i: s for i, s in layout.shares.items() if s > 1 + 1e-9}
     if crowded:
         i, s = next(iter(crowded.items()))
+        groups = trainer_groups(cfg)
+        parts = [f"{name}.num_gpus_per_worker={groups[name].num_gpus_per_worker:g}" for name, ranks in layout.trainer.items()
+                 if i in ranks and groups[name].num_gpus_per_worker]
+        parts += [f"rollout.num_gpus={r.num_gpus:g}" for gpus in layout.rollout if i in gpus and r.num_gpus]
         raise ConfigError(
-            f"GPU {i} would hold {s:g} GPUs of work: {where}; lower num_gpus_per_worker / rollout.num_gpus so each "
-            f"GPU's shares add up to at most 1"
+            f"GPU {i} would hold {s:g} GPUs of work ({' + '.join(parts)}): {where}; lower these shares so they add up "
+            f"to at most 1"
         )
     ipc = r.weight_transport == "cuda_ipc" or (r.weight_transport == "auto" and r.placement == "colocated"
                                                 and r.num_gpus > 0 and cfg.actor.num_gpus_per_worker > 0)
@@ -577,10 +617,16 @@ def _check_layout(cfg: RunConfig) -> None:
     if gpus_needed and cfg.trainer.ray_address is None:
         have = _gpu_count()
         if gpus_needed > have:
+            # the keys that ask for GPUs (ref and critic follow the actor's unless set apart)
+            asks = [f"{name}.num_gpus_per_worker" for name, g in trainer_groups(cfg).items()
+                    if g.num_gpus_per_worker and (name == "actor" or g.num_gpus_per_worker != cfg.actor.num_gpus_per_worker)]
+            asks += ["rollout.num_gpus"] * (r.num_gpus > 0)
+            fix = (f"to run on the CPU set {' '.join(k + '=0' for k in asks)}" if have == 0 else
+                   "lower the world sizes or rollout.num_engines"
+                   + (", or use rollout.placement=colocated" if r.placement == "disaggregated" else ""))
             raise ConfigError(
-                f"rollout.placement={r.placement} needs {gpus_needed} GPUs for these roles ({_gpu_plan(layout)}) but "
-                f"this machine has {have}; lower the world sizes or rollout.num_engines"
-                + (", or use rollout.placement=colocated" if r.placement == "disaggregated" else "")
+                f"{', '.join(asks)} > 0 with rollout.placement={r.placement} needs {gpus_needed} GPUs for these roles "
+                f"({_gpu_plan(layout)}) but this machine has {have}; {fix}"
             )
 
 
@@ -615,7 +661,6 @@ def _gpu_plan(layout) -> str:
 
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks: everything that can be known wrong before a process starts."""
-    from rewards.registry import RewardResolutionError, resolve
     from rlhf.algos import AGGREGATIONS, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES, ROLLOUT_CORRECTIONS
     from rollout import ROLLOUT_ENGINES
 
@@ -671,21 +716,37 @@ def validate(cfg: RunConfig) -> None:
         _choice("algo.rollout_correction", algo.rollout_correction, ROLLOUT_CORRECTIONS)
     if algo.tis_cap < 1:
         raise ConfigError(f"algo.tis_cap must be >= 1 (a cap below 1 shrinks every on-policy token's weight), got {algo.tis_cap}")
-    if not 0 < algo.mis_low <= 1 <= algo.mis_high:
-        raise ConfigError(
-            f"algo.mis_low and algo.mis_high must satisfy 0 < mis_low <= 1 <= mis_high (a sequence whose rollout and "
-            f"trainer agree has ratio 1 and must be kept), got [{algo.mis_low}, {algo.mis_high}]"
-        )
+    # mis keeps the sequences whose ratio lies in [mis_low, mis_high]: one whose rollout and trainer agree has ratio 1
+    if not 0 < algo.mis_low <= 1:
+        raise ConfigError(f"algo.mis_low must be in (0, 1] (a sequence whose rollout and trainer agree has ratio 1 and "
+                          f"must be kept), got {algo.mis_low:g}; e.g. algo.mis_low=0.5")
+    if algo.mis_high < 1:
+        raise ConfigError(f"algo.mis_high must be 1 or more (a sequence whose rollout and trainer agree has ratio 1 and "
+                          f"must be kept), got {algo.mis_high:g}; e.g. algo.mis_high=2.0")
     if algo.overlong_buffer < 0 or algo.overlong_buffer >= cfg.rl.max_new_tokens:
-        raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens), got {algo.overlong_buffer}")
-    if cfg.rl.prompts_per_step % algo.mini_batches:
-        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be divisible by algo.mini_batches={algo.mini_batches}")
+        raise ConfigError(f"algo.overlong_buffer must be in [0, rl.max_new_tokens={cfg.rl.max_new_tokens}) (the last "
+                          f"tokens before the length limit where the penalty ramps; 0: off), got {algo.overlong_buffer}")
+    if algo.dynamic_sampling and cfg.rl.n < 2:
+        raise ConfigError("algo.dynamic_sampling=true drops every prompt whose samples all got the same reward, and with "
+                          "rl.n=1 that is every prompt; raise rl.n (e.g. rl.n=8) or set algo.dynamic_sampling=false")
+    if algo.kl_target is not None and algo.kl_coef == 0:
+        raise ConfigError(f"algo.kl_target={algo.kl_target:g} adapts the KL coefficient by multiplying it, and from "
+                          f"algo.kl_coef=0 it stays 0 (no KL penalty at all); set a starting algo.kl_coef (e.g. 0.05)")
+    ppm = cfg.rl.prompts_per_step
+    if ppm % algo.mini_batches:
+        divisors = [d for d in range(1, ppm + 1) if ppm % d == 0]
+        near = sorted(divisors, key=lambda d: abs(d - algo.mini_batches))[:2]
+        raise ConfigError(f"rl.prompts_per_step={ppm} must be divisible by algo.mini_batches={algo.mini_batches} (each "
+                          f"mini-batch takes whole prompts); set algo.mini_batches={' or '.join(map(str, sorted(near)))}, "
+                          f"or rl.prompts_per_step to a multiple of {algo.mini_batches}")
     for name, group in trainer_groups(cfg).items():
-        if (cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n) % group.dp_size:
+        samples = ppm // algo.mini_batches * cfg.rl.n
+        if samples % group.dp_size:
+            n = next(k for k in range(cfg.rl.n + 1, cfg.rl.n + group.dp_size + 1) if ppm // algo.mini_batches * k % group.dp_size == 0)
             raise ConfigError(
-                f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = "
-                f"{cfg.rl.prompts_per_step // algo.mini_batches * cfg.rl.n} samples) must divide evenly over "
-                f"{name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size)"
+                f"each mini-batch (rl.prompts_per_step / algo.mini_batches * rl.n = {samples} samples) must divide evenly "
+                f"over {name}'s {group.dp_size} data-parallel ranks ({name}.world_size / {name}.tp_size); e.g. rl.n={n}, "
+                f"or rl.prompts_per_step / algo.mini_batches a multiple of {group.dp_size}"
             )
     for path, value in {"sft.steps": cfg.sft.steps, "rl.steps": cfg.rl.steps, "eval.every": cfg.eval.every,
                         "trainer.save_every": cfg.trainer.save_every, "trainer.keep_last": cfg.trainer.keep_last}.items():
@@ -693,31 +754,25 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{path} must be 0 or more, got {value}")
     dp = cfg.actor.dp_size
     if cfg.sft.batch_size % dp:
-        raise ConfigError(f"sft.batch_size={cfg.sft.batch_size} must be divisible by the actor's {dp} data-parallel ranks (actor.world_size / actor.tp_size)")
+        raise ConfigError(f"sft.batch_size={cfg.sft.batch_size} must be divisible by the actor's {dp} data-parallel ranks "
+                          f"(actor.world_size / actor.tp_size); e.g. sft.batch_size={-(-cfg.sft.batch_size // dp) * dp}")
     if algo.critic_pretrain_steps and not algo.uses_critic:
         raise ConfigError(
             f"algo.critic_pretrain_steps={algo.critic_pretrain_steps} needs a critic (algo.adv_estimator=gae, "
-            f"e.g. algo=ppo); algo.adv_estimator={algo.adv_estimator} has none"
+            f"e.g. algo=ppo); algo.adv_estimator={algo.adv_estimator} has none, so set algo.critic_pretrain_steps=0 "
+            f"or algo=ppo"
         )
     if algo.critic_pretrain_steps < 0 or (cfg.rl.steps and algo.critic_pretrain_steps >= cfg.rl.steps):
         raise ConfigError(
             f"algo.critic_pretrain_steps must be in [0, rl.steps={cfg.rl.steps}) so the actor trains at all, "
             f"got {algo.critic_pretrain_steps}; raise rl.steps or lower algo.critic_pretrain_steps"
         )
-    if cfg.algo.norm_by_std and cfg.rl.n < 2:
-        raise ConfigError("algo.norm_by_std needs rl.n >= 2 samples per prompt (a group std of one sample is undefined)")
-    limit = cfg.prompt_limit()
-    longest = limit + max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens)
-    if limit < 1 or longest > cfg.rollout.max_model_len:
-        raise ConfigError(
-            f"data.max_prompt_tokens={limit} plus the longest generation (rl.max_new_tokens / eval.max_new_tokens) "
-            f"is {longest} tokens, over rollout.max_model_len={cfg.rollout.max_model_len}; lower data.max_prompt_tokens "
-            f"or raise rollout.max_model_len"
-        )
+    _check_lengths(cfg)
     if cfg.data.eval_files and not cfg.data.train_files:
         raise ConfigError("data.eval_files needs data.train_files (with no training files the built-in task runs, "
-                          "with its own held-out problems)")
-    from rlhf.data.files import check_path as check_data_path
+                          "with its own held-out problems); add data.train_files=[...] or set data.eval_files=[]")
+    from rlhf.data.files import check_columns, check_path as check_data_path
+    from rlhf.data.rows import DataError
 
     for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
         for file in files:
@@ -727,36 +782,157 @@ def validate(cfg: RunConfig) -> None:
                     "; give .jsonl/.json, .parquet or .csv files (a glob pattern such as train-*.parquet reads every "
                     "match) or a folder written by datasets' save_to_disk")
                 raise ConfigError(f"{key}: {problem}{hint}")
-    if cfg.eval.pass_k < 0 or cfg.eval.pass_temperature <= 0:
-        raise ConfigError(f"eval.pass_k must be 0 (off) or more and eval.pass_temperature > 0, got "
-                          f"{cfg.eval.pass_k} and {cfg.eval.pass_temperature}")
+            try:
+                check_columns(file, cfg.data)
+            except DataError as e:
+                raise ConfigError(f"{key}: {e}") from e
+    if cfg.eval.pass_k < 0:
+        raise ConfigError(f"eval.pass_k must be 0 (off) or more, got {cfg.eval.pass_k}")
+    if cfg.eval.pass_temperature <= 0:
+        raise ConfigError(f"eval.pass_temperature must be > 0 (pass@k samples k answers per prompt), got "
+                          f"{cfg.eval.pass_temperature:g}; e.g. eval.pass_temperature=1.0")
+    if not cfg.trainer.output_dir.strip():
+        raise ConfigError("trainer.output_dir is empty, which would write the run into the current folder; give a "
+                          "folder (e.g. trainer.output_dir=outputs/run1) or leave the default (outputs/<date>_<time>)")
     if cfg.trainer.rollout_dump_every < 0:
         raise ConfigError(f"trainer.rollout_dump_every must be 0 or more, got {cfg.trainer.rollout_dump_every}")
     if cfg.rl.temperature <= 0:
-        raise ConfigError(f"rl.temperature must be > 0 for sampling, got {cfg.rl.temperature}")
+        raise ConfigError(f"rl.temperature must be > 0 for sampling (evaluation decodes greedily on its own), got "
+                          f"{cfg.rl.temperature:g}; e.g. rl.temperature=1.0")
     if cfg.model.path is not None:
-        _check_heads(cfg, _check_model_folder(cfg.model.path, cfg.model.trust_remote_code), f"model.path={cfg.model.path}")
+        model = _check_model_folder(cfg.model.path, cfg.model.trust_remote_code)
+        _check_heads(cfg, model, f"model.path={cfg.model.path}")
+        _check_positions(cfg, model, f"the model in {cfg.model.path} (max_position_embeddings in its config.json)",
+                         "lower rollout.max_model_len")
     else:
+        _check_arch(cfg.model.arch)
         _check_heads(cfg, cfg.model.arch, "the embedded model (model.arch)")
+        _check_positions(cfg, cfg.model.arch, "the embedded model (model.arch.max_position_embeddings)",
+                         "lower rollout.max_model_len or raise model.arch.max_position_embeddings")
     _check_ranges(cfg)
+    if not cfg.data.train_files:
+        from rlhf.data.arithmetic import problem_count
+
+        total = problem_count(cfg.task.max_operand, cfg.task.ops)
+        if cfg.task.num_eval >= total // 2:
+            raise ConfigError(
+                f"task.num_eval={cfg.task.num_eval} would hold out half or more of the {total} problems of the built-in "
+                f"task (task.max_operand={cfg.task.max_operand}, task.ops={cfg.task.ops!r}), leaving too few to train "
+                f"on; lower task.num_eval below {total // 2} or raise task.max_operand"
+            )
+    _check_cpus(cfg)
     from rlhf.trackers import check as check_trackers
 
+    twice = sorted({name for name in cfg.trainer.loggers if cfg.trainer.loggers.count(name) > 1})
+    if twice:
+        raise ConfigError(f"trainer.loggers={cfg.trainer.loggers} lists {', '.join(twice)} more than once; give each "
+                          f"tracker once, e.g. trainer.loggers=[{','.join(dict.fromkeys(cfg.trainer.loggers))}]")
     check_trackers(cfg.trainer.loggers)
-    reward = cfg.reward
-    if (reward.fn is None) == (not reward.fns):
-        raise ConfigError("set exactly one of reward.fn (one function) and reward.fns (several, with weights)")
-    _choice("reward.on_error", reward.on_error, ["fallback", "drop_group"])
-    if reward.timeout_s <= 0 or reward.num_workers < 1 or not 0 <= reward.max_error_rate <= 1:
-        raise ConfigError("reward.timeout_s must be > 0, reward.num_workers >= 1, reward.max_error_rate in [0, 1]")
-    for spec in reward.specs():
-        try:
-            resolve(spec.name)
-        except RewardResolutionError as e:
-            raise ConfigError(str(e)) from e
+    _check_reward(cfg)
     if cfg.trainer.resume:
         from rlhf import run_state
 
         run_state.check(cfg)
+
+
+def _check_lengths(cfg: RunConfig) -> None:
+    """Prompt and generation must fit rollout.max_model_len; errors name the keys that were set,
+    not the prompt limit derived from them (RunConfig.prompt_limit)."""
+    width, limit = cfg.rollout.max_model_len, cfg.data.max_prompt_tokens
+    key, longest = max((("rl.max_new_tokens", cfg.rl.max_new_tokens), ("eval.max_new_tokens", cfg.eval.max_new_tokens)),
+                       key=lambda kv: kv[1])
+    if longest >= width:
+        raise ConfigError(
+            f"{key}={longest} leaves no room for a prompt in rollout.max_model_len={width} (prompt and generation "
+            f"share it); raise rollout.max_model_len above {longest} or lower {key}"
+        )
+    if limit is not None and limit < 1:
+        raise ConfigError(f"data.max_prompt_tokens must be at least 1 (or null: rollout.max_model_len minus the longest "
+                          f"generation, here {width - longest}), got {limit}")
+    if limit is not None and limit + longest > width:
+        raise ConfigError(
+            f"data.max_prompt_tokens={limit} plus {key}={longest} (the longest generation) is {limit + longest} tokens, "
+            f"over rollout.max_model_len={width}; lower data.max_prompt_tokens to {width - longest} or raise "
+            f"rollout.max_model_len to {limit + longest}"
+        )
+
+
+def _check_arch(arch: dict) -> None:
+    """The embedded model's shape (model.arch), which the model build would reject after start-up."""
+    for key, value in arch.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model.arch.{key} must be a positive integer, got {value!r}")
+    heads, kv = arch.get("num_attention_heads"), arch.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        fits = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ConfigError(f"model.arch.num_key_value_heads={kv} must divide model.arch.num_attention_heads={heads} (each "
+                          f"key-value head serves an equal group of attention heads); use one of {', '.join(map(str, fits))}")
+
+
+def _check_positions(cfg: RunConfig, model: dict, where: str, fix: str) -> None:
+    """vLLM refuses a rollout.max_model_len beyond the model's positions (unless RoPE scaling
+    stretches them: such configs are left to vLLM)."""
+    positions = model.get("max_position_embeddings")
+    if not isinstance(positions, int) or model.get("rope_scaling"):
+        return
+    if cfg.rollout.max_model_len > positions:
+        raise ConfigError(f"rollout.max_model_len={cfg.rollout.max_model_len} is longer than the {positions} positions of "
+                          f"{where}, which vLLM refuses at start; {fix}")
+
+
+def _check_cpus(cfg: RunConfig) -> None:
+    """A local Ray given fewer CPUs (trainer.num_cpus) than the roles ask for would leave some
+    waiting for a CPU forever."""
+    if cfg.trainer.ray_address is not None or cfg.trainer.num_cpus is None:
+        return
+    asks = [(f"{name}.world_size={g.world_size} x {name}.num_cpus_per_worker={g.num_cpus_per_worker:g}",
+             g.world_size * g.num_cpus_per_worker) for name, g in trainer_groups(cfg).items()]
+    asks.append((f"rollout.num_engines={cfg.rollout.num_engines} x rollout.num_cpus={cfg.rollout.num_cpus:g}",
+                 cfg.rollout.num_engines * cfg.rollout.num_cpus))
+    need = sum(n for _, n in asks)
+    if cfg.trainer.num_cpus < need - 1e-9:
+        raise ConfigError(
+            f"trainer.num_cpus={cfg.trainer.num_cpus} gives the local Ray fewer CPUs than the roles ask for ({need:g}: "
+            f"{', '.join(w for w, n in asks if n)}), so some would wait for a CPU forever; set trainer.num_cpus="
+            f"{math.ceil(need - 1e-9)} (or null: enough for the roles), or lower the per-rank CPU shares"
+        )
+
+
+def _check_reward(cfg: RunConfig) -> None:
+    from rewards.registry import RewardResolutionError, check_call, needs_answer, resolve
+
+    reward = cfg.reward
+    if reward.fn is not None and reward.fns:
+        raise ConfigError(f"reward.fn={reward.fn} and reward.fns are both set; set reward.fn=null to use the functions "
+                          f"of reward.fns, or reward.fns=[] to use reward.fn alone")
+    if reward.fn is None and not reward.fns:
+        raise ConfigError("reward.fn is null and reward.fns is empty: no reward function; set reward.fn (e.g. "
+                          "reward.fn=math_answer, or path/to/file.py:function) or reward.fns")
+    _choice("reward.on_error", reward.on_error, ["fallback", "drop_group"])
+    if reward.timeout_s <= 0:
+        raise ConfigError(f"reward.timeout_s must be > 0 (seconds per reward call), got {reward.timeout_s:g}")
+    if reward.num_workers < 1:
+        raise ConfigError(f"reward.num_workers must be at least 1 (worker processes per reward function), got "
+                          f"{reward.num_workers}")
+    if not 0 <= reward.max_error_rate <= 1:
+        raise ConfigError(f"reward.max_error_rate must be in [0, 1] (the share of failed reward calls that stops the "
+                          f"run), got {reward.max_error_rate:g}")
+    if reward.fns and all(f.weight == 0 for f in reward.fns):
+        raise ConfigError("every reward.fns weight is 0, so every sample's reward would be 0 and nothing would learn; "
+                          "give at least one function a weight (a weight of 0 only logs that function's score)")
+    extra = cfg.data.extra_keys if cfg.data.train_files else []
+    for i, spec in enumerate(reward.specs()):
+        key = "reward.fn" if reward.fn is not None else f"reward.fns[{i}].name"
+        try:
+            check_call(resolve(spec.name, key), spec.name, spec.kwargs, extra, key)
+        except RewardResolutionError as e:
+            raise ConfigError(str(e)) from e
+        if cfg.data.train_files and cfg.data.answer_key is None and needs_answer(spec.name):
+            raise ConfigError(
+                f"{key}={spec.name} scores responses against the ground truth, but data.answer_key=null gives it none "
+                f"(every sample would get the same reward); set data.answer_key to the file's answer column, or use a reward that "
+                f"needs no answer (e.g. your own path/to/file.py:function)"
+            )
 
 
 def _check_model_folder(path: str, trust_remote_code: bool) -> dict:
@@ -821,7 +997,6 @@ def _check_heads(cfg: RunConfig, model: dict, where: str) -> None:
 def _check_ranges(cfg: RunConfig) -> None:
     """Values that have a type but no meaning outside a range."""
     algo, actor, rollout = cfg.algo, cfg.actor, cfg.rollout
-    longest = max(cfg.rl.max_new_tokens, cfg.eval.max_new_tokens)
     checks = [
         ("sft.lr", cfg.sft.lr, cfg.sft.lr > 0, "> 0"),
         ("rl.lr", cfg.rl.lr, cfg.rl.lr > 0, "> 0"),
@@ -855,8 +1030,6 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("rollout.generate_timeout_s", rollout.generate_timeout_s,
          rollout.generate_timeout_s is None or rollout.generate_timeout_s > 0, "> 0 or null (no limit)"),
         ("rollout.max_restarts", rollout.max_restarts, rollout.max_restarts >= 0, ">= 0 (0: a failed engine stops the run)"),
-        ("rollout.max_model_len", rollout.max_model_len, rollout.max_model_len > longest,
-         f"> {longest}, the longer of rl.max_new_tokens and eval.max_new_tokens (prompt and response must fit)"),
         ("task.max_operand", cfg.task.max_operand, cfg.task.max_operand >= 1, ">= 1"),
         ("task.ops", cfg.task.ops, bool(cfg.task.ops) and set(cfg.task.ops) <= set("+-"), 'one or both of "+-"'),
         ("task.demo_carry_error", cfg.task.demo_carry_error, 0 <= cfg.task.demo_carry_error <= 1, "in [0, 1]"),

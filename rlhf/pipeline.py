@@ -301,13 +301,8 @@ def run(cfg: RunConfig) -> dict:
     start = time.time()
     resume = run_state.check(cfg)
     out = Path(cfg.trainer.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     names = stage_names(cfg)
     stages = [s for s in plan(cfg) if not s.empty]
-    if resume:
-        saved_stage = resume.get("stage", "rl")
-        run_state.rewind_metrics(out, saved_stage, resume["step"], names[names.index(saved_stage) + 1:])
 
     # Finished stages: those before a resumed one, or, on a restart in the same folder, the
     # leading stages whose checkpoint is complete. The first stage to run starts from the last.
@@ -318,12 +313,21 @@ def run(cfg: RunConfig) -> dict:
             break
         done[stage.name] = record
     model_path = cfg.model.path
+    try:  # every row of every stage to run, checked before anything is written (read once: load_data keeps them)
+        texts = load_data(cfg.data, cfg.task, cfg.seed).texts if model_path is None else []
+        for stage in stages:
+            if stage.name not in done:
+                load_data(stage.cfg.data, stage.cfg.task, stage.cfg.seed)
+    except DataError as e:
+        raise JobError(str(e)) from e
     if model_path is None:
-        try:
-            texts = load_data(cfg.data, cfg.task, cfg.seed).texts
-        except DataError as e:
-            raise JobError(str(e)) from e
         model_path = ensure_tiny_model(cfg.model.cache_dir, texts, cfg.model.arch, cfg.seed)
+    # written only now: a refused stage or a bad row leaves no output folder (nor another config.json) behind
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if resume:
+        saved_stage = resume.get("stage", "rl")
+        run_state.rewind_metrics(out, saved_stage, resume["step"], names[names.index(saved_stage) + 1:])
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)

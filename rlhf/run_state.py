@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from rlhf.config import ConfigError, RunConfig, flatten, load_config
+from rlhf.config import ConfigError, RunConfig, config_diff, default_config, flatten
 from rlhf.stages import stage_names
 
 MARKER = "COMPLETE"
@@ -128,13 +128,10 @@ def check(cfg: RunConfig) -> dict | None:
             )
     state = json.loads((path / "driver.json").read_text())
     saved, now = flatten(state["config"]), flatten(dataclasses.asdict(cfg))
-    keys = [k for k in sorted(set(saved) | set(now))
-            if not k.startswith(_FREE) and saved.get(k) != now.get(k) and not _grows(k, saved, now)
-            and not _relayout(k, saved, now)]
-    if any(k not in saved for k in keys):  # a key newer than the state, at its default, asks for what the state's code did
-        defaults = flatten(dataclasses.asdict(load_config([])))
-        keys = [k for k in keys if k in saved or now[k] != defaults.get(k)]
-    diffs = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys]
+    free = [k for k in set(saved) | set(now) if k.startswith(_FREE) or _relayout(k, saved, now)
+            or (k in saved and k in now and _grows(k, saved, now))]
+    diffs = config_diff({k: v for k, v in saved.items() if k not in free}, {k: v for k, v in now.items() if k not in free},
+                        lambda key: flatten(dataclasses.asdict(default_config())).get(key))
     if diffs:
         raise ConfigError(
             f"the state {path} was saved with a different config; resume with the same overrides (only trainer.*, "

@@ -45,7 +45,7 @@ CASES = [
     (["algo.dual_clip=0.5"], ["algo.dual_clip", "> 1"]),
     (["algo.log_ratio_clamp=0"], ["algo.log_ratio_clamp", "> 0"]),
     (["algo.tis_cap=0.5"], ["algo.tis_cap", ">= 1"]),
-    (["algo.mis_low=2.0"], ["algo.mis_low", "mis_high"]),
+    (["algo.mis_low=2.0"], ["algo.mis_low", "(0, 1]", "algo.mis_low=0.5"]),
     (["actor.betas=[0.9,1.5]"], ["actor.betas", "[0, 1)"]),
     (["actor.max_grad_norm=0"], ["actor.max_grad_norm", "> 0"]),
     (["rollout.gpu_memory_utilization=1.5"], ["rollout.gpu_memory_utilization", "(0, 1]"]),
@@ -93,20 +93,63 @@ CASES = [
      ["data.eval_files", "/nonexistent/test.jsonl does not exist"]),
     (["data.train_files=[{tmp}/hub]"], ["data.train_files", "save_to_disk", "hub/main/train-*.parquet"]),
     (["data.train_files=[{tmp}/hub/main/validation-*.parquet]"], ["data.train_files", "validation-*.parquet matches no file"]),
+    (["data.train_files=[{tmp}/data/train.jsonl]", "data.prompt_key=problme"],
+     ["data.train_files", "no column 'problme' (data.prompt_key)", "Did you mean data.prompt_key=prompt?"]),
     (["trainer.resume=/nonexistent/state-rl-step3"], ["trainer.resume", "driver.json"]),
     (["reward.fn=/nonexistent/rewards.py:score"], ["/nonexistent/rewards.py"]),
     (["reward.fns=[{name: arithmetic, weight: 1.0, kwargs: {}}]"], ["reward.fn", "reward.fns"]),
+    # found by hand after the first 78: each started training, named a value derived from the
+    # keys the user set, lumped several conditions into one message, or gave no fix
+    (["data.train_files=[{tmp}/data/sft.jsonl]", "data.response_key=respones"],
+     ["stage sft", "data.response_key='respones'", "Did you mean data.response_key=response?"]),
+    (["data.train_files=[{tmp}/data/train.jsonl]", "data.answer_key=null"],
+     ["reward.fn=arithmetic", "data.answer_key=null", "set data.answer_key"]),
+    (["sft.steps=0", "rl.steps=0"], ["sft.steps=0, rl.steps=0", "nothing would run", "rl.steps=20"]),
+    (["algo.kl_target=0.1"], ["algo.kl_target=0.1", "algo.kl_coef=0", "algo.kl_coef (e.g. 0.05)"]),
+    (["algo=reinforce_pp", "rl.n=1", "algo.dynamic_sampling=true"], ["algo.dynamic_sampling=true", "rl.n=1", "rl.n=8"]),
+    (["task.max_operand=3"], ["task.num_eval=256", "16 problems", "below 8", "raise task.max_operand"]),
+    (["task.num_eval=2000"], ["task.num_eval=2000", "2500 problems", "below 1250"]),
+    (["rollout.max_model_len=128"], ["rollout.max_model_len=128", "64 positions", "model.arch.max_position_embeddings"]),
+    (["model.arch.num_key_value_heads=3"], ["model.arch.num_key_value_heads=3", "num_attention_heads=4", "1, 2, 4"]),
+    (["model.arch.hidden_size=0"], ["model.arch.hidden_size", "positive integer"]),
+    (["trainer.num_cpus=1"], ["trainer.num_cpus=1", "wait for a CPU forever", "trainer.num_cpus=3"]),
+    (["trainer.output_dir="], ["trainer.output_dir is empty", "trainer.output_dir=outputs/run1"]),
+    (["trainer.loggers=[console,console]"], ["console more than once", "trainer.loggers=[console]"]),
+    (["rollout.max_num_batched_tokens=8", "rollout.max_num_seqs=16"],
+     ["rollout.max_num_batched_tokens=8", "rollout.max_num_seqs=16", "to 16 or more"]),
+    (["rl.max_new_tokens=100"], ["rl.max_new_tokens=100", "rollout.max_model_len=64", "above 100"]),
+    (["eval.max_new_tokens=100"], ["eval.max_new_tokens=100", "rollout.max_model_len=64", "above 100"]),
+    (["data.max_prompt_tokens=0"], ["data.max_prompt_tokens must be at least 1", "got 0"]),
+    (["rl.top_p=0"], ["rl.top_p must be in (0, 1]", "got 0.0"]),
+    (["rl.top_k=-1"], ["rl.top_k must be 0 (off) or more", "got -1"]),
+    (["eval.pass_temperature=0"], ["eval.pass_temperature must be > 0", "eval.pass_temperature=1.0"]),
+    (["reward.timeout_s=0"], ["reward.timeout_s must be > 0", "got 0"]),
+    (["reward.num_workers=0"], ["reward.num_workers must be at least 1", "got 0"]),
+    (["actor.lora.rank=8", "actor.lora.alpha=0", "stages=[rl]"], ["actor.lora.alpha must be > 0", "actor.lora.alpha=16"]),
+    (["actor.num_cpus_per_worker=-1"], ["actor.num_cpus_per_worker must be 0 or more", "got -1"]),
+    (["rollout.weight_transport=nccl"], ["rollout.weight_transport=nccl", "actor.num_gpus_per_worker=0", "rollout.weight_transport=auto"]),
+    (["rollout.sleep=true"], ["rollout.sleep=true", "rollout.num_gpus=0", "rollout.sleep=false"]),
+    (["reward.fn=format_match"], ["reward.fn='format_match'", "'pattern'", "reward.fns=[{name: format_match"]),
+    (["reward.fn=null", "reward.fns=[{name: math_answer, weight: 0, kwargs: {}}]"], ["every reward.fns weight is 0"]),
+    (["reward.fn=numeric_answer"], ["'numeric_answer'", "math_answer", "reward.fn=path/to/file.py:numeric_answer"]),
+    (["reward.fn={tmp}/rewards/mine.py:numeric_anser"], ["no callable 'numeric_anser'", "mine.py:numeric_answer?"]),
+    (["reward.fn={tmp}/rewards/mine.py"], ["names a file but not the function", "mine.py:<function>"]),
+    (["reward.fn={tmp}/rewards/mine.py:two_args"], ["two_args", "cannot be called", "(prompt, response, ground_truth, **extra)"]),
+    (["reward.fn={tmp}/rewards/broken.py:score"], ["broken.py raised NameError", "fix that file"]),
 ]
 
 
 def make_fixtures(tmp: Path) -> None:
-    """Model folders that are broken in one way each, a data file that is fine, and a dataset
-    downloaded from the Hub (its files, not a save_to_disk folder)."""
+    """Model folders that are broken in one way each, data files that are fine, a dataset
+    downloaded from the Hub (its files, not a save_to_disk folder) and reward files."""
     config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
     for name, files in {
         "three_heads": {"config.json": {**config, "num_attention_heads": 3, "num_key_value_heads": 3},
                         "tokenizer.json": {}, "model.safetensors": None},
-        "data": {"train.jsonl": {"prompt": "1+1=", "answer": "2"}},
+        "data": {"train.jsonl": {"prompt": "1+1=", "answer": "2"}, "sft.jsonl": {"prompt": "1+1=", "answer": "2", "response": "2"}},
+        "rewards": {"mine.py": "def numeric_answer(prompt, response, ground_truth, **extra):\n    return 0.0\n\n\n"
+                               "def two_args(response, ground_truth):\n    return 0.0\n",
+                    "broken.py": "def score(prompt, response, ground_truth, **extra):\n    return 0.0\n\n\nscroe(1)\n"},
         "hub": {"README.md": None, "main/train-00000-of-00002.parquet": None, "main/train-00001-of-00002.parquet": None},
         "pickled": {"config.json": config, "tokenizer.json": {}, "pytorch_model.bin": None},
         "no_tokenizer": {"config.json": config, "model.safetensors": None},
@@ -117,7 +160,7 @@ def make_fixtures(tmp: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for file, content in files.items():
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
-            (folder / file).write_text(json.dumps(content) if content is not None else "")
+            (folder / file).write_text(content if isinstance(content, str) else json.dumps(content) if content is not None else "")
 
 
 def resolve(overrides: list[str], tmp: Path) -> list[str]:

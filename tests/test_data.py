@@ -2,6 +2,7 @@
 rendered with a chat template, and the SFT loss mask of a conversation (assistant turns only)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -132,6 +133,72 @@ def test_unreadable_empty_and_missing_files(tmp_path):
     with pytest.raises(DataError, match="header.csv has no rows"):
         (tmp_path / "header.csv").write_text("question,answer\n\n")
         load_rows(str(tmp_path / "header.csv"), data)
+
+
+def test_the_config_check_refuses_the_columns_the_full_read_refuses_without_datasets(tmp_path):
+    """`check_columns` (run by the config check) judges each format from its schema, header or first
+    JSON rows; its verdict on every column setting equals the full read's (`load_rows`, through
+    `datasets`), and it never imports `datasets`."""
+    import subprocess
+    import sys
+
+    import datasets
+
+    table = datasets.Dataset.from_list(ROWS)
+    late = [{k: v for k, v in ROWS[0].items() if k != "level"}, ROWS[1]]  # a JSON column first seen in row 2
+    sources = [_jsonl(tmp_path / "d.jsonl", ROWS), _jsonl(tmp_path / "late.jsonl", late), str(tmp_path / "d.parquet"),
+               str(tmp_path / "d.csv"), str(tmp_path / "saved"), str(tmp_path / "list.json")]
+    table.to_parquet(sources[2])
+    table.to_csv(sources[3], index=False)
+    table.save_to_disk(sources[4])
+    (tmp_path / "list.json").write_text(json.dumps(ROWS, indent=1))  # a JSON list: left to the full read
+    settings = [["data.extra_keys=[level]"], ["data.prompt_key=questoin"], ["data.answer_key=anser"],
+                ["data.extra_keys=[lvl]"], ["data.answer_key=answer.value"]]
+    cases = [(source, overrides) for source in sources for overrides in settings]
+    child = ("import json, sys; from rlhf.config import load_config; from rlhf.data.files import check_columns\n"
+             "out = []\n"
+             f"for source, overrides in {cases!r}:\n"
+             "    try:\n"
+             "        check_columns(source, load_config(['data.prompt_key=question', *overrides]).data); out.append(None)\n"
+             "    except ValueError as e:\n"
+             "        out.append(str(e))\n"
+             "print(json.dumps([out, 'datasets' in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verdicts, imported = json.loads(proc.stdout.splitlines()[-1])
+    assert not imported
+    refused = 0
+    for (source, overrides), verdict in zip(cases, verdicts):
+        try:
+            load_rows(source, _data(*overrides))
+            full = None
+        except DataError as e:
+            full = str(e) if "no column" in str(e) or "no field" in str(e) else None
+        if source.endswith("list.json"):
+            assert verdict is None
+        else:
+            assert verdict == full, (source, overrides)
+            refused += verdict is not None
+    assert refused == 20  # four wrong keys in each of five files
+
+
+def test_the_config_check_refuses_empty_files_and_several_splits(tmp_path):
+    import datasets
+
+    from rlhf.data.files import check_columns
+
+    data = _data()
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    (tmp_path / "header.csv").write_text("question,answer\n")
+    datasets.Dataset.from_list(ROWS).select([]).to_parquet(str(tmp_path / "none.parquet"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS)}).save_to_disk(
+        str(tmp_path / "both"))
+    for name, words in [("blank.jsonl", "is empty"), ("header.csv", "has no rows"), ("none.parquet", "has no rows"),
+                        ("both", "holds several splits (train, test); give the split's own folder")]:
+        with pytest.raises(DataError, match=re.escape(words)):
+            check_columns(str(tmp_path / name), data)
+        with pytest.raises(DataError, match=re.escape(words)):
+            load_rows(str(tmp_path / name), data)
 
 
 @pytest.fixture(scope="module")

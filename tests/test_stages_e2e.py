@@ -57,7 +57,11 @@ def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path):
     assert gap < 1e-5
 
     # A finished stage is not silently reused by a run asking for something else (here the first RL
-    # stage's learning rate; the SFT stage it does not touch still matches)
+    # stage's learning rate; the SFT stage it does not touch still matches), and the refused run
+    # leaves the folder as it was
+    config = (out / "config.json").read_text()
     proc = _run(f"trainer.output_dir={out}", "stage_overrides.rl.rl.lr=1.0e-4")
     assert proc.returncode == 2 and "checkpoints/rl is a finished rl stage run with other settings" in proc.stderr, \
         proc.stderr[-2000:]
+    assert "rl.lr: saved 0.0005, now 0.0001" in proc.stderr
+    assert (out / "config.json").read_text() == config

@@ -27,6 +27,12 @@ def _render(a: int, op: str, b: int, careless: bool) -> Row:
     return Row(prompt=f"{a}{op}{b}=", answer=str(value), response=str(demo), origin=f"arithmetic {a}{op}{b}")
 
 
+def problem_count(max_operand: int, ops: str) -> int:
+    """How many problems `make_splits` draws from, counted without listing them (the config check's)."""
+    n = max_operand + 1
+    return sum(n * n if op == "+" else n * (n + 1) // 2 for op in ops)
+
+
 def make_splits(
     seed: int, max_operand: int, ops: str, num_eval: int, demo_carry_error: float = 0.0
 ) -> tuple[list[Row], list[Row]]:

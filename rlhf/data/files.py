@@ -9,6 +9,7 @@ is read; a bad one stops the run with the file, the row (1-based) and the column
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import os
@@ -82,16 +83,19 @@ def _not_a_saved_folder(folder: Path) -> str:
             f"name the split's files, e.g. {pattern}")
 
 
+def _csv_header(p: Path) -> list[str]:
+    import csv
+
+    with p.open(newline="", errors="replace") as f:
+        return next(csv.reader(f))
+
+
 def _csv_as_text(p: Path) -> dict:
     """Options that keep a CSV's cells as written ("007", "2.50", "NA"): pandas' guessing would
     turn answers into floats and "NA" into null. Every column (named by the header) is a string."""
-    import csv
-
     import datasets
 
-    with p.open(newline="", errors="replace") as f:
-        header = next(csv.reader(f))
-    return {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
+    return {"features": datasets.Features({c: datasets.Value("string") for c in _csv_header(p)}), "keep_default_na": False}
 
 
 def _has_rows(p: Path, header: bool) -> bool:
@@ -112,6 +116,32 @@ def _first_bad_json_line(path: Path) -> str | None:
     return None
 
 
+def _parquet(p: Path):
+    """The Parquet file's reader (schema and row count read, no rows), refused when it has no rows."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(p)
+    except Exception as e:
+        raise DataError(f"could not read data file {p}: {type(e).__name__}: {e}") from e
+    if parquet.metadata.num_rows == 0:
+        raise DataError(f"data file {p} has no rows")
+    return parquet
+
+
+def _check_not_empty(p: Path, fmt: str) -> None:
+    if p.stat().st_size == 0 or (fmt != "parquet" and not _has_rows(p, header=False)):
+        raise DataError(f"data file {p} is empty")
+    if fmt == "csv" and not _has_rows(p, header=True):
+        raise DataError(f"data file {p} has no rows (a header at most)")
+    if fmt == "parquet":
+        _parquet(p)
+
+
+def _several_splits(p: Path, splits: list[str]) -> DataError:
+    return DataError(f"{p} holds several splits ({', '.join(splits)}); give the split's own folder, e.g. {p / splits[0]}")
+
+
 def read_table(path: str):
     """The file or saved folder as a `datasets.Dataset` (one split)."""
     import datasets
@@ -126,17 +156,11 @@ def read_table(path: str):
             table = datasets.load_from_disk(str(p))
             if isinstance(table, datasets.DatasetDict):
                 if len(table) != 1:
-                    raise DataError(
-                        f"{path} holds several splits ({', '.join(table)}); give the split's own folder, "
-                        f"e.g. {p / next(iter(table))}"
-                    )
+                    raise _several_splits(p, list(table))
                 table = next(iter(table.values()))
         else:
             fmt = _FORMATS[p.suffix]
-            if p.stat().st_size == 0 or (fmt != "parquet" and not _has_rows(p, header=False)):
-                raise DataError(f"data file {path} is empty")
-            if fmt == "csv" and not _has_rows(p, header=True):
-                raise DataError(f"data file {path} has no rows (a header at most)")
+            _check_not_empty(p, fmt)
             cache = os.path.join(tempfile.gettempdir(), "rlhf-datasets")
             table = datasets.load_dataset(fmt, data_files=glob.escape(str(p)), split="train", cache_dir=cache,
                                           **(_csv_as_text(p) if fmt == "csv" else {}))
@@ -186,23 +210,145 @@ def _present(value: Any) -> Any:
     return None if value is _MISSING else value
 
 
-def _check_key(key: str, setting: str, features: dict, path: str, listed: str) -> None:
-    """That `key` names a column, or (dotted) a field of a struct column, by the file's schema
-    (not by row 1, whose struct may be null)."""
+def _key_problem(key: str, setting: str, features: dict, path: str) -> str | None:
+    """What is wrong with `key` as a column, or (dotted) a field of a struct column, by the file's
+    schema (not by row 1, whose struct may be null), with the fix; None when it is there.
+    `features` maps a column to its type; a struct's type is a mapping of its fields."""
     if key in features:
-        return
+        return None
     parts = key.split(".")
     if len(parts) > 1 and parts[0] in features:
         feature = features
         for i, part in enumerate(parts):
             if not isinstance(feature, dict) or part not in feature:
                 fields = ", ".join(sorted(feature)) if isinstance(feature, dict) else "none (it is not a struct)"
-                raise DataError(f"{path}: no field {part!r} in {'.'.join(parts[:i])!r} ({setting}={key}); its fields "
-                                f"are: {fields}")
+                return f"{path}: no field {part!r} in {'.'.join(parts[:i])!r} ({setting}={key}); its fields are: {fields}"
             feature = feature[part]
-        return
-    raise DataError(f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {listed}. "
-                    f"Set {setting} to the right column name")
+        return None
+    near = difflib.get_close_matches(key, list(features), n=1)
+    fix = f"Did you mean {setting}={near[0]}?" if near else f"Set {setting} to the right column name"
+    return f"{path}, row 1: no column {key!r} ({setting}); the file's columns are: {', '.join(sorted(features))}. {fix}"
+
+
+def _needed(data, features: dict) -> tuple[bool, list[tuple[str, str]]]:
+    """Whether rows are conversations (data.messages_key names a column), and the (key, setting)
+    pairs every row must have then."""
+    conversations = data.messages_key is not None and data.messages_key in features
+    required = [(data.prompt_key, "data.prompt_key")] if not conversations else []
+    if data.answer_key is not None:
+        required.append((data.answer_key, "data.answer_key"))
+    return conversations, required + [(k, "data.extra_keys") for k in data.extra_keys]
+
+
+def _sft_target_problem(features: dict, data, path: str) -> str | None:
+    """Why an SFT stage finds no target column in the file (data.response_key, or a conversation
+    in data.messages_key), with the fix; None when it has one."""
+    keys = [(k, s) for k, s in ((data.response_key, "data.response_key"), (data.messages_key, "data.messages_key")) if k]
+    if any(_key_problem(k, s, features, path) is None for k, s in keys):
+        return None
+    near = difflib.get_close_matches(data.response_key or "response", list(features), n=1)
+    fix = f"Did you mean data.response_key={near[0]}?" if near else "Set data.response_key to the column of the answers to learn"
+    named = [f"{s}={k!r}" for k, s in keys]
+    which = (f"neither {named[0]} nor {named[1]} is a column of the file" if len(named) == 2 else
+             f"{named[0]} is not a column of the file" if named else "data.response_key and data.messages_key are null")
+    return (f"{path}: an SFT stage learns from a response or a conversation column, but {which} (its columns are: "
+            f"{', '.join(sorted(features))}). {fix}")
+
+
+def _check_columns(features: dict, data, path: str) -> bool:
+    """That the file has every column `data` names; whether its rows are conversations."""
+    conversations, required = _needed(data, features)
+    for key, setting in required:
+        problem = _key_problem(key, setting, features, path)
+        if problem:
+            raise DataError(problem)
+    return conversations
+
+
+def _merge(schema: dict, record: dict) -> dict:
+    """`schema` (a column -> None, or a struct's fields) widened by one JSON row: a column seen in any row is one."""
+    for k, v in record.items():
+        if isinstance(v, dict):
+            sub = schema.get(k)
+            schema[k] = _merge(sub if isinstance(sub, dict) else {}, v)
+        elif k not in schema:
+            schema[k] = None
+    return schema
+
+
+def _json_schema(p: Path, data, sft: bool) -> dict | None:
+    """The columns of a JSON-lines file, read row by row until every key `data` needs is there
+    (a column of a JSON file may first appear in any row; row 1 is enough when the keys are
+    right); None for a file that is not JSON lines of objects (a JSON list, an object over several
+    lines), which is left to `datasets`."""
+    schema: dict = {}
+    with p.open(encoding="utf-8-sig", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                if not schema:
+                    return None
+                raise DataError(f"could not read data file {p}: row {n} is not valid JSON ({e.msg}): {line.strip()[:80]!r}")
+            if not isinstance(record, dict):
+                return None
+            _merge(schema, record)
+            _, required = _needed(data, schema)
+            if not any(_key_problem(key, setting, schema, str(p)) for key, setting in required) and not (
+                    sft and _sft_target_problem(schema, data, str(p))):
+                break
+    return schema
+
+
+def _arrow_fields(fields) -> dict:
+    import pyarrow as pa
+
+    return {f.name: _arrow_fields(f.type) if pa.types.is_struct(f.type) else None for f in fields}
+
+
+def _saved_fields(features: dict) -> dict:
+    """dataset_info.json's features: a struct is a mapping of fields without a `_type`."""
+    return {k: _saved_fields(v) if isinstance(v, dict) and "_type" not in v else None for k, v in features.items()}
+
+
+def _schema(p: Path, data, sft: bool) -> dict | None:
+    """The columns of one data file or saved folder, without reading its rows (JSON aside, see
+    `_json_schema`); None where the layout is left to `datasets`."""
+    if p.is_dir():
+        if (p / "dataset_dict.json").is_file():
+            splits = json.loads((p / "dataset_dict.json").read_text()).get("splits") or []
+            if len(splits) != 1:
+                raise _several_splits(p, splits)
+            p = p / splits[0]
+        try:
+            return _saved_fields(json.loads((p / "dataset_info.json").read_text())["features"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+    fmt = _FORMATS[p.suffix]
+    if p.stat().st_size == 0:
+        raise DataError(f"data file {p} is empty")
+    if fmt == "parquet":
+        return _arrow_fields(_parquet(p).schema_arrow)
+    _check_not_empty(p, fmt)
+    return dict.fromkeys(_csv_header(p)) if fmt == "csv" else _json_schema(p, data, sft)
+
+
+def check_columns(path: str, data, sft: bool = False) -> None:
+    """Every file `path` names holds rows and the columns `data` (the `data:` config section)
+    asks for (`sft`: the training files of an SFT stage, which also need a target column),
+    judged from what the files say of themselves: a Parquet schema, a saved folder's
+    dataset_info.json, a CSV header, the first JSON rows. This is the config check's: fast
+    (pyarrow at most, not `datasets`, which takes seconds to import) and before anything is
+    written. The rows themselves are checked when they are read (`load_rows`)."""
+    for file in expand(path):
+        features = _schema(Path(file), data, sft)
+        if features is not None:
+            _check_columns(features, data, file)
+            problem = _sft_target_problem(features, data, file) if sft else None
+            if problem:
+                raise DataError(problem)
 
 
 def _last_user(messages: list[dict]) -> str:
@@ -212,15 +358,7 @@ def _last_user(messages: list[dict]) -> str:
 
 def _file_rows(path: str, data) -> list[Row]:
     table = read_table(path)
-    columns = set(table.column_names)
-    listed = ", ".join(sorted(columns))
-    conversations = data.messages_key is not None and data.messages_key in columns
-    required = [(data.prompt_key, "data.prompt_key")] if not conversations else []
-    if data.answer_key is not None:
-        required.append((data.answer_key, "data.answer_key"))
-    required += [(k, "data.extra_keys") for k in data.extra_keys]
-    for key, setting in required:
-        _check_key(key, setting, table.features, path, listed)
+    conversations = _check_columns(table.features, data, path)
     rows = []
     for n, record in enumerate(table, 1):
         at = f"{path}, row {n}"

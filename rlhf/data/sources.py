@@ -3,6 +3,8 @@ no training files are given, the built-in arithmetic task (offline, the default 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 from rlhf.data import arithmetic
@@ -26,8 +28,20 @@ def _texts(rows: list[Row]) -> list[str]:
     return out
 
 
+_READ: dict[str, Data] = {}
+
+
 def load_data(data, task, seed: int) -> Data:
-    """`data` and `task` are the config sections of the same names."""
+    """`data` and `task` are the config sections of the same names. Read once per process and
+    settings: a run reads every stage's rows (checking each) before it writes anything, then
+    trains on the same rows."""
+    key = json.dumps([dataclasses.asdict(data), task and dataclasses.asdict(task), seed], sort_keys=True)
+    if key not in _READ:
+        _READ[key] = _load(data, task, seed)
+    return _READ[key]
+
+
+def _load(data, task, seed: int) -> Data:
     if not data.train_files:
         train, held_out = arithmetic.make_splits(seed, task.max_operand, task.ops, task.num_eval, task.demo_carry_error)
         return Data(train=train, evals={"held_out": held_out}, texts=arithmetic.corpus(train + held_out))
