@@ -300,14 +300,12 @@ def _role_lines(roles, began: float, cfg: RunConfig) -> tuple[str, str]:
     (rlhf.workers): when the last of each was ready after the roles began starting (together), the
     steps of its start-up (`process`: until its process ran our code) and its CPU seconds."""
 
-    def ready(s: dict) -> float:
-        return s["code_at"] + sum(s["steps"].values()) - began
-
     def last(reports: list[dict], what: str) -> str:
-        i = max(range(len(reports)), key=lambda j: ready(reports[j]))
+        i = max(range(len(reports)), key=lambda j: reports[j]["ready_at"])
         s = reports[i]
         steps = [f"process {max(s['code_at'] - began, 0.0):.1f} s"] + [f"{k} {v:.1f} s" for k, v in s["steps"].items()]
-        return f"ready {ready(s):.1f} s after the roles began ({what} {i}: {', '.join(steps)}; {s['cpu']:.1f} s of CPU)"
+        return (f"ready {s['ready_at'] - began:.1f} s after the roles began ({what} {i}: {', '.join(steps)}; "
+                f"{s['cpu']:.1f} s of CPU)")
 
     n = len(roles.rollout.workers)
     return (f"rollout engine{'s' if n > 1 else ''} ({cfg.rollout.engine}) "

@@ -28,14 +28,15 @@ from weight_sync import TRANSPORTS  # noqa: E402
 _IMPORTED = time.time()
 
 
-def _startup(imports: float, **steps: float) -> dict:
-    """When our code first ran in this process (`code_at`, a wall-clock time), the seconds of each
-    start-up step since (`steps`, in order: imports, this module's and the engine's, then the
-    engine's own), and the CPU seconds the process has used (`cpu`: well under the steps' sum when
-    other processes held the cores)."""
+def _startup(began: float, **steps: float) -> dict:
+    """This process's start-up as consecutive steps (name -> seconds), from when our code first ran in
+    it (`code_at`, a wall-clock time) to now (`ready_at`): imports (this module's), arguments (until
+    the call that `began` started: Ray unpacking its arguments, which imports the modules they come
+    from, or waiting for the call), then `steps`; and the CPU seconds the process used (`cpu`: well
+    under the steps' sum when other processes held the cores)."""
     use = resource.getrusage(resource.RUSAGE_SELF)
-    return {"code_at": _CODE, "cpu": use.ru_utime + use.ru_stime,
-            "steps": {"imports": _IMPORTED - _CODE + imports, **steps}}
+    return {"code_at": _CODE, "ready_at": time.time(), "cpu": use.ru_utime + use.ru_stime,
+            "steps": {"imports": _IMPORTED - _CODE, "arguments": began - _IMPORTED, **steps}}
 
 
 def load_object(spec: str):
@@ -65,11 +66,11 @@ class TrainerWorker:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         # Micro-batches of varying length fragment the caching allocator; growable segments don't.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        t = time.time()
+        began = time.time()
         build = load_object(engine_spec)
         loaded = time.time()
         self.engine = build(model_path, engine_cfg, trainable, head)
-        self._startup = _startup(loaded - t, engine=time.time() - loaded)
+        self._startup = _startup(began, **{"engine module": loaded - began, "engine": time.time() - loaded})
         return self.engine.dp_rank, self.engine.dp_size
 
     def startup(self) -> dict:
@@ -134,14 +135,15 @@ class RolloutWorker:
     """A rollout engine in its own process, with the receiving end of the weight transport."""
 
     def __init__(self, engine_spec: str, model_path: str, cfg):
-        t = time.time()
+        began = time.time()
         cls = load_object(engine_spec)
         loaded = time.time()
         self.engine = cls(model_path, cfg)
         self.receiver = load_object(TRANSPORTS[cfg.weight_transport][1])(self.engine)
         self.push_spans: list[tuple[float, float]] = []  # wall-clock start and end of each payload call of a push
-        steps = dict(getattr(self.engine, "startup", None) or {"engine": time.time() - loaded})  # its own, if noted
-        self._startup = _startup(loaded - t + steps.pop("imports", 0.0), **steps)
+        # the engine's own steps (e.g. its imports and the engine itself), if it notes them
+        steps = getattr(self.engine, "startup", None) or {"engine": time.time() - loaded}
+        self._startup = _startup(began, **{"engine module": loaded - began, **steps})
 
     def startup(self) -> dict:
         return self._startup

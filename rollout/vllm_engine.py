@@ -52,7 +52,7 @@ class VLLMRollout(RolloutEngine):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        self.startup = {"imports": time.perf_counter() - t}  # seconds of each start-up step
+        self.startup = {"vllm import": time.perf_counter() - t}  # seconds of each start-up step
         t = time.perf_counter()
         # A tensor-parallel engine's own process holds no GPU; its workers do.
         cuda = torch.cuda.is_available() or bool(cfg.ray_bundles)
@@ -96,7 +96,6 @@ class VLLMRollout(RolloutEngine):
             # compile C++ (~15 s, ~4 s from a warm cache) for what eager does in microseconds here.
             torch.compiler.set_stance("force_eager")
         self.llm = LLM(**kwargs)
-        self.startup["engine"] = time.perf_counter() - t
         # Where vLLM uses weights as loaded (CUDA, unquantized, no MLA, Triton MoE), a push loads
         # straight into the live parameters (see weight_sync.vllm_native).
         self.loads_in_place = all(self.llm.collective_rpc("weights_used_as_loaded"))
@@ -110,6 +109,7 @@ class VLLMRollout(RolloutEngine):
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_id
+        self.startup["engine"] = time.perf_counter() - t
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
         from vllm import SamplingParams
