@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import sys
+import time
+
+STARTED = time.time()
 
 USAGE = """usage: python -m rlhf.main [--cfg] [key=value ...]
 
@@ -16,7 +19,7 @@ configs/config.yaml).
   model.path=DIR            any local Hugging Face model folder (default: the embedded tiny model)
   sft.steps=N rl.steps=N    stage lengths
   stages=[sft,rl,rl]        any sequence of stages (per-stage settings: stage_overrides)
-  data.train_files=[F]      your own data (.jsonl, .parquet, save_to_disk folders; see README)
+  data.train_files=[F]      your own data (.jsonl, .json, .parquet, .csv, save_to_disk folders; see README)
   trainer.output_dir=DIR    where metrics.jsonl, summary.json and checkpoints go
   --cfg [job]               print the composed config and exit
 """
@@ -47,11 +50,27 @@ def main(argv: list[str] | None = None) -> int:
 
         print(OmegaConf.to_yaml(dataclasses.asdict(cfg)), end="")  # YAML, as Hydra prints it
         return 0
+    import os
+
+    from rlhf import environment, quiet
+    from rlhf.metrics import StartUp
+
+    # Before torch, Ray, transformers or vLLM are imported (here or in the role processes).
+    quiet.install()
+    cpu_only = cfg.rollout.num_gpus == 0 and not any(g.num_gpus_per_worker for g in (cfg.actor, cfg.ref, cfg.critic))
+    for var, value in {**quiet.ENV, **(quiet.CPU_ENV if cpu_only else {})}.items():
+        os.environ.setdefault(var, value)
+    notes = environment.use_work_folder()
+    startup = StartUp(STARTED)
+    startup.done("config", own=True)
+    for note in notes:
+        print(f"[rlhf] {note}", flush=True)
     from rlhf.pipeline import JobError, run
     from rlhf.stop_signal import Stopped
 
+    startup.done("imports", "torch, Ray, transformers", own=True)
     try:
-        run(cfg)
+        run(cfg, startup)
     except Stopped as e:
         print(f"[rlhf] {e}", file=sys.stderr)
         return e.exit_code

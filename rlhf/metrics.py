@@ -1,9 +1,11 @@
-"""Run metrics: one JSON object per line in `<output_dir>/metrics.jsonl`, plus a progress bar."""
+"""Run metrics: one JSON object per line in `<output_dir>/metrics.jsonl`; the console's progress
+of each stage and the start-up's phases."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -55,8 +57,70 @@ def rl_steps(rows: list[dict], stage: str = "rl") -> dict[int, dict]:
     return {r["step"]: r for r in rows if r["stage"] == stage and "reward/mean" in r}
 
 
-def stage_bar(stage: str, total: int) -> tqdm:
-    return tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, leave=True)
+class PlainProgress:
+    """A stage's progress as plain lines, for a console that is not a terminal (a log file, a pipe),
+    where a bar's redraws pile up: a line at every tenth of the stage or after `every_s` seconds
+    without one, whichever comes first, and one at the end. Called like tqdm's bar."""
+
+    def __init__(self, stage: str, total: int, initial: int = 0, every_s: float = 30.0, out=None):
+        self.stage, self.total, self.every_s, self.out = stage, total, every_s, out
+        self.n = self.initial = initial
+        self.postfix = ""
+        self.start = self.last = time.monotonic()
+        self.tenth = self.n * 10 // max(total, 1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, text: str) -> None:
+        """Called after each step's update: the step's numbers, and the time to print a line."""
+        self.postfix = text
+        now = time.monotonic()
+        tenth = self.n * 10 // max(self.total, 1)
+        if self.n < self.total and (tenth > self.tenth or now - self.last >= self.every_s):
+            self.tenth = tenth
+            self._line(now)
+
+    def write(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.n > self.initial:
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        rate = (self.n - self.initial) / max(now - self.start, 1e-9)
+        speed = f"{rate:.2f} step/s" if rate >= 1 else f"{1 / rate:.2f} s/step"
+        self.write(f"[{self.stage}] step {self.n}/{self.total} ({100 * self.n // max(self.total, 1)}%), {speed}"
+                   + (f", {self.postfix}" if self.postfix else ""))
+
+
+def stage_bar(stage: str, total: int, initial: int = 0):
+    """A progress bar on a terminal (tqdm draws on stderr); plain lines now and then anywhere else."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=stage, unit="step", dynamic_ncols=True, leave=True)
+    return PlainProgress(stage, total, initial)
+
+
+class StartUp:
+    """The start-up's phases, a console line each as it ends, with its seconds (and, for the work
+    the driver does itself, the CPU seconds it used: well under the wall time when other
+    processes held the cores)."""
+
+    def __init__(self, start: float):
+        self.start = self.last = start
+        self.cpu = 0.0  # the driver's CPU seconds at the last line (time.process_time)
+
+    def done(self, phase: str, detail: str = "", own: bool = False) -> None:
+        now, cpu = time.time(), time.process_time()
+        notes = ([detail] if detail else []) + ([f"{cpu - self.cpu:.1f} s of CPU"] if own else [])
+        print(f"[rlhf] start-up: {phase} {now - self.last:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""),
+              flush=True)
+        self.last, self.cpu = now, cpu
+
+    def total(self) -> float:
+        return time.time() - self.start
 
 
 def fmt(metrics: dict, keys: list[str]) -> str:

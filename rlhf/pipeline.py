@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 
 from engines.base import OptimConfig
-from rlhf import report, run_state
+from rlhf import quiet, report, run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller
 from rlhf.data.holdout import hold_out
@@ -25,7 +25,7 @@ from rlhf.data.sampler import Sampler
 from rlhf.data.sources import load_data
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.export import export_final
-from rlhf.metrics import MetricsLog, fmt, stage_bar
+from rlhf.metrics import MetricsLog, StartUp, fmt, stage_bar
 from rlhf.ray_auth import keep_token_local
 from rlhf.roles import AdaptersOff, start_roles, start_trainer
 from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
@@ -44,7 +44,7 @@ _ROLE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
 }
-_PASS_THROUGH = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
+_PASS_THROUGH = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", *quiet.ENV, *quiet.CPU_ENV)
 
 
 class JobError(RuntimeError):
@@ -150,7 +150,7 @@ class _Job:
             self.log.log(stage.name, step, acc)
             parts = [f"{k.removeprefix('eval/')} {v:.3f}" for k, v in acc.items()
                      if k.startswith("eval/") and ("accuracy" in k or "pass@" in k) and (len(evals) > 1 or k.count("/") == 1)]
-            print(f"[rlhf] {label}: {' | '.join(parts)}", flush=True)
+            print(f"[rlhf] {label}: {' | '.join(parts)} ({acc['time/eval']:.1f} s)", flush=True)
         return acc
 
     def save_state(self, stage: Stage, step: int, groups: dict, driver: dict) -> Path:
@@ -178,8 +178,7 @@ class _Job:
             sampler.load_state_dict(resume["sampler"])
             first = resume["step"] + 1
             print(f"[rlhf] resumed from {resume['path']}: continuing at SFT step {first}", flush=True)
-        bar = stage_bar(stage.name, steps)
-        bar.update(first - 1)
+        bar = stage_bar(stage.name, steps, initial=first - 1)
         for step in range(first, steps + 1):
             m = ctl.sft_step(sampler.next(cfg.sft.batch_size))
             if held_out and (step == steps or (cfg.sft.eval_every and step % cfg.sft.eval_every == 0)):
@@ -247,8 +246,7 @@ class _Job:
         def save_state(step: int, driver: dict | None = None) -> Path:
             return self.save_state(stage, step, groups, driver or position())
 
-        bar = stage_bar(stage.name if stage.name != "rl" else cfg.algo.name, cfg.rl.steps)
-        bar.update(first - 1)
+        bar = stage_bar(stage.name if stage.name != "rl" else cfg.algo.name, cfg.rl.steps, initial=first - 1)
         for step in range(first, cfg.rl.steps + 1):
             before = position()  # the data position and counters this step starts from
             try:
@@ -297,8 +295,28 @@ class _Job:
                 setattr(roles, name, None)
 
 
-def run(cfg: RunConfig) -> dict:
+def _role_lines(roles, began: float, cfg: RunConfig) -> tuple[str, str]:
+    """The rollout engines' and the actor ranks' start-up, from what their processes noted
+    (rlhf.workers): when the last of each was ready after the roles began starting (together), the
+    steps of its start-up (`process`: until its process ran our code) and its CPU seconds."""
+
+    def last(reports: list[dict], what: str) -> str:
+        i = max(range(len(reports)), key=lambda j: reports[j]["ready_at"])
+        s = reports[i]
+        steps = [f"process {max(s['code_at'] - began, 0.0):.1f} s"] + [f"{k} {v:.1f} s" for k, v in s["steps"].items()]
+        return (f"ready {s['ready_at'] - began:.1f} s after the roles began ({what} {i}: {', '.join(steps)}; "
+                f"{s['cpu']:.1f} s of CPU)")
+
+    n = len(roles.rollout.workers)
+    return (f"rollout engine{'s' if n > 1 else ''} ({cfg.rollout.engine}) "
+            + last(ray.get([w.startup.remote() for w in roles.rollout.workers]), "engine"),
+            f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine}) " + last(roles.actor.all("startup"), "rank"))
+
+
+def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
+    """`startup`: the start-up's clock, from the process's start (rlhf.main), or from now."""
     start = time.time()
+    startup = startup or StartUp(start)
     resume = run_state.check(cfg)
     out = Path(cfg.trainer.output_dir)
     names = stage_names(cfg)
@@ -339,7 +357,8 @@ def run(cfg: RunConfig) -> dict:
                                              cfg.algo.name))
     job = _Job(cfg, out, tok, log)
     job.summary = {"model_path": model_path}
-    print(f"[rlhf] model {model_path}; stages {', '.join(s.name for s in stages) or 'none'}; output {out}", flush=True)
+    startup.done("model and tokenizer", f"{model_path}; stages {', '.join(s.name for s in stages) or 'none'}; output {out}",
+                 own=True)
     for stage in last_done:
         if not resume:
             job.summary.update(done[stage.name]["summary"])
@@ -348,19 +367,23 @@ def run(cfg: RunConfig) -> dict:
         job.summary.update(resume["summary"], resumed_from=resume["path"])
 
     _start_ray(cfg)
+    startup.done("Ray")
     job.stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
         for stage in stages:  # every stage's rows read and checked before the roles start (minutes)
             if stage.name not in done:
                 job.data(stage)
-        print(f"[rlhf] Ray up after {time.time() - start:.1f}s; starting the rollout engine ({cfg.rollout.engine}) and the "
-              f"actor ({cfg.actor.world_size} ranks, {cfg.actor.engine})", flush=True)
+        startup.done("data", own=True)
+        began = time.time()
         job.roles = start_roles(cfg, start_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        for line in _role_lines(job.roles, began, cfg):
+            print(f"[rlhf] start-up: {line}", flush=True)
         counts = job.roles.actor.all("parameter_counts")[0]
         lora = cfg.actor.lora
         adapters = (f" (LoRA rank {lora.rank} on {counts['adapted_layers']} layers)" if lora.rank else "")
-        print(f"[rlhf] roles ready in {time.time() - start:.1f}s; actor: {counts['trainable']:,} of {counts['total']:,} "
-              f"parameters train{adapters}", flush=True)
+        startup.done("roles", f"rollout and actor started together; actor: {counts['trainable']:,} of {counts['total']:,} "
+                              f"parameters train{adapters}")
+        print(f"[rlhf] start-up: {startup.total():.1f} s in all", flush=True)
         for i, stage in enumerate(stages):
             if stage.name in done:
                 continue

@@ -15,19 +15,26 @@ from pathlib import Path
 
 from rlhf.metrics import read_metrics
 
-# (file, title, y label, [(key, legend)]): one plot each, over RL steps.
+# (file, title, y label, [(key, legend)], the quantity is never negative): one plot each, over RL
+# steps. The reward has a figure of its own (_reward_figure).
 RL_PLOTS = [
-    ("reward", "Training reward", "reward", [("reward/mean", "mean"), ("reward/groups_with_signal", "groups with signal")]),
-    ("kl", "KL to the reference", "KL", [("actor/kl_ref", "kl_ref (loss)"), ("actor/kl_rollout_batch", "on the rollout batch")]),
+    ("kl", "KL to the reference", "KL", [("actor/kl_ref", "kl_ref (loss)"), ("actor/kl_rollout_batch", "on the rollout batch")],
+     False),
     ("entropy", "Policy entropy (estimate from the samples)", "nats / token",
-     [("actor/entropy_estimate", "-log p of sampled tokens"), ("actor/entropy", "entropy (bonus term)")]),
-    ("response_length", "Response length", "tokens", [("response/length_mean", "mean")]),
-    ("clip_fraction", "PPO clip fraction", "fraction", [("actor/clip_frac", "actor"), ("critic/clip_frac", "critic")]),
-    ("grad_norm", "Gradient norm (before clipping)", "norm", [("actor/grad_norm", "actor"), ("critic/grad_norm", "critic")]),
+     [("actor/entropy_estimate", "-log p of sampled tokens"), ("actor/entropy", "entropy (bonus term)")], True),
+    ("response_length", "Response length", "tokens", [("response/length_mean", "mean")], True),
+    ("clip_fraction", "PPO clip fraction", "fraction", [("actor/clip_frac", "actor"), ("critic/clip_frac", "critic")], True),
+    ("grad_norm", "Gradient norm (before clipping)", "norm", [("actor/grad_norm", "actor"), ("critic/grad_norm", "critic")],
+     True),
     ("throughput", "Throughput", "tokens / s", [("throughput/generated_tokens_per_s", "generated"),
-                                                ("throughput/trained_tokens_per_s", "trained")]),
+                                                ("throughput/trained_tokens_per_s", "trained")], True),
 ]
+# Why a plot whose every value is 0 is left out (report.md says so instead); the default reason otherwise.
+ALL_ZERO = {"clip_fraction": "no token's probability ratio left the clip range; with one on-policy update per batch "
+                             "the ratio is 1"}
 PHASES = ["time/rollout", "time/logprobs", "time/train", "time/push", "time/checkpoint"]
+# Built-in rewards whose every value lies in [0, 1] (rewards/builtin.py)
+UNIT_REWARDS = {"arithmetic", "exact_match", "math_answer", "format_match", "code_tests"}
 
 
 def _rows(out: Path) -> list[dict]:
@@ -48,21 +55,57 @@ def _series(rows: list[dict], stage: str, key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
+def reward_range(config: dict) -> tuple[float, float] | None:
+    """The range the training reward can take, where the run's config (config.json) tells: the
+    built-in rewards with values in [0, 1] (weighted in `reward.fns`), the fallback of failed calls,
+    and DAPO's overlong penalty (down to -1), over every stage's overrides. None where it does not."""
+    sections = [config] + [{**config, **{k: {**config.get(k, {}), **v} for k, v in over.items() if isinstance(v, dict)}}
+                           for over in (config.get("stage_overrides") or {}).values() if isinstance(over, dict)]
+    lo, hi = math.inf, -math.inf
+    for c in sections:
+        reward, algo = c.get("reward") or {}, c.get("algo") or {}
+        fns = [(f.get("name"), f.get("weight", 1.0)) for f in reward.get("fns") or []] or [(reward.get("fn"), 1.0)]
+        if not all(name in UNIT_REWARDS and isinstance(w, (int, float)) and w >= 0 for name, w in fns):
+            return None
+        top = float(sum(w for _, w in fns))
+        fallback = float(reward.get("fallback", 0.0))
+        lo = min(lo, fallback, -1.0 if algo.get("overlong_buffer") else 0.0)
+        hi = max(hi, fallback, top)
+    return lo, hi
+
+
+def _config(out: Path) -> dict:
+    path = out / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _floor(ax, ys: list[float], nonneg: bool) -> None:
+    """A y-range that does not make noise look like signal: from 0 for a quantity that is never
+    negative, else at least +-10% of the values' mean around them."""
+    lo, hi = min(ys), max(ys)
+    if nonneg:
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], hi * 1.05, 1e-12))
+        return
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2, 0.1 * abs(sum(ys) / len(ys)))
+    if half > 0:
+        ax.set_ylim(min(ax.get_ylim()[0], mid - 1.05 * half), max(ax.get_ylim()[1], mid + 1.05 * half))
+
+
+def _plots(rows: list[dict], folder: Path, config: dict) -> tuple[list[tuple[str, str]], list[str]]:
+    """The PNGs written, as (file stem, title), and notes on the plots left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    made = []
-
     from matplotlib.ticker import MaxNLocator
+
+    made, notes = [], []
 
     def save(fig, name: str, title: str) -> None:
         for ax in fig.axes:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         fig.tight_layout()
-        fig.savefig(folder / f"{name}.png", dpi=90)
+        fig.savefig(folder / f"{name}.png", dpi=90, bbox_inches="tight")
         plt.close(fig)
         made.append((name, title))
 
@@ -94,25 +137,67 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
         if len(sft_stages) > 1 or held:
             ax.legend(fontsize=8)
         save(fig, "sft_loss", "SFT loss")
-    for name, title, ylabel, keys in RL_PLOTS:
+    if rl_stages:
+        _reward_figure(plt, rows, rl_stages, reward_range(config), save)
+    for name, title, ylabel, keys, nonneg in RL_PLOTS:
         # one line per key and RL stage (named after the stage when there are several)
         lines = [(legend if len(rl_stages) == 1 else f"{st}: {legend}", *_series(rows, st, key))
                  for st in rl_stages for key, legend in keys]
         lines = [line for line in lines if line[1]]
         if not lines:
             continue
+        ys = [v for line in lines for v in line[2]]
+        if not any(ys):
+            notes.append(f"{title}: not plotted, 0 at every step ({ALL_ZERO.get(name, 'nothing to show')}).")
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for legend, x, y in lines:
             ax.plot(x, y, marker="." if len(x) < 40 else None, label=legend)
-        for st in rl_stages if name == "reward" else []:
-            x, mean = _series(rows, st, "reward/mean")
-            std = _series(rows, st, "reward/std")[1]
-            if len(std) == len(mean):
-                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
-                                label="mean ± std" if len(rl_stages) == 1 else f"{st}: mean ± std")
+        _floor(ax, ys, nonneg)
         ax.set(title=title, xlabel="RL step", ylabel=ylabel)
         ax.legend(fontsize=8)
         save(fig, name, title)
+    _phase_figure(plt, rows, rl_stages, save)
+    return made, notes
+
+
+def _reward_figure(plt, rows: list[dict], rl_stages: list[str], bounds, save) -> None:
+    """The reward (mean, and mean +- std clipped to the range the reward can take) above the share
+    of prompts whose samples got different rewards (groups with signal), on an axis of its own."""
+    several = len(rl_stages) > 1
+    shares = {st: _series(rows, st, "reward/groups_with_signal") for st in rl_stages}
+    shares = {st: xy for st, xy in shares.items() if xy[0]}
+    if shares:
+        fig, (top, low) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, height_ratios=[3, 2])
+    else:
+        fig, top = plt.subplots(figsize=(6, 3.5))
+    for st in rl_stages:
+        x, mean = _series(rows, st, "reward/mean")
+        line, = top.plot(x, mean, marker="." if len(x) < 40 else None, label=f"{st}: mean" if several else "mean")
+        std = _series(rows, st, "reward/std")[1]
+        if len(std) == len(mean):
+            lo, hi = bounds or (-math.inf, math.inf)
+            top.fill_between(x, [max(m - s, lo) for m, s in zip(mean, std)], [min(m + s, hi) for m, s in zip(mean, std)],
+                             alpha=0.2, color=line.get_color(),
+                             label=f"{st}: mean ± std" if several else
+                             "mean ± std" + (f", within [{lo:g}, {hi:g}]" if bounds else ""))
+        if st in shares:
+            low.plot(*shares[st], marker="." if len(shares[st][0]) < 40 else None, color=line.get_color(),
+                     label=st if several else None)
+    if bounds:
+        pad = 0.03 * (bounds[1] - bounds[0])
+        top.set_ylim(bounds[0] - pad, bounds[1] + pad)
+    top.set(title="Training reward", ylabel="reward", xlabel="" if shares else "RL step")
+    top.legend(fontsize=8)
+    if shares:
+        low.set(ylim=(0, 1.02), xlabel="RL step", ylabel="share of prompts")
+        low.set_title("Groups with signal (samples of a prompt with different rewards)", fontsize=9)
+        if several:
+            low.legend(fontsize=8)
+    save(fig, "reward", "Training reward")
+
+
+def _phase_figure(plt, rows: list[dict], rl_stages: list[str], save) -> None:
     # RL steps of all RL stages, one after another (rl2's step 1 follows rl's last)
     by_step, offset = {}, 0
     for st in rl_stages:
@@ -120,30 +205,32 @@ def _plots(rows: list[dict], folder: Path) -> list[tuple[str, str]]:
         by_step.update({offset + s: r for s, r in mine.items()})
         offset += max(mine)
     phases = [p for p in PHASES if any(isinstance(r.get(p), (int, float)) for r in by_step.values())]
-    if phases:
-        steps = sorted(s for s, r in by_step.items() if "reward/mean" in r)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        bottom = [0.0] * len(steps)
-        for phase in phases:
-            vals = [float(by_step[s].get(phase) or 0.0) for s in steps]
-            if phase == "time/rollout":  # split scoring out of the rollout phase
-                reward = [float(by_step[s].get("time/reward") or 0.0) for s in steps]
-                ax.bar(steps, [v - r for v, r in zip(vals, reward)], bottom=bottom, label="generate")
-                bottom = [b + v - r for b, v, r in zip(bottom, vals, reward)]
-                ax.bar(steps, reward, bottom=bottom, label="reward")
-                bottom = [b + r for b, r in zip(bottom, reward)]
-                continue
-            ax.bar(steps, vals, bottom=bottom, label=phase.split("/")[1])
-            bottom = [b + v for b, v in zip(bottom, vals)]
-            if phase == "time/push":  # the rest of the step: advantages, metrics, the driver's own work
-                other = [max(float(by_step[s].get("time/step") or 0.0) - b, 0.0) for s, b in zip(steps, bottom)]
-                ax.bar(steps, other, bottom=bottom, label="other")
-                bottom = [b + o for b, o in zip(bottom, other)]
-        ax.set(title="Time per RL step, by phase", ylabel="seconds",
-               xlabel="RL step" if len(rl_stages) == 1 else f"RL step ({', then '.join(rl_stages)})")
-        ax.legend(fontsize=8, ncol=3)
-        save(fig, "phase_times", "Time per RL step, by phase")
-    return made
+    if not phases:
+        return
+    steps = sorted(s for s, r in by_step.items() if "reward/mean" in r)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bottom = [0.0] * len(steps)
+    for phase in phases:
+        vals = [float(by_step[s].get(phase) or 0.0) for s in steps]
+        if phase == "time/rollout":  # split scoring out of the rollout phase
+            reward = [float(by_step[s].get("time/reward") or 0.0) for s in steps]
+            ax.bar(steps, [v - r for v, r in zip(vals, reward)], bottom=bottom, label="generate")
+            bottom = [b + v - r for b, v, r in zip(bottom, vals, reward)]
+            ax.bar(steps, reward, bottom=bottom, label="reward")
+            bottom = [b + r for b, r in zip(bottom, reward)]
+            continue
+        ax.bar(steps, vals, bottom=bottom, label=phase.split("/")[1])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+        if phase == "time/push":  # the rest of the step: advantages, metrics, the driver's own work
+            other = [max(float(by_step[s].get("time/step") or 0.0) - b, 0.0) for s, b in zip(steps, bottom)]
+            ax.bar(steps, other, bottom=bottom, label="other")
+            bottom = [b + o for b, o in zip(bottom, other)]
+    ax.set(title="Time per RL step, by phase", ylabel="seconds",
+           xlabel="RL step" if len(rl_stages) == 1 else f"RL step ({', then '.join(rl_stages)})")
+    # beside the bars, not over them; top to bottom as the bars stack
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    save(fig, "phase_times", "Time per RL step, by phase")
 
 
 def _config_diff(out: Path) -> list[str]:
@@ -176,7 +263,7 @@ def build(out) -> Path:
     folder = out / "report"
     folder.mkdir(exist_ok=True)
     rows = _rows(out)
-    plots = _plots(rows, folder)
+    plots, notes = _plots(rows, folder, _config(out))
     lines = [f"# Run report: {out.name}", ""]
     summary = out / "summary.json"
     last = max((r.get("time", 0) for r in rows), default=None)
@@ -214,6 +301,7 @@ def build(out) -> Path:
     lines += [f"- {d}" for d in diff] if diff else ["(none: the default job)"]
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name}.png)\n" for name, title in plots]
+    lines += [f"- {note}" for note in notes]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"
 

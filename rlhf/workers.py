@@ -1,16 +1,42 @@
-"""Ray actor shells around the role engines. They hold the models; the driver holds none."""
+"""Ray actor shells around the role engines. They hold the models; the driver holds none.
+
+Each role process imports this module first, so the warning filters (rlhf.quiet) go in before
+torch, transformers or vLLM are imported here, and the process notes when its start-up steps
+ended (`startup`: what the driver's start-up lines report).
+"""
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 
-import ray
-import torch
-from torch.distributed.elastic.utils.distributed import get_free_port
+_CODE = time.time()  # the process is up, Ray's worker included, and runs our code
 
-from weight_sync import TRANSPORTS
+from rlhf import quiet  # noqa: E402
+
+quiet.install()
+
+import importlib  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from torch.distributed.elastic.utils.distributed import get_free_port  # noqa: E402
+
+from weight_sync import TRANSPORTS  # noqa: E402
+
+_IMPORTED = time.time()
+
+
+def _startup(began: float, **steps: float) -> dict:
+    """This process's start-up as consecutive steps (name -> seconds), from when our code first ran in
+    it (`code_at`, a wall-clock time) to now (`ready_at`): imports (this module's), arguments (until
+    the call that `began` started: Ray unpacking its arguments, which imports the modules they come
+    from, or waiting for the call), then `steps`; and the CPU seconds the process used (`cpu`: well
+    under the steps' sum when other processes held the cores)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"code_at": _CODE, "ready_at": time.time(), "cpu": use.ru_utime + use.ru_stime,
+            "steps": {"imports": _IMPORTED - _CODE, "arguments": began - _IMPORTED, **steps}}
 
 
 def load_object(spec: str):
@@ -40,8 +66,15 @@ class TrainerWorker:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         # Micro-batches of varying length fragment the caching allocator; growable segments don't.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        self.engine = load_object(engine_spec)(model_path, engine_cfg, trainable, head)
+        began = time.time()
+        build = load_object(engine_spec)
+        loaded = time.time()
+        self.engine = build(model_path, engine_cfg, trainable, head)
+        self._startup = _startup(began, **{"engine module": loaded - began, "engine": time.time() - loaded})
         return self.engine.dp_rank, self.engine.dp_size
+
+    def startup(self) -> dict:
+        return self._startup
 
     def configure_optimizer(self, cfg) -> None:
         self.engine.configure_optimizer(cfg)
@@ -102,9 +135,18 @@ class RolloutWorker:
     """A rollout engine in its own process, with the receiving end of the weight transport."""
 
     def __init__(self, engine_spec: str, model_path: str, cfg):
-        self.engine = load_object(engine_spec)(model_path, cfg)
+        began = time.time()
+        cls = load_object(engine_spec)
+        loaded = time.time()
+        self.engine = cls(model_path, cfg)
         self.receiver = load_object(TRANSPORTS[cfg.weight_transport][1])(self.engine)
         self.push_spans: list[tuple[float, float]] = []  # wall-clock start and end of each payload call of a push
+        # the engine's own steps (e.g. its imports and the engine itself), if it notes them
+        steps = getattr(self.engine, "startup", None) or {"engine": time.time() - loaded}
+        self._startup = _startup(began, **{"engine module": loaded - began, **steps})
+
+    def startup(self) -> dict:
+        return self._startup
 
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)

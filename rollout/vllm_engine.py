@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
+from rlhf import quiet
 from rlhf.batch import pack, scatter_response_values
 from rollout.base import RolloutEngine, Sampling, Trajectories
 from rollout.requests import RequestDriver
@@ -35,15 +35,6 @@ class VLLMConfig:
     # executor starts one worker each (tensor_parallel_size of them); empty: vLLM runs here.
     ray_bundles: tuple[int, ...]
     sleep: bool = False  # sleep mode on (CUDA): `sleep` and `wake` free and restore GPU memory
-
-
-class _DropRepeatedNoise(logging.Filter):
-    """Drops two harmless vLLM warnings that would otherwise repeat on every step: rotary
-    embeddings have no weights to reload, and the CPU backend ignoring a thread-count reset."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not ("RotaryEmbedding: Failed to load weights" in msg or "torch.set_num_threads" in msg)
 
 
 def sampling_params(sampling: Sampling, seed: int | None, n: int | None = None, max_tokens: int | None = None):
@@ -78,10 +69,14 @@ def _sampled_logprobs(ids: list[int], per_token) -> list[float]:
 
 class VLLMRollout(RolloutEngine):
     def __init__(self, model_path: str, cfg: VLLMConfig):
+        t = time.perf_counter()
+        quiet.install()  # vLLM's notes on the settings chosen here (already in place in a role process)
         # In-process engine core: starts ~8x faster on CPU and leaves no /dev/shm behind.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        self.startup = {"vllm import": time.perf_counter() - t}  # seconds of each start-up step
+        t = time.perf_counter()
         # A tensor-parallel engine's own process holds no GPU; its workers do.
         cuda = torch.cuda.is_available() or bool(cfg.ray_bundles)
         if cfg.ray_bundles:
@@ -103,6 +98,7 @@ class VLLMRollout(RolloutEngine):
             logprobs_mode="raw_logprobs",
             trust_remote_code=cfg.trust_remote_code,
             load_format="safetensors",  # never unpickle weights
+            use_tqdm_on_load=False,  # no progress bar for the weights on the console
         )
         if cfg.ray_bundles:
             kwargs["distributed_executor_backend"] = "ray"
@@ -117,16 +113,15 @@ class VLLMRollout(RolloutEngine):
             kwargs["enable_sleep_mode"] = cfg.sleep
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
+        if not cuda and kwargs["enforce_eager"]:
+            # Eager on CPU, the sampler's helpers too: vLLM wraps two of them (a log-prob rank count
+            # and a random sampler) in torch.compile, which on the first generation had inductor
+            # compile C++ (~15 s, ~4 s from a warm cache) for what eager does in microseconds here.
+            torch.compiler.set_stance("force_eager")
         self.llm = LLM(**kwargs)
         self.requests = RequestDriver(self.llm)
         self._runners: dict = {}  # per agent config: its trajectory runner (environment, tools, template)
         self.max_model_len = cfg.max_model_len
-        # vLLM sets its handlers up lazily, so the filter goes on its loggers themselves (a logger's
-        # filter sees the records created on it), once they all exist.
-        noise = _DropRepeatedNoise()
-        for name in list(logging.root.manager.loggerDict):
-            if name == "vllm" or name.startswith("vllm."):
-                logging.getLogger(name).addFilter(noise)
         # Where vLLM uses weights as loaded (CUDA, unquantized, no MLA, Triton MoE), a push loads
         # straight into the live parameters (see weight_sync.vllm_native).
         self.loads_in_place = all(self.llm.collective_rpc("weights_used_as_loaded"))
@@ -140,6 +135,7 @@ class VLLMRollout(RolloutEngine):
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_id
+        self.startup["engine"] = time.perf_counter() - t
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
         """The one-turn case of the request loop: each prompt one request of `sampling.n` samples."""

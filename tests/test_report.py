@@ -1,11 +1,15 @@
-"""The report (`python -m rlhf.report DIR`) on a run that never finished: rows written by hand, no summary.json."""
+"""The report (`python -m rlhf.report DIR`) on rows written by hand: a run that never finished (no
+summary.json), and plots that must read right."""
 
 import dataclasses
 import json
+from pathlib import Path
+
+import pytest
 
 from rlhf.config import load_config
 from rlhf.metrics import read_metrics
-from rlhf.report import main, summary_table
+from rlhf.report import main, reward_range, summary_table
 
 
 def test_report_of_an_unfinished_run_names_its_status_config_and_plots(tmp_path):
@@ -56,3 +60,105 @@ def test_report_names_every_stage_of_a_run_with_repeated_stages(tmp_path):
     table = summary_table(read_metrics(tmp_path))
     assert [line.split()[:2] for line in table.splitlines() if line.startswith(("sft", "rl"))] == [
         ["sft", "1"], ["rl", "3"], ["rl2", "3"]]
+
+
+def _default_job_rows(out, rl_steps=60):
+    """Rows shaped like the default job's: 1000 SFT steps, then GRPO with a 0/1 reward whose mean
+    climbs towards 1, nothing clipped, response lengths within a few hundredths of 3 tokens."""
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(load_config([]))))
+    rows = [{"stage": "sft", "step": 0, "eval/accuracy": 0.0}]
+    rows += [{"stage": "sft", "step": s, "sft/loss": 5.0 / s} for s in range(1, 1001)]
+    rows.append({"stage": "sft", "step": 1000, "eval/accuracy": 0.57})
+    for s in range(1, rl_steps + 1):
+        mean = 0.6 + 0.35 * s / rl_steps
+        rows.append({"stage": "rl", "step": s, "reward/mean": mean, "reward/std": (mean * (1 - mean)) ** 0.5,
+                     "reward/groups_with_signal": 0.8 - 0.6 * s / rl_steps, "actor/clip_frac": 0.0,
+                     "response/length_mean": 2.94 + 0.09 * (s % 2), "time/rollout": 0.45, "time/reward": 0.05,
+                     "time/train": 0.7, "time/push": 0.12, "time/step": 1.35})
+    rows.append({"stage": "rl", "step": rl_steps, "eval/accuracy": 0.97})
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def default_job(tmp_path_factory):
+    """The report of rows shaped like the default job's, and every figure it saved, by file stem."""
+    from matplotlib.figure import Figure
+
+    out = tmp_path_factory.mktemp("default_job")
+    _default_job_rows(out)
+    saved, savefig = {}, Figure.savefig
+
+    def keep(fig, fname, *args, **kwargs):
+        saved[Path(fname).stem] = fig
+        return savefig(fig, fname, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Figure, "savefig", keep)
+        assert main([str(out)]) == 0
+    return out, saved
+
+
+def _boxes(fig, artists):
+    """Where `artists` of the (closed) figure `fig` land when it is drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return [a.get_window_extent(canvas.get_renderer()) for a in artists]
+
+
+def test_reward_plot_keeps_shares_off_the_reward_axis_and_its_band_within_the_reward_range(default_job):
+    out, figures = default_job
+    rows = read_metrics(out)
+    rl = [r for r in rows if "reward/mean" in r]
+    shares = [r["reward/groups_with_signal"] for r in rl]
+    means = [r["reward/mean"] for r in rl]
+    axes_of = {}
+    for ax in figures["reward"].axes:
+        for line in ax.get_lines():
+            axes_of[tuple(line.get_ydata())] = ax
+    assert axes_of[tuple(means)] is not axes_of[tuple(shares)]  # the share has an axis of its own
+    assert axes_of[tuple(shares)].get_ylim() == pytest.approx((0, 1.02))
+    # mean + std of a 0/1 reward passes 1 (0.95 + 0.22): the band stops at 1, and never drops below 0
+    band = [v[1] for poly in axes_of[tuple(means)].collections for path in poly.get_paths() for v in path.vertices]
+    assert max(m + (m * (1 - m)) ** 0.5 for m in means) > 1.1
+    assert max(band) == pytest.approx(1.0) and min(band) >= 0.0
+
+
+def test_reward_range_follows_the_config():
+    cfg = dataclasses.asdict(load_config([]))
+    assert reward_range(cfg) == (0.0, 1.0)  # the built-in task's exact answer
+    weighted = {**cfg, "reward": {**cfg["reward"], "fn": None, "fns": [{"name": "math_answer", "weight": 2.0},
+                                                                        {"name": "format_match", "weight": 0.5}]}}
+    assert reward_range(weighted) == (0.0, 2.5)
+    dapo = dataclasses.asdict(load_config(["algo=dapo"]))
+    assert reward_range(dapo) == (-1.0, 1.0)  # the overlong penalty reaches -1
+    assert reward_range({**cfg, "stage_overrides": {"rl2": {"reward": {"fn": "length_penalty"}}}}) is None
+    assert reward_range({**cfg, "reward": {**cfg["reward"], "fn": "my_rewards.py:score"}}) is None
+
+
+def test_an_all_zero_clip_fraction_is_a_note_not_a_flat_plot(default_job):
+    out, figures = default_job
+    assert "clip_fraction" not in figures and not (out / "report" / "clip_fraction.png").exists()
+    report = (out / "report" / "report.md").read_text()
+    assert "PPO clip fraction: not plotted, 0 at every step" in report
+
+
+def test_axes_and_legends_stay_readable(default_job):
+    _, figures = default_job
+    # response lengths between 2.94 and 3.03 tokens: the axis starts at 0, so the noise looks small
+    (ax,) = figures["response_length"].axes
+    assert ax.get_ylim()[0] == 0
+    # the phase legend sits beside the bars, not over them
+    (ax,) = figures["phase_times"].axes
+    legend, plot = _boxes(figures["phase_times"], [ax.get_legend(), ax])
+    assert not legend.overlaps(plot)
+    # the SFT panel of the held-out accuracy (steps 0 to 1000 in 3 inches): tick labels at least half
+    # a character apart
+    fig = figures["eval_accuracy"]
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        boxes = _boxes(fig, labels)
+        gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
+        assert len(boxes) >= 3 and min(gaps) >= labels[0].get_fontsize() * fig.dpi / 72 / 2, [t.get_text() for t in labels]
