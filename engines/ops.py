@@ -1,4 +1,4 @@
-"""Per-token quantities every engine computes the same way, in the batch layout of `rlhf.batch`
+"""Per-token quantities every engine computes the same way, in the batch layout of `core.batch`
 (column t holds the value for token t, predicted from the tokens before it; column 0 is 0).
 
 They are taken in float32 whatever the compute dtype: the rollout-vs-trainer gap and PPO's

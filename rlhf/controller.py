@@ -19,7 +19,7 @@ from rlhf.algos.diagnostics import between_group_share, explained_variance
 from rlhf.algos.kl import KLController, clamp_kl, kl_estimate
 from rlhf.algos.losses import PolicyLoss, SFTLoss, ValueLoss, normaliser
 from rlhf.algos.rollout_correction import mis_keep, mismatch_metrics, tis_weights
-from rlhf.batch import cat, pack_masked, split
+from core.batch import cat, pack_masked, split
 from rlhf.config import RunConfig
 from rlhf.data.render import Renderer
 from rlhf.data.rows import Row

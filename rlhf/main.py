@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import os
 
-    from rlhf import environment, quiet
+    from core import quiet
+    from rlhf import environment
     from rlhf.metrics import StartUp
 
     # Before torch, Ray, transformers or vLLM are imported (here or in the role processes).

@@ -15,7 +15,8 @@ from pathlib import Path
 import ray
 
 from engines.base import OptimConfig
-from rlhf import quiet, report, run_state
+from core import quiet
+from rlhf import report, run_state
 from rlhf.config import RunConfig
 from rlhf.controller import Controller
 from rlhf.data.holdout import hold_out

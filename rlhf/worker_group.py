@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 from tensordict import TensorDict
 
-from rlhf.batch import split
+from core.batch import split
 from rlhf.workers import TrainerWorker
 
 

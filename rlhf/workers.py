@@ -1,6 +1,6 @@
 """Ray actor shells around the role engines. They hold the models; the driver holds none.
 
-Each role process imports this module first, so the warning filters (rlhf.quiet) go in before
+Each role process imports this module first, so the warning filters (core.quiet) go in before
 torch, transformers or vLLM are imported here, and the process notes when its start-up steps
 ended (`startup`: what the driver's start-up lines report).
 """
@@ -11,7 +11,7 @@ import time
 
 _CODE = time.time()  # the process is up, Ray's worker included, and runs our code
 
-from rlhf import quiet  # noqa: E402
+from core import quiet  # noqa: E402
 
 quiet.install()
 

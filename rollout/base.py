@@ -38,7 +38,7 @@ class Trajectories:
 class RolloutEngine(ABC):
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> TensorDict:
-        """n samples per prompt, in the batch layout of `rlhf.batch`, with `rollout_logprobs`
+        """n samples per prompt, in the batch layout of `core.batch`, with `rollout_logprobs`
         and `group_ids` (the prompt's index); samples of one prompt are adjacent."""
 
     def trajectories(self, rows: list[dict], sampling: Sampling, agent) -> Trajectories:

@@ -17,7 +17,7 @@ import ray
 import torch
 from tensordict import TensorDict
 
-from rlhf.batch import cat
+from core.batch import cat
 from rollout.base import Sampling
 
 

@@ -228,10 +228,10 @@ def stats(trajectories: list[Trajectory], seconds: float) -> dict[str, float]:
 
 
 def to_batch(trajectories: list[Trajectory], group_ids: list[int], pad_id: int) -> TensorDict:
-    """The batch layout of rlhf.batch: each row its prompt then its tokens; `response_mask` is 1
+    """The batch layout of core.batch: each row its prompt then its tokens; `response_mask` is 1
     on sampled tokens only, `rollout_logprobs` their log-probs, `truncated` where a limit cut it,
     `env_rewards` the environment's summed rewards."""
-    from rlhf.batch import pack
+    from core.batch import pack
 
     batch = pack([t.prompt for t in trajectories], [t.tokens for t in trajectories], pad_id)
     cols = batch["response_mask"].bool()

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
-from rlhf import quiet
-from rlhf.batch import pack, scatter_response_values
+from core import quiet
+from core.batch import pack, scatter_response_values
 from rollout.base import RolloutEngine, Sampling, Trajectories
 from rollout.requests import RequestDriver
 from weight_sync.base import checkpoint_weight_names

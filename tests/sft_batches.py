@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer
 
-from rlhf.batch import pack
+from core.batch import pack
 
 
 def sft_batches(tiny_model, task, n, size=8):

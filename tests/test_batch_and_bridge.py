@@ -1,6 +1,6 @@
 import torch
 
-from rlhf.batch import pack, scatter_response_values, split
+from core.batch import pack, scatter_response_values, split
 from rlhf.data.sampler import Sampler
 from weight_sync.buckets import pack_buckets, unpack_bucket
 

@@ -10,7 +10,8 @@ import warnings
 
 import pytest
 
-from rlhf import environment, metrics, quiet
+from core import quiet
+from rlhf import environment, metrics
 
 
 class Clock:

@@ -9,7 +9,7 @@ import ray
 import torch
 
 from rewards.manager import RewardManager, RewardSpec
-from rlhf.batch import pack
+from core.batch import pack
 from rlhf.config import load_config
 from rlhf.controller import Controller
 from rlhf.data.render import Renderer

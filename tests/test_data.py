@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.algos.losses import SFTLoss
-from rlhf.batch import pack_masked
+from core.batch import pack_masked
 from rlhf.config import load_config
 from rlhf.data.files import load_rows
 from rlhf.data.render import Renderer, keep_fitting

@@ -50,7 +50,7 @@ def test_automodel_cuda_engine_logprobs_match_hf(tiny_model, task):
 
     from engines.automodel.engine import AutomodelEngine, EagerFloat32RMSNorm
     from engines.base import EngineConfig
-    from rlhf.batch import pack
+    from core.batch import pack
 
     port = get_free_port()
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -78,7 +78,7 @@ def test_offload_frees_the_gpu_and_onload_restores_the_engine(tiny_model, task):
     from engines.automodel.engine import AutomodelEngine
     from engines.base import EngineConfig, OptimConfig
     from rlhf.algos.losses import SFTLoss
-    from rlhf.batch import pack
+    from core.batch import pack
 
     if "MASTER_PORT" not in os.environ:
         port = get_free_port()
@@ -203,7 +203,7 @@ def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task, tp):
     from engines import ENGINES
     from engines.base import EngineConfig, OptimConfig
     from rlhf.algos.losses import SFTLoss
-    from rlhf.batch import pack
+    from core.batch import pack
     from rlhf.worker_group import TrainerGroup
 
     if torch.cuda.device_count() < 2:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engines import micro_batches
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
-from rlhf.batch import pack
+from core.batch import pack
 
 
 def test_token_budget_keeps_every_micro_batch_within_budget_and_every_row_once():

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
-from rlhf.batch import pack
+from core.batch import pack
 from rlhf.worker_group import TrainerGroup
 
 pytestmark = pytest.mark.e2e

@@ -52,7 +52,7 @@ def _gathered(engine) -> dict[str, torch.Tensor]:
 def _layout(rank, world, port, spec, cfg, optim, model, batches, script):
     """One rank of a layout: build the engine and run `script`; rank 0's results."""
     from rlhf.algos.losses import SFTLoss
-    from rlhf.batch import split
+    from core.batch import split
     from rlhf.workers import load_object
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
-from rlhf.batch import pack
+from core.batch import pack
 from rlhf.worker_group import TrainerGroup
 from rlhf.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES

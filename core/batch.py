@@ -5,14 +5,18 @@ log-prob is `log p(input_ids[t] | input_ids[:t])` and sits at column t (column 0
 
 Keys (tensor, [B, T] unless noted):
 - `input_ids`, `attention_mask`, `position_ids`
-- `response_mask`: 1 on response tokens (the tokens a loss is taken over), 0 elsewhere
+- `response_mask`: 1 on response tokens (the tokens a loss is taken over), 0 elsewhere; in a
+  multi-turn trajectory the sampled tokens of every assistant turn (the environment's replies
+  between them are context, 0)
 - `rollout_logprobs`: the rollout engine's log-probs of the sampled tokens
 - `old_logprobs`, `ref_logprobs`: the trainer's log-probs before the update, and the frozen reference's
 - `values`: the critic's values
 - `rewards`: token-level rewards; `scores` [B]: the sequence-level reward
 - `advantages`, `returns`
 - `group_ids` [B]: index of the prompt a sample was drawn for (samples of one prompt share it)
-- `truncated` [B]: the response hit the token limit before end-of-sequence
+- `truncated` [B]: the response hit the token limit before end-of-sequence (a trajectory: a limit
+  of the agent's ended it)
+- `env_rewards` [B]: a trajectory's summed environment rewards (multi-turn rollouts)
 """
 
 from __future__ import annotations
