@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlhf.metrics import read_metrics  # noqa: E402
+from rlhf.output.metrics import read_metrics  # noqa: E402
 
 ALGOS = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "dapo", "gspo", "ppo"]
 DEFAULT_OVERRIDES = ["rl.steps=30", "eval.every=10"]

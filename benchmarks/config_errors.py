@@ -2,7 +2,7 @@
 
     python benchmarks/config_errors.py [N_CLI]
 
-Each case is loaded in-process with `load_config` (after one warm-up load, so imports are not
+Each case is loaded in-process with `load_run` (the config and the run's preflight) (after one warm-up load, so imports are not
 counted; the first, cold load is reported separately), and the first N_CLI cases (default: every
 case) also end to end as `python -m rlhf.main <overrides>`: a fresh interpreter, from start to exit.
 """
@@ -28,16 +28,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     make_fixtures(tmp)
     t = time.perf_counter()
-    from rlhf.config import ConfigError, load_config
+    from rlhf.config import ConfigError
+    from rlhf.orchestration.preflight import load_run
 
-    load_config([])
+    load_run([])
     cold = time.perf_counter() - t
     rows = []
     for i, (overrides, _) in enumerate(CASES):
         args = resolve(overrides, tmp)
         t = time.perf_counter()
         try:
-            load_config(args)
+            load_run(args)
             raise SystemExit(f"{overrides} did not fail")
         except ConfigError as e:
             message = str(e)
@@ -55,7 +56,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     times = sorted(float(r.split("|")[-3].split()[0]) for r in rows)
     cli_times = sorted(float(r.split("|")[-2].split()[0]) for r in rows if r.split("|")[-2].strip())
-    summary = (f"In-process (`load_config`, imports already loaded): median {times[len(times) // 2]:.0f} ms, max "
+    summary = (f"In-process (`load_run`, imports already loaded): median {times[len(times) // 2]:.0f} ms, max "
                f"{times[-1]:.0f} ms; the first, cold call (imports included) took {cold:.2f} s.")
     if cli_times:
         summary += (f" End to end (`python -m rlhf.main <overrides>`, a fresh interpreter, to exit code 2): "
@@ -69,7 +70,7 @@ def main() -> None:
 
 HEADER = """# Bad configs and the errors they give
 
-Every config below fails in `load_config` (rlhf/config.py), before Ray or any model starts, with
+Every config below fails in `load_run` (rlhf/config/, rlhf/orchestration/preflight.py), before Ray or any model starts, with
 `config error: ...` and exit code 2. Each case is a test (`tests/test_config.py`, cases in
 `tests/bad_configs.py`); `python benchmarks/config_errors.py` measures the times and rewrites this
 page. `{{tmp}}` stands for a folder the benchmark fills with broken model folders (weights only as

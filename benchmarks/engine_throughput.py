@@ -46,7 +46,7 @@ def run_engine(name: str, model: str, args, batch, flops_per_token: float) -> di
     from engines.base import EngineConfig, OptimConfig
     from engines.flops import peak_flops
     from rlhf.algos.losses import SFTLoss
-    from rlhf.worker_group import TrainerGroup
+    from rlhf.orchestration.worker_group import TrainerGroup
 
     from engines.base import LoraConfig
 

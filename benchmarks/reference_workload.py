@@ -57,7 +57,7 @@ def main() -> int:
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:
         return proc.returncode
-    from rlhf.metrics import read_metrics, rl_steps
+    from rlhf.output.metrics import read_metrics, rl_steps
 
     steps = rl_steps(read_metrics(run))
     rows = [r for s, r in sorted(steps.items()) if s >= 3] or list(steps.values())

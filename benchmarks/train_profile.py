@@ -71,7 +71,7 @@ def main() -> int:
     from engines.base import EngineConfig, OptimConfig
     from engines.flops import peak_flops, train_flops_per_token
     from rlhf.algos.losses import SFTLoss
-    from rlhf.workers import load_object
+    from rlhf.orchestration.workers import load_object
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(get_free_port()))
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

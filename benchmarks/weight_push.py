@@ -172,8 +172,8 @@ def main() -> int:
 
     from benchmarks.reference_model import ensure, task_problems
     from rlhf.config import load_config
-    from rlhf.pipeline import _start_ray
-    from rlhf.roles import start_roles
+    from rlhf.orchestration.pipeline import _start_ray
+    from rlhf.orchestration.roles import start_roles
 
     args.model = ensure(folder=args.model)
     cfg = load_config([f"model.path={args.model}", *COMMON, *MODES[args.mode], *overrides])

@@ -2,7 +2,7 @@
 
 Each entry names the library, the message and why it goes; every other message (ours, and any
 other library's) still shows. `install()` runs first thing in the driver (`rlhf.main`) and in
-every role process (`rlhf.workers`, before torch is imported there), so it is in place before
+every role process (`rlhf.orchestration.workers`, before torch is imported there), so it is in place before
 the libraries that raise these are imported.
 """
 
@@ -46,7 +46,7 @@ LOGS = [
      "rotary embeddings have no weights to load; said again on every weight push"),
     ("ray._private.worker", r"Started a local Ray instance", "the start-up lines say when Ray is up"),
     ("ray._private.authentication.authentication_token_setup", r"Token authentication is enabled for this Ray cluster",
-     "Ray's default, which the run keeps (its token in the work folder: rlhf.ray_auth)"),
+     "Ray's default, which the run keeps (its token in the work folder: rlhf.orchestration.ray_auth)"),
 ]
 
 # Set in the driver's environment before anything is imported (role processes inherit it).

@@ -26,7 +26,8 @@ configs/config.yaml).
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf.config import ConfigError, load_config
+    from rlhf.config import ConfigError
+    from rlhf.orchestration.preflight import load_run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             del argv[i + 1]
     argv = [a for a in argv if a != "--cfg"]
     try:
-        cfg = load_config(argv)
+        cfg, _ = load_run(argv)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from core import quiet
-    from rlhf import environment
-    from rlhf.metrics import StartUp
+    from rlhf.orchestration import environment
+    from rlhf.output.metrics import StartUp
 
     # Before torch, Ray, transformers or vLLM are imported (here or in the role processes).
     quiet.install()
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     startup.done("config", own=True)
     for note in notes:
         print(f"[rlhf] {note}", flush=True)
-    from rlhf.pipeline import JobError, run
-    from rlhf.stop_signal import Stopped
+    from rlhf.orchestration.pipeline import JobError, run
+    from rlhf.orchestration.stop_signal import Stopped
 
     startup.done("imports", "torch, Ray, transformers", own=True)
     try:

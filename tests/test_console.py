@@ -11,7 +11,8 @@ import warnings
 import pytest
 
 from core import quiet
-from rlhf import environment, metrics
+from rlhf.orchestration import environment
+from rlhf.output import metrics
 
 
 class Clock:

@@ -11,11 +11,11 @@ import torch
 from rewards.manager import RewardManager, RewardSpec
 from core.batch import pack
 from rlhf.config import load_config
-from rlhf.controller import Controller
+from rlhf.orchestration.controller import Controller
 from rlhf.data.render import Renderer
 from rlhf.data.rows import Row
 from rlhf.data.sampler import Sampler
-from rlhf.roles import Roles
+from rlhf.orchestration.roles import Roles
 from rollout.group import RolloutGroup
 
 

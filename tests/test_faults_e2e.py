@@ -16,8 +16,8 @@ import torch
 from procs import session_processes
 from safetensors.torch import load_file
 
-from rlhf import run_state
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output import run_state
+from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss, ValueLoss
-from rlhf.metrics import read_metrics, rl_steps
-from rlhf.worker_group import TrainerGroup
+from rlhf.output.metrics import read_metrics, rl_steps
+from rlhf.orchestration.worker_group import TrainerGroup
 from sft_batches import sft_batches
 
 ENGINE_NAMES = ("automodel", "fsdp")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributed.elastic.utils.distributed import get_free_port
 
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output.metrics import read_metrics, rl_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,7 +204,7 @@ def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task, tp):
     from engines.base import EngineConfig, OptimConfig
     from rlhf.algos.losses import SFTLoss
     from core.batch import pack
-    from rlhf.worker_group import TrainerGroup
+    from rlhf.orchestration.worker_group import TrainerGroup
 
     if torch.cuda.device_count() < 2:
         pytest.skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")

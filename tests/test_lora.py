@@ -13,11 +13,11 @@ from torch.func import functional_call
 from transformers import AutoModelForCausalLM
 
 from engines import ENGINES
-from rlhf.workers import load_object
+from rlhf.orchestration.workers import load_object
 from engines.base import EngineConfig, LoraConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
-from rlhf.metrics import read_metrics, rl_steps
-from rlhf.worker_group import TrainerGroup
+from rlhf.output.metrics import read_metrics, rl_steps
+from rlhf.orchestration.worker_group import TrainerGroup
 from sft_batches import sft_batches
 
 RANK, ALPHA, LR, STEPS = 4, 8.0, 3e-2, 3

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf import environment
-from rlhf.metrics import read_metrics
+from rlhf.orchestration import environment
+from rlhf.output.metrics import read_metrics
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 

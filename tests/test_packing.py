@@ -78,7 +78,7 @@ def test_packed_forward_equals_each_sequence_alone(tiny_model, task):
 @pytest.mark.parametrize("engine_name", ["automodel", "fsdp"])
 def test_engine_results_do_not_depend_on_packing_or_token_budget(tiny_model, task, one_rank_world, engine_name):
     from engines import ENGINES
-    from rlhf.workers import load_object
+    from rlhf.orchestration.workers import load_object
 
     batch = _batch(tiny_model, task)
     tokens = float(batch["response_mask"].sum())

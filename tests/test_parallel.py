@@ -11,7 +11,7 @@ from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
 from core.batch import pack
-from rlhf.worker_group import TrainerGroup
+from rlhf.orchestration.worker_group import TrainerGroup
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.placement import gpu_layout
+from rlhf.config.layout import gpu_layout
 from weight_sync import choose_transport
 
 CLUSTER = ["trainer.ray_address=auto"]

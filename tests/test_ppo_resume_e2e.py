@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification
 
 from rlhf.config import load_config
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 

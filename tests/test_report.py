@@ -1,4 +1,4 @@
-"""The report (`python -m rlhf.report DIR`) on rows written by hand: a run that never finished (no
+"""The report (`python -m rlhf.output.report DIR`) on rows written by hand: a run that never finished (no
 summary.json), and plots that must read right."""
 
 import dataclasses
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import load_config
-from rlhf.metrics import read_metrics
-from rlhf.report import main, reward_range, summary_table
+from rlhf.output.metrics import read_metrics
+from rlhf.output.report import main, reward_range, summary_table
 
 
 def test_report_of_an_unfinished_run_names_its_status_config_and_plots(tmp_path):

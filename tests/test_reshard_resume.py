@@ -53,7 +53,7 @@ def _layout(rank, world, port, spec, cfg, optim, model, batches, script):
     """One rank of a layout: build the engine and run `script`; rank 0's results."""
     from rlhf.algos.losses import SFTLoss
     from core.batch import split
-    from rlhf.workers import load_object
+    from rlhf.orchestration.workers import load_object
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -214,7 +214,7 @@ def test_a_lora_state_resumes_at_another_world_size(ranks, tiny_model, task, tmp
 def test_a_state_of_another_model_or_dtype_is_refused_naming_the_tensor(tiny_model, tmp_path, one_rank_world):
     """What no layout can reshard: LoRA adapters of another rank (other shapes), a LoRA base held in
     another dtype, a model without the adapters (other tensors)."""
-    from rlhf.workers import load_object
+    from rlhf.orchestration.workers import load_object
 
     build = load_object(ENGINES["automodel"])
 

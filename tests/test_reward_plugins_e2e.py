@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
 from core.batch import pack
-from rlhf.worker_group import TrainerGroup
-from rlhf.workers import RolloutWorker
+from rlhf.orchestration.worker_group import TrainerGroup
+from rlhf.orchestration.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.base import Sampling
 from rollout.group import RolloutGroup

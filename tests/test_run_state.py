@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import run_state
+from rlhf.output import run_state
 from rlhf.config import ConfigError, load_config
 
 
@@ -141,8 +141,8 @@ def test_resuming_mid_sft_keeps_the_sft_rows_up_to_the_state_and_drops_the_rest(
 def test_rollout_restarts_carry_over_a_resume(tmp_path, start):
     """`rollout/restarts_total` counts over the whole run: engines replaced before a state was saved
     are still counted by the run resumed from it (the controller's counters travel in driver.json)."""
-    from rlhf.controller import Controller
-    from rlhf.roles import Roles
+    from rlhf.orchestration.controller import Controller
+    from rlhf.orchestration.roles import Roles
     from rollout.group import RolloutGroup
 
     out = tmp_path / "run"

@@ -13,14 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engines import ENGINES
 from engines.base import EngineConfig, OptimConfig
 from rlhf.config import load_config
-from rlhf.controller import Controller
+from rlhf.orchestration.controller import Controller
 from rlhf.data.holdout import hold_out
 from rlhf.data.render import Renderer
 from rlhf.data.rows import DataError, Row
 from rlhf.data.sampler import Sampler
-from rlhf.roles import Roles
-from rlhf.stages import plan
-from rlhf.worker_group import TrainerGroup
+from rlhf.orchestration.roles import Roles
+from rlhf.config.stages import plan
+from rlhf.orchestration.worker_group import TrainerGroup
 
 
 def _rows(n):

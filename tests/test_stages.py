@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rlhf.config import ConfigError, load_config
-from rlhf.stages import finished, mark_finished, plan
+from rlhf.config.stages import plan
+from rlhf.output.finished_stages import finished, mark_finished
 
 
 def test_stage_names_and_overrides():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.metrics import read_metrics
+from rlhf.output.metrics import read_metrics
 
 pytestmark = pytest.mark.e2e
 

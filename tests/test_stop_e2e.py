@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from rlhf import run_state
-from rlhf.metrics import read_metrics, rl_steps
+from rlhf.output import run_state
+from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 

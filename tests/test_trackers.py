@@ -3,19 +3,20 @@ checked end to end in test_main_e2e.py)."""
 
 import pytest
 
-from rlhf import trackers
-from rlhf.config import ConfigError, load_config
+from rlhf.output import trackers
+from rlhf.config import ConfigError
+from rlhf.orchestration.preflight import load_run
 
 
 def test_an_unknown_tracker_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; choose from console, tensorboard"):
-        load_config(["trainer.loggers=[console,tensorbord]"])
+        load_run(["trainer.loggers=[console,tensorbord]"])
 
 
 def test_a_tracker_whose_package_is_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(trackers.NEEDS, "mlflow", "a_package_that_is_not_installed")
     with pytest.raises(ConfigError, match=r"not installed; install it with `pip install 'rlhf\[mlflow\]'`"):
-        load_config(["trainer.loggers=[console,mlflow]"])
+        load_run(["trainer.loggers=[console,mlflow]"])
 
 
 def test_console_prints_a_step_line_every_log_every_and_each_evaluation(capsys):

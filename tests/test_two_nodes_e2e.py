@@ -10,8 +10,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from rlhf.metrics import read_metrics, rl_steps
-from rlhf.ray_auth import keep_token_local
+from rlhf.output.metrics import read_metrics, rl_steps
+from rlhf.orchestration.ray_auth import keep_token_local
 
 pytestmark = pytest.mark.e2e
 

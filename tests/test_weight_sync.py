@@ -4,7 +4,7 @@ sender that takes other arguments would fail only when a run picks that transpor
 import pytest
 import torch
 
-from rlhf.workers import load_object
+from rlhf.orchestration.workers import load_object
 from weight_sync import TRANSPORTS
 from weight_sync.base import WeightSender
 

@@ -1,6 +1,6 @@
 """Advantage estimators: pure functions on tensors, run by the driver.
 
-Layout (see rlhf/batch.py): per-sample scores [B], token tensors [B, T] with `mask` marking the
+Layout (see core/batch.py): per-sample scores [B], token tensors [B, T] with `mask` marking the
 response tokens. Outcome estimators give one advantage per sample, broadcast over its tokens;
 GAE and REINFORCE++ work on token-level rewards.
 """

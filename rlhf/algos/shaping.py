@@ -1,6 +1,6 @@
 """The batch transformations an RL step applies before its advantages, in this order: reward
 shaping on the scores, then the samples that leave the loss. Each takes the batch (see
-rlhf/batch.py) and returns it with new tensors in place of the old (the tensors it was given
+core/batch.py) and returns it with new tensors in place of the old (the tensors it was given
 are not changed), so the step reads as a list of named steps."""
 
 from __future__ import annotations

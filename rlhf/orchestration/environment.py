@@ -13,7 +13,7 @@ from pathlib import Path
 # variable -> its folder under the work folder, and what goes there
 PLACES = {
     "TMPDIR": "tmp",  # every temporary file: vLLM's rendezvous files (vllm_dist_*), data files' datasets cache
-    "RAY_TMPDIR": "ray",  # Ray's session files and its token (rlhf.ray_auth)
+    "RAY_TMPDIR": "ray",  # Ray's session files and its token (rlhf.orchestration.ray_auth)
     "VLLM_CACHE_ROOT": "vllm",  # vLLM's model-info cache
     "TORCHINDUCTOR_CACHE_DIR": "inductor",  # kernels torch.compile builds
     "TRITON_CACHE_DIR": "triton",  # kernels Triton builds (GPU)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rlhf.config import flatten
-from rlhf.metrics import fmt
+from rlhf.output.metrics import fmt
 
 # tracker -> (module it needs, the pip extra that installs it)
 NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -145,8 +144,3 @@ def open_trackers(loggers: list[str], out: Path, config: dict, log_every: int, l
         elif name == "mlflow":
             made.append(MLflow(out, config))
     return made
-
-
-def warn(name: str, e: Exception) -> None:
-    print(f"[rlhf] warning: tracker {name} failed ({type(e).__name__}: {e}); it is dropped, metrics.jsonl goes on",
-          file=sys.stderr, flush=True)

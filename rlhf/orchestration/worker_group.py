@@ -6,7 +6,7 @@ import ray
 from tensordict import TensorDict
 
 from core.batch import split
-from rlhf.workers import TrainerWorker
+from rlhf.orchestration.workers import TrainerWorker
 
 
 class TrainerGroup:

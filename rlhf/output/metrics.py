@@ -32,10 +32,9 @@ class MetricsLog:
                 self._drop(tracker, e)
 
     def _drop(self, tracker, e: Exception) -> None:
-        from rlhf.trackers import warn
-
         self.trackers.remove(tracker)
-        warn(type(tracker).__name__, e)
+        print(f"[rlhf] warning: tracker {type(tracker).__name__} failed ({type(e).__name__}: {e}); it is dropped, "
+              f"metrics.jsonl goes on", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._file.close()

@@ -16,23 +16,25 @@ import ray
 
 from engines.base import OptimConfig
 from core import quiet
-from rlhf import report, run_state
+from rlhf.output import report, run_state
 from rlhf.config import RunConfig
-from rlhf.controller import Controller
+from rlhf.orchestration import preflight
+from rlhf.orchestration.controller import Controller
 from rlhf.data.holdout import hold_out
 from rlhf.data.render import Renderer, keep_fitting
 from rlhf.data.rows import DataError
 from rlhf.data.sampler import Sampler
 from rlhf.data.sources import load_data
 from rlhf.data.tiny_model import ensure_tiny_model
-from rlhf.export import export_final
-from rlhf.metrics import MetricsLog, StartUp, fmt, stage_bar
-from rlhf.ray_auth import keep_token_local
-from rlhf.roles import AdaptersOff, start_roles, start_trainer
-from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
-from rlhf.stop_signal import StopSignal
-from rlhf.trackers import open_trackers
-from rewards.manager import RewardErrorRateExceeded, RewardManager
+from rlhf.output.export import export_final
+from rlhf.output.metrics import MetricsLog, StartUp, fmt, stage_bar
+from rlhf.orchestration.ray_auth import keep_token_local
+from rlhf.orchestration.roles import AdaptersOff, start_roles, start_trainer
+from rlhf.config.stages import Stage, plan, stage_names
+from rlhf.output.finished_stages import finished, mark_finished
+from rlhf.orchestration.stop_signal import StopSignal
+from rlhf.output.trackers import open_trackers
+from rewards.manager import RewardErrorRateExceeded, RewardManager, RewardSpec
 from rollout.group import RolloutFailed
 
 # Environment every role process gets (on any node of a cluster, not just this one).
@@ -298,7 +300,7 @@ class _Job:
 
 def _role_lines(roles, began: float, cfg: RunConfig) -> tuple[str, str]:
     """The rollout engines' and the actor ranks' start-up, from what their processes noted
-    (rlhf.workers): when the last of each was ready after the roles began starting (together), the
+    (rlhf.orchestration.workers): when the last of each was ready after the roles began starting (together), the
     steps of its start-up (`process`: until its process ran our code) and its CPU seconds."""
 
     def last(reports: list[dict], what: str) -> str:
@@ -318,7 +320,7 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
     """`startup`: the start-up's clock, from the process's start (rlhf.main), or from now."""
     start = time.time()
     startup = startup or StartUp(start)
-    resume = run_state.check(cfg)
+    resume = preflight.check(cfg)
     out = Path(cfg.trainer.output_dir)
     names = stage_names(cfg)
     stages = [s for s in plan(cfg) if not s.empty]
@@ -392,7 +394,7 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
             stage_resume = resume if resume and resume.get("stage", "rl") == stage.name else None
             if not stage_resume:  # a resumed stage has its step-0 row already
                 log.log(stage.name, 0, counts)
-            rewards = RewardManager(stage.cfg.reward.specs(), fallback=stage.cfg.reward.fallback,
+            rewards = RewardManager([RewardSpec(*spec) for spec in stage.cfg.reward.specs()], fallback=stage.cfg.reward.fallback,
                                     timeout_s=stage.cfg.reward.timeout_s, num_workers=stage.cfg.reward.num_workers,
                                     max_error_rate=stage.cfg.reward.max_error_rate)
             try:

@@ -23,7 +23,7 @@ from core.batch import cat, pack_masked, split
 from rlhf.config import RunConfig
 from rlhf.data.render import Renderer
 from rlhf.data.rows import Row
-from rlhf.roles import Roles
+from rlhf.orchestration.roles import Roles
 from rewards.manager import RewardManager
 from rollout.base import Sampling
 

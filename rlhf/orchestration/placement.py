@@ -9,43 +9,13 @@
 A Ray placement group reserves one whole GPU per index, so shares that fit on one GPU are not
 spread over two. Without GPUs there is nothing to pin: roles go where Ray puts them (any node).
 
-Ray is imported inside `Placement` only: `gpu_layout` runs in config validation, which must fail a
-bad config in well under 2 s, before Ray's ~1 s import.
+Which GPU each role process takes is the config's alone (rlhf/config/layout.py, checked before
+anything starts); this module reserves them in a Ray placement group.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-
-
-@dataclass
-class Layout:
-    """GPU indices of the role processes that ask for GPUs, and the GPUs of work on each index."""
-
-    trainer: dict[str, list[int]]  # trainer group name -> the GPU index of each rank
-    rollout: list[list[int]]  # the GPU indices of each rollout engine (one per tensor-parallel rank)
-    shares: dict[int, float]
-
-
-def gpu_layout(cfg) -> Layout:
-    """The layout `cfg` asks for (a `RunConfig`); pure, so it is checked before Ray starts."""
-    from rlhf.config import trainer_groups
-
-    groups = {name: g for name, g in trainer_groups(cfg).items() if g.num_gpus_per_worker > 0}
-    r = cfg.rollout
-    trainer = {name: list(range(g.world_size)) for name, g in groups.items()}
-    first = max((g.world_size for g in groups.values()), default=0) if r.placement == "disaggregated" else 0
-    tp = r.tensor_parallel_size
-    rollout = [[first + e * tp + k for k in range(tp)] for e in range(r.num_engines)] if r.num_gpus > 0 else []
-    shares: dict[int, float] = defaultdict(float)
-    for name, ranks in trainer.items():
-        for i in ranks:
-            shares[i] += groups[name].num_gpus_per_worker
-    for gpus in rollout:
-        for i in gpus:
-            shares[i] += r.num_gpus
-    return Layout(trainer, rollout, dict(shares))
 
 
 class Placement:

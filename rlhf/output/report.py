@@ -1,4 +1,4 @@
-"""`python -m rlhf.report DIR`: plots and a summary of a run, from its metrics.jsonl, in DIR/report/.
+"""`python -m rlhf.output.report DIR`: plots and a summary of a run, from its metrics.jsonl, in DIR/report/.
 
 Works on any run folder: finished (summary.json there), still running, stopped or crashed
 (whatever rows were written). Also built at the end of every run.
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhf.metrics import read_metrics
+from rlhf.output.metrics import read_metrics
 
 # (file, title, y label, [(key, legend)], the quantity is never negative): one plot each, over RL
 # steps. The reward has a figure of its own (_reward_figure).
@@ -341,13 +341,13 @@ def build_quietly(out) -> None:
         print(f"[rlhf] report: {path}", flush=True)
     except Exception as e:
         print(f"[rlhf] warning: the report could not be built ({type(e).__name__}: {e}); "
-              f"retry with python -m rlhf.report {out}", file=sys.stderr, flush=True)
+              f"retry with python -m rlhf.output.report {out}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m rlhf.report RUN_DIR   (writes RUN_DIR/report/report.md and PNG plots)")
+        print("usage: python -m rlhf.output.report RUN_DIR   (writes RUN_DIR/report/report.md and PNG plots)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         path = build(argv[0])

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from rlhf.config import ConfigError, RunConfig, config_diff, default_config, flatten
-from rlhf.stages import stage_names
+from rlhf.config.stages import stage_names
 
 MARKER = "COMPLETE"
 PENDING = "pending_rollouts"  # the driver-state key, and file, of prefetched rollouts

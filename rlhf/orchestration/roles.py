@@ -15,9 +15,10 @@ import torch
 from engines import ENGINES
 from engines.base import EngineConfig, LoraConfig
 from rlhf.config import RunConfig, trainer_groups
-from rlhf.placement import Placement, gpu_layout
-from rlhf.worker_group import TrainerGroup
-from rlhf.workers import RolloutWorker
+from rlhf.config.layout import gpu_layout
+from rlhf.orchestration.placement import Placement
+from rlhf.orchestration.worker_group import TrainerGroup
+from rlhf.orchestration.workers import RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.group import RolloutGroup
 from rollout.vllm_engine import VLLMConfig
@@ -104,7 +105,7 @@ class Roles:
 
 
 def plan_placement(cfg: RunConfig) -> Placement:
-    """`rollout.placement` (see `rlhf.placement`): a placement-group bundle per GPU index."""
+    """`rollout.placement` (see `rlhf.orchestration.placement`): a placement-group bundle per GPU index."""
     layout = gpu_layout(cfg)
     groups = trainer_groups(cfg)
     slots = [(i, groups[name].num_cpus_per_worker, groups[name].resources or {})

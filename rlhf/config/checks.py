@@ -1,449 +1,17 @@
-"""Typed run configuration, composed by Hydra from `configs/` and checked before anything heavy.
-
-Defaults live only in the YAML; these dataclasses give every key a type and no default, so a
-key missing from the YAML, an unknown key, or a wrongly typed value is an error at start-up,
-named with its full dotted path (and, for typos, the nearest valid keys).
+"""Checks: what the values of a composed config mean together, everything that can be known wrong
+from the config and the files it names before a process starts. May import whatever it checks
+(engines, rollout engines, reward functions, environments, data files); nothing imports it back
+but the package's `load_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
 import math
-import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-CONFIG_GROUPS = ("algo",)
-
-
-class ConfigError(ValueError):
-    """A bad configuration, caught before Ray or any model starts."""
-
-
-@dataclass
-class ModelConfig:
-    path: Optional[str]
-    trust_remote_code: bool
-    cache_dir: str
-    arch: dict
-
-
-@dataclass
-class TaskConfig:
-    name: str
-    max_operand: int
-    ops: str
-    num_eval: int
-    demo_carry_error: float
-
-
-@dataclass
-class DataConfig:
-    train_files: list[str]
-    eval_files: list[str]
-    prompt_key: str
-    answer_key: Optional[str]
-    response_key: Optional[str]
-    messages_key: Optional[str]
-    extra_keys: list[str]
-    system_prompt: Optional[str]
-    chat_template: bool
-    max_prompt_tokens: Optional[int]
-
-
-@dataclass
-class EngineGroupConfig:
-    """What every trainer group (actor, reference, critic) is: an engine over some ranks."""
-
-    engine: str
-    world_size: int
-    tp_size: int
-    ep_size: int
-    num_cpus_per_worker: float
-    num_gpus_per_worker: float
-    resources: Optional[dict]
-    dtype: str
-    micro_batch_size: int
-    packing: bool
-    max_tokens_per_micro_batch: Optional[int]
-
-    @property
-    def dp_size(self) -> int:
-        return self.world_size // self.tp_size
-
-
-@dataclass
-class LoraSection:
-    rank: int
-    alpha: float
-    target_modules: list[str]
-    recompute: bool
-
-
-@dataclass
-class ActorConfig(EngineGroupConfig):
-    max_grad_norm: float
-    weight_decay: float
-    betas: list[float]
-    lora: LoraSection
-
-
-@dataclass
-class RolloutConfig:
-    engine: str
-    num_engines: int
-    dtype: str
-    tensor_parallel_size: int
-    max_model_len: int
-    kv_cache_bytes: int
-    gpu_memory_utilization: float
-    enforce_eager: Optional[bool]
-    max_num_seqs: Optional[int]
-    max_num_batched_tokens: Optional[int]
-    num_cpus: float
-    num_gpus: float
-    resources: Optional[dict]
-    weight_transport: str
-    placement: str
-    seed_per_prompt: bool
-    bucket_bytes: int
-    sleep: bool
-    generate_timeout_s: Optional[float]
-    max_restarts: int
-
-
-@dataclass
-class SFTConfig:
-    steps: int
-    epochs: Optional[float]
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    lr_schedule: str
-    eval_fraction: float
-    eval_every: int
-
-    def steps_for(self, rows: int) -> int:
-        """Steps of an SFT stage over `rows` training rows: `epochs` full passes when set (the
-        last batch of a pass that does not divide evenly runs into the next pass), else `steps`."""
-        if self.epochs is None:
-            return self.steps
-        return math.ceil(self.epochs * rows / self.batch_size)
-
-
-@dataclass
-class RLConfig:
-    steps: int
-    prompts_per_step: int
-    n: int
-    temperature: float
-    top_p: float
-    top_k: int
-    stop: list[str]
-    max_new_tokens: int
-    lr: float
-    warmup_steps: int
-    lr_schedule: str
-    off_policy_steps: int
-
-
-@dataclass
-class AlgoConfig:
-    name: str
-    adv_estimator: str
-    norm_by_std: bool
-    gamma: float
-    lam: float
-    policy_loss: str
-    clip_low: float
-    clip_high: float
-    dual_clip: Optional[float]
-    loss_agg: str
-    kl_coef: float
-    kl_estimator: str
-    kl_mode: str
-    kl_target: Optional[float]
-    kl_horizon: int
-    entropy_coef: float
-    epochs: int
-    mini_batches: int
-    value_clip: Optional[float]
-    dynamic_sampling: bool
-    max_sampling_rounds: int
-    overlong_buffer: int
-    overlong_filter: bool
-    critic_pretrain_steps: int
-    log_ratio_clamp: Optional[float]
-    seq_log_ratio_clamp: Optional[float]
-    kl_clamp: Optional[float]
-    rollout_correction: Optional[str]
-    tis_cap: float
-    mis_low: float
-    mis_high: float
-
-    @property
-    def uses_critic(self) -> bool:
-        return self.adv_estimator == "gae"
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.kl_coef > 0 or self.kl_target is not None
-
-
-@dataclass
-class RefConfig(EngineGroupConfig):
-    pass
-
-
-@dataclass
-class CriticConfig(EngineGroupConfig):
-    lr: float
-    warmup_steps: int
-    lr_schedule: str
-
-
-@dataclass
-class RewardFnConfig:
-    name: str
-    weight: float
-    kwargs: dict
-
-
-@dataclass
-class RewardConfig:
-    fn: Optional[str]
-    fns: list[RewardFnConfig]
-    fallback: float
-    on_error: str
-    timeout_s: float
-    num_workers: int
-    max_error_rate: float
-
-    def specs(self):
-        from rewards.manager import RewardSpec
-
-        if self.fns:
-            return [RewardSpec(f.name, f.weight, dict(f.kwargs)) for f in self.fns]
-        return [RewardSpec(self.fn)]
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int
-    every: int
-    pass_k: int
-    pass_temperature: float
-
-
-@dataclass
-class TrainerConfig:
-    output_dir: str
-    ray_address: Optional[str]
-    num_cpus: Optional[int]
-    log_every: int
-    loggers: list[str]
-    save_every: int
-    keep_last: int
-    resume: Optional[str]
-    max_consecutive_skips: int
-    rollout_dump_every: int
-
-
-@dataclass
-class RunConfig:
-    seed: int
-    model: ModelConfig
-    data: DataConfig
-    task: TaskConfig
-    actor: ActorConfig
-    rollout: RolloutConfig
-    sft: SFTConfig
-    rl: RLConfig
-    algo: AlgoConfig
-    ref: RefConfig
-    critic: CriticConfig
-    reward: RewardConfig
-    eval: EvalConfig
-    trainer: TrainerConfig
-    stages: list[str]
-    stage_overrides: dict
-
-    def prompt_limit(self) -> int:
-        """Longest prompt, in tokens, kept for this run (data.max_prompt_tokens, or what leaves
-        room for the longest generation in rollout.max_model_len)."""
-        if self.data.max_prompt_tokens is not None:
-            return self.data.max_prompt_tokens
-        return self.rollout.max_model_len - max(self.rl.max_new_tokens, self.eval.max_new_tokens)
-
-
-_SCALARS = {
-    dict: ((dict,), "a mapping"),
-    bool: ((bool,), "true or false"),
-    int: ((int,), "an integer"),
-    float: ((int, float), "a number"),
-    str: ((str,), "a string"),
-}
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, path)
-    if dataclasses.is_dataclass(tp):
-        return _to_dataclass(tp, value, path)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp in _SCALARS:
-        accepted, what = _SCALARS[tp]
-        if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{path} must be {what}, got {value!r}")
-        return tp(value)
-    raise TypeError(f"unsupported config type {tp} at {path}")
-
-
-def _to_dataclass(cls: type, data: Any, path: str) -> Any:
-    where = path or "the config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in hints:
-            full = f"{path}.{key}" if path else key
-            near = difflib.get_close_matches(key, names, n=3)
-            hint = f"; did you mean {', '.join((path + '.' if path else '') + n for n in near)}?" if near else ""
-            raise ConfigError(f"unknown config key {full!r}{hint} (valid keys under {where}: {', '.join(names)})")
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ConfigError(f"{where} is missing {', '.join(missing)}")
-    return cls(**{n: _convert(hints[n], data[n], f"{path}.{n}" if path else n) for n in names})
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """A nested dict as one level of dotted keys ({"rl": {"lr": 1}} -> {"rl.lr": 1}), for config diffs and trackers."""
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def config_diff(saved: dict, now: dict, default: typing.Callable[[str], Any] = lambda key: None) -> list[str]:
-    """`key: saved X, now Y` for each key of two flat configs (see `flatten`) whose values differ,
-    in key order. A key the saved config lacks (added to the code after it was saved) is no
-    difference while it holds its default, `default(key)`: it asks for what the saving code did."""
-    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k) and (k in saved or k not in now or now[k] != default(k))]
-
-
-@functools.cache
-def default_config() -> "RunConfig":
-    """The config of no overrides: what a key newer than a saved config meant before it existed."""
-    return load_config([])
-
-
-def _flat_keys(node: Any, prefix: str = "") -> list[str]:
-    if not isinstance(node, dict):
-        return []
-    out = []
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        out.append(key)
-        out.extend(_flat_keys(v, key + "."))
-    return out
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides)
-
-
-def _set_stage_override(data: dict, item: str, key: str) -> None:
-    """`stage_overrides={rl2: {...}}` replaces the mapping; `stage_overrides.rl2.rl.steps=3` sets one
-    value in it (values parsed as Hydra parses any override)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        value = OverridesParser.create().parse_overrides([item])[0].value()
-    except Exception as e:
-        raise ConfigError(f"could not parse override {item!r}: {e}") from e
-    path = key.split(".")[1:]
-    if not path:
-        if not isinstance(value, dict):
-            raise ConfigError(f"stage_overrides must be a mapping of stage name to settings, got {value!r}")
-        data["stage_overrides"] = value
-        return
-    node = data["stage_overrides"]
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-    node[path[-1]] = value
-
-
-def load_config(overrides: list[str]) -> RunConfig:
-    """Compose `configs/` with command-line overrides and check the result.
-
-    Every override is checked against the composed defaults first, so a misspelled key fails
-    here, naming the nearest valid keys, rather than deep inside a run.
-    """
-    from omegaconf import OmegaConf
-
-    groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in CONFIG_GROUPS}
-    group_overrides, value_overrides, per_stage = [], [], []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value; give it a value, e.g. {item}=VALUE "
-                              f"(`python -m rlhf.main --cfg` prints every key with its value)")
-        key, value = item.split("=", 1)
-        if key == "stage_overrides" or key.startswith("stage_overrides."):
-            per_stage.append((item, key))  # free-form by stage name: checked against the schema per stage
-            continue
-        if key.startswith(("+", "~")):
-            raise ConfigError(
-                f"override {item!r}: adding or deleting keys is not supported; every key is in configs/ "
-                f"(see `python -m rlhf.main --cfg`)"
-            )
-        if key in groups:
-            if value not in groups[key]:
-                near = difflib.get_close_matches(value, groups[key], n=3)
-                hint = f" Did you mean {', '.join(near)}?" if near else ""
-                raise ConfigError(f"{key}={value!r} is not one of {', '.join(groups[key])}.{hint}")
-            group_overrides.append(item)
-        else:
-            value_overrides.append((item, key))
-    base = OmegaConf.to_container(_compose(group_overrides), resolve=False)
-    valid = _flat_keys(base)
-    for item, key in value_overrides:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(near)}?" if near else ""
-            raise ConfigError(f"unknown config key {key!r} in override {item!r}.{hint}")
-    try:
-        composed = _compose(group_overrides + [item for item, _ in value_overrides])
-        data = OmegaConf.to_container(composed, resolve=True)
-    except Exception as e:  # Hydra/OmegaConf parse and interpolation errors
-        raise ConfigError(f"could not compose the config: {e}") from e
-    for item, key in per_stage:
-        _set_stage_override(data, item, key)
-    cfg = _to_dataclass(RunConfig, data, "")
-    validate(cfg)
-    from rlhf.stages import plan
-
-    plan(cfg)  # every stage's config, overrides merged, passes the same checks
-    return cfg
+from rlhf.config.schema import ConfigError, RunConfig, trainer_groups
 
 
 def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
@@ -452,16 +20,6 @@ def _choice(path: str, value: str, options: typing.Iterable[str]) -> None:
         near = difflib.get_close_matches(value, options, n=3)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         raise ConfigError(f"{path}={value!r} is not one of {', '.join(options)}.{hint}")
-
-
-def trainer_groups(cfg: RunConfig) -> dict[str, EngineGroupConfig]:
-    """The trainer groups this run starts."""
-    groups = {"actor": cfg.actor}
-    if cfg.algo.uses_reference and not cfg.actor.lora.rank:  # with LoRA the actor's adapters-off weights serve
-        groups["ref"] = cfg.ref
-    if cfg.algo.uses_critic:
-        groups["critic"] = cfg.critic
-    return groups
 
 
 def _check_lora(cfg: RunConfig) -> None:
@@ -588,7 +146,7 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"use at most 1 and raise {name}.world_size instead"
             )
     _check_lora(cfg)
-    from rlhf.placement import gpu_layout
+    from rlhf.config.layout import gpu_layout
 
     layout = gpu_layout(cfg)
     where = ("rank i of each trainer group and rollout engine i share it" if r.placement == "colocated" else
@@ -821,18 +379,11 @@ def validate(cfg: RunConfig) -> None:
                 f"on; lower task.num_eval below {total // 2} or raise task.max_operand"
             )
     _check_cpus(cfg)
-    from rlhf.trackers import check as check_trackers
-
     twice = sorted({name for name in cfg.trainer.loggers if cfg.trainer.loggers.count(name) > 1})
     if twice:
         raise ConfigError(f"trainer.loggers={cfg.trainer.loggers} lists {', '.join(twice)} more than once; give each "
                           f"tracker once, e.g. trainer.loggers=[{','.join(dict.fromkeys(cfg.trainer.loggers))}]")
-    check_trackers(cfg.trainer.loggers)
     _check_reward(cfg)
-    if cfg.trainer.resume:
-        from rlhf import run_state
-
-        run_state.check(cfg)
 
 
 def _check_lengths(cfg: RunConfig) -> None:
@@ -921,15 +472,15 @@ def _check_reward(cfg: RunConfig) -> None:
         raise ConfigError("every reward.fns weight is 0, so every sample's reward would be 0 and nothing would learn; "
                           "give at least one function a weight (a weight of 0 only logs that function's score)")
     extra = cfg.data.extra_keys if cfg.data.train_files else []
-    for i, spec in enumerate(reward.specs()):
+    for i, (name, _, kwargs) in enumerate(reward.specs()):
         key = "reward.fn" if reward.fn is not None else f"reward.fns[{i}].name"
         try:
-            check_call(resolve(spec.name, key), spec.name, spec.kwargs, extra, key)
+            check_call(resolve(name, key), name, kwargs, extra, key)
         except RewardResolutionError as e:
             raise ConfigError(str(e)) from e
-        if cfg.data.train_files and cfg.data.answer_key is None and needs_answer(spec.name):
+        if cfg.data.train_files and cfg.data.answer_key is None and needs_answer(name):
             raise ConfigError(
-                f"{key}={spec.name} scores responses against the ground truth, but data.answer_key=null gives it none "
+                f"{key}={name} scores responses against the ground truth, but data.answer_key=null gives it none "
                 f"(every sample would get the same reward); set data.answer_key to the file's answer column, or use a reward that "
                 f"needs no answer (e.g. your own path/to/file.py:function)"
             )
@@ -1044,3 +595,33 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.sft.eval_every and not cfg.sft.eval_fraction:
         raise ConfigError(f"sft.eval_every={cfg.sft.eval_every} measures the SFT eval loss on held-out rows, but "
                           f"sft.eval_fraction=0 holds out none; set sft.eval_fraction (e.g. 0.05) or sft.eval_every=0")
+
+
+def check_stages(cfg: RunConfig) -> list:
+    """Every stage's config, overrides merged, through the same checks as the whole config; an
+    SFT stage's files must hold an SFT target; some stage must have steps. Returns the stages."""
+    from rlhf.config.stages import plan
+    from rlhf.data.files import check_columns
+    from rlhf.data.rows import DataError
+
+    stages = plan(cfg)
+    for stage in stages:
+        over = cfg.stage_overrides.get(stage.name) or {}
+        try:
+            validate(stage.cfg)
+        except ConfigError as e:
+            raise ConfigError(f"stage_overrides.{stage.name}: {e}") from e
+        if stage.kind == "sft":
+            for file in stage.cfg.data.train_files:
+                try:
+                    check_columns(file, stage.cfg.data, sft=True)
+                except DataError as e:
+                    where = f"stage_overrides.{stage.name}: " if over else ""
+                    raise ConfigError(f"{where}data.train_files of stage {stage.name}: {e}") from e
+    if all(s.empty for s in stages):
+        keys = [f"stage_overrides.{s.name}.{s.kind}.steps" if "steps" in (cfg.stage_overrides.get(s.name) or {}).get(s.kind, {})
+                else f"{s.kind}.steps" for s in stages]
+        raise ConfigError(f"every stage has 0 steps ({', '.join(dict.fromkeys(k + '=0' for k in keys))}) and a stage of 0 "
+                          f"steps is skipped, so nothing would run; give a stage steps (e.g. rl.steps=20), or train in "
+                          f"epochs (sft.epochs=1)")
+    return stages
