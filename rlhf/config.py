@@ -515,6 +515,12 @@ def _check_layout(cfg: RunConfig) -> None:
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(r, key) is not None and getattr(r, key) < 1:
             raise ConfigError(f"rollout.{key} must be at least 1 (or null for vLLM's default), got {getattr(r, key)}")
+    if r.num_gpus == 0 and r.max_num_batched_tokens is not None and r.max_num_batched_tokens < r.max_model_len:
+        raise ConfigError(
+            f"rollout.max_num_batched_tokens={r.max_num_batched_tokens} is below rollout.max_model_len="
+            f"{r.max_model_len}: on CPU every prompt is prefilled in one vLLM step (docs/known-issues.md), so the "
+            f"token budget must hold the longest sequence; raise rollout.max_num_batched_tokens (or leave it null)"
+        )
     if not 0 < cfg.rl.top_p <= 1 or cfg.rl.top_k < 0:
         raise ConfigError(f"rl.top_p must be in (0, 1] and rl.top_k >= 0 (0: off), got {cfg.rl.top_p} and {cfg.rl.top_k}")
     if any(not s for s in cfg.rl.stop):

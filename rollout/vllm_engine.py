@@ -94,6 +94,12 @@ class VLLMRollout(RolloutEngine):
             kwargs["enable_sleep_mode"] = cfg.sleep
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
+            # After a partial prefill vLLM rewinds the request's seeded generator, which a CPU
+            # generator cannot do (docs/known-issues.md). Without chunked prefill every prompt is
+            # prefilled in one step: vLLM then needs a token budget of at least max_model_len
+            # (its default becomes max(max_model_len, 4096); a smaller rollout.max_num_batched_tokens
+            # is refused at config time).
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
         # vLLM sets its handlers up lazily, so the filter goes on its loggers themselves (a logger's
         # filter sees the records created on it), once they all exist.

@@ -50,6 +50,7 @@ CASES = [
     (["actor.max_grad_norm=0"], ["actor.max_grad_norm", "> 0"]),
     (["rollout.gpu_memory_utilization=1.5"], ["rollout.gpu_memory_utilization", "(0, 1]"]),
     (["rollout.max_model_len=6"], ["rollout.max_model_len", "rl.max_new_tokens"]),
+    (["rollout.max_num_batched_tokens=32"], ["rollout.max_num_batched_tokens=32", "rollout.max_model_len=64"]),
     (["task.ops=*"], ["task.ops", "+-"]),
     (["task.demo_carry_error=1.5"], ["task.demo_carry_error", "[0, 1]"]),
     (["reward.max_error_rate=1.5"], ["reward.max_error_rate", "[0, 1]"]),
