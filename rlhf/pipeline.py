@@ -26,6 +26,7 @@ from rlhf.data.sources import load_data
 from rlhf.data.tiny_model import ensure_tiny_model
 from rlhf.export import export_final
 from rlhf.metrics import MetricsLog, fmt, stage_bar
+from rlhf.placement import role_demands, unplaceable
 from rlhf.ray_auth import keep_token_local
 from rlhf.roles import AdaptersOff, start_roles, start_trainer
 from rlhf.stages import Stage, finished, mark_finished, plan, stage_names
@@ -57,10 +58,7 @@ def _start_ray(cfg: RunConfig) -> None:
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    algos = [stage.cfg.algo for stage in plan(cfg)]
-    groups = [cfg.actor] + [cfg.ref] * any(a.uses_reference and not cfg.actor.lora.rank for a in algos) \
-        + [cfg.critic] * any(a.uses_critic for a in algos)
-    need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
+    need = sum(d.processes * d.each["CPU"] for d in role_demands(cfg))  # every engine and rank
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     keep_token_local()
     ray.init(
@@ -69,6 +67,14 @@ def _start_ray(cfg: RunConfig) -> None:
         runtime_env={"env_vars": env},
         log_to_driver=True,
     )
+
+
+def _check_fits(cfg: RunConfig) -> None:
+    """Fail at once, naming the role, when the cluster cannot hold every role process."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = unplaceable(cfg, ray.cluster_resources(), nodes)
+    if problem:
+        raise JobError(problem)
 
 
 def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
@@ -346,6 +352,7 @@ def run(cfg: RunConfig) -> dict:
     _start_ray(cfg)
     job.stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
+        _check_fits(cfg)
         for stage in stages:  # every stage's rows read and checked before the roles start (minutes)
             if stage.name not in done:
                 job.data(stage)
