@@ -261,6 +261,12 @@ class _Job:
                 m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps,
                                 prefetch=cfg.rl.off_policy_steps > 0 and step < cfg.rl.steps)
             except RolloutFailed as e:
+                if e.after_update:  # the step trained, then its push failed: a resumed run pushes first
+                    saved = save_state(step)
+                    raise JobError(f"{e}.\nRL step {step} trained, but its weights could not reach the rollout "
+                                   f"engines (its metrics row is not written). The state after it is saved in {saved}: "
+                                   f"continue with the same overrides plus trainer.resume=auto trainer.output_dir={out}"
+                                   ) from e
                 # the trainer is still where step - 1 left it: save that, with the position from before this step
                 saved = save_state(step - 1, before)
                 raise JobError(f"{e}.\nThe state after RL step {step - 1} is saved in {saved}: continue with the same "
