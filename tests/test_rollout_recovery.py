@@ -10,6 +10,7 @@ import ray
 import torch
 from tensordict import TensorDict
 
+from fake_roles import FakeTrainer, WeightsEngine
 from rollout.base import Sampling
 from rollout.group import RolloutFailed, RolloutGroup
 
@@ -36,33 +37,10 @@ class FakeEngine:
     def generated(self):
         """The group's word after each generation: nothing is cached here."""
 
-    def load(self, version: int) -> None:
-        """A weight push (from FakeTrainer): the weights are its version number."""
-        self.version = version
-
-    def loaded(self):
-        return getattr(self, "version", None)
-
-
-@ray.remote(num_cpus=0)
-class FakeTrainer:
-    """A trainer group of one rank: an update bumps its version, a push loads it into every engine."""
-
-    def __init__(self):
-        self.version, self.engines = 0, []
-
-    def connect_rollout(self, engines):
-        self.engines = list(engines)
-
-    def step(self):
-        self.version += 1
-
-    def sync_weights(self):
-        ray.get([e.load.remote(self.version) for e in self.engines])
-        return 8, []
-
 
 class OneRankGroup:
+    """A trainer group's `all` (TrainerGroup), over one FakeTrainer."""
+
     def __init__(self, trainer):
         self.trainer = trainer
 
@@ -164,9 +142,15 @@ def _kill(engine):
 
 
 def test_an_engine_found_dead_outside_a_generation_is_replaced_and_called_again(local_ray):
-    engines = [_ready(FakeEngine.remote()), _ready(FakeEngine.remote())]
+    engines = [_ready(WeightsEngine.remote()), _ready(WeightsEngine.remote())]
     restarts = []
-    group = _group(list(engines), restarts, timeout_s=30, max_restarts=2)
+
+    def restart(failed, workers):
+        restarts.extend(failed)
+        for i in failed:
+            workers[i] = _ready(WeightsEngine.remote())
+
+    group = RolloutGroup(list(engines), pad_id=0, restart=restart, timeout_s=30, max_restarts=2)
     _kill(engines[1])
     assert group.all("timing") == [{"time/generate": 0.0}] * 2  # the fresh engine answered in its place
     assert restarts == [1] and group.restarts == 1 and group.workers[1] is not engines[1]
@@ -174,7 +158,7 @@ def test_an_engine_found_dead_outside_a_generation_is_replaced_and_called_again(
 
 def _roles(engines, on_restart=lambda attempt, workers: None):
     """Roles around a FakeTrainer, with start_roles' restart: fresh engines, connected, then one push."""
-    from rlhf.roles import Roles  # here: the actors' processes import this module, and need none of it
+    from rlhf.roles import Roles  # here: FakeEngine's processes import this module and need none of it
 
     trainer = FakeTrainer.remote()
     attempts = []
@@ -182,7 +166,7 @@ def _roles(engines, on_restart=lambda attempt, workers: None):
     def restart(failed, workers):
         attempts.append(list(failed))
         for i in failed:
-            workers[i] = _ready(FakeEngine.remote())
+            workers[i] = _ready(WeightsEngine.remote())
         on_restart(len(attempts), workers)
         ray.get(trainer.connect_rollout.remote(workers))
         roles.push()
@@ -193,7 +177,7 @@ def _roles(engines, on_restart=lambda attempt, workers: None):
 
 
 def test_an_engine_that_dies_before_a_push_is_replaced_and_given_the_current_weights(local_ray):
-    engines = [_ready(FakeEngine.remote()), _ready(FakeEngine.remote())]
+    engines = [_ready(WeightsEngine.remote()), _ready(WeightsEngine.remote())]
     roles, trainer, attempts = _roles(list(engines))
     roles.sync_weights()
     ray.get(trainer.step.remote())  # the trainer moves on; engine 1 dies before the push
@@ -204,7 +188,7 @@ def test_an_engine_that_dies_before_a_push_is_replaced_and_given_the_current_wei
 
 
 def test_an_engine_that_dies_while_others_are_replaced_is_replaced_too(local_ray):
-    engines = [_ready(FakeEngine.remote()), _ready(FakeEngine.remote())]
+    engines = [_ready(WeightsEngine.remote()), _ready(WeightsEngine.remote())]
 
     def kill_engine_0_once(attempt, workers):
         if attempt == 1:
@@ -218,7 +202,7 @@ def test_an_engine_that_dies_while_others_are_replaced_is_replaced_too(local_ray
 
 
 def test_a_push_failing_for_another_reason_is_not_an_engine_fault(local_ray):
-    engines = [_ready(FakeEngine.remote())]
+    engines = [_ready(WeightsEngine.remote())]
     roles, trainer, attempts = _roles(list(engines))
     ray.get(trainer.connect_rollout.remote([engines[0], "not an engine"]))
     with pytest.raises(ray.exceptions.RayTaskError):
@@ -227,7 +211,7 @@ def test_a_push_failing_for_another_reason_is_not_an_engine_fault(local_ray):
 
 
 def test_a_push_with_no_restarts_allowed_stops_with_a_clear_error(local_ray):
-    engines = [_ready(FakeEngine.remote())]
+    engines = [_ready(WeightsEngine.remote())]
     roles, trainer, attempts = _roles(list(engines))
     roles.rollout.max_restarts = 0
     _kill(engines[0])
