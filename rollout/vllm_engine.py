@@ -113,6 +113,12 @@ class VLLMRollout(RolloutEngine):
             kwargs["enable_sleep_mode"] = cfg.sleep
         else:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes
+            # After a partial prefill vLLM rewinds the request's seeded generator, which a CPU
+            # generator cannot do (docs/known-issues.md). Without chunked prefill every prompt is
+            # prefilled in one step: vLLM then needs a token budget of at least max_model_len
+            # (its default becomes max(max_model_len, 4096); a smaller rollout.max_num_batched_tokens
+            # is refused at config time).
+            kwargs["enable_chunked_prefill"] = False
         if not cuda and kwargs["enforce_eager"]:
             # Eager on CPU, the sampler's helpers too: vLLM wraps two of them (a log-prob rank count
             # and a random sampler) in torch.compile, which on the first generation had inductor

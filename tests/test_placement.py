@@ -5,8 +5,9 @@ refused before Ray starts. `trainer.ray_address` skips the check against this ma
 import pytest
 import torch
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config import ConfigError, compose_config, load_config
 from rlhf.config.layout import gpu_layout
+from rlhf.orchestration.placement import role_demands, unplaceable
 from weight_sync import choose_transport
 
 CLUSTER = ["trainer.ray_address=auto"]
@@ -60,3 +61,55 @@ def test_without_gpus_nothing_is_pinned_and_weights_go_through_the_object_store(
 def test_layouts_refused_before_start(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides)
+
+
+# What each role process asks of Ray, written out by hand: (role, processes, CPUs each).
+DEFAULT_ROLES = [("the rollout engines", 1, 1.0), ("trainer role 'actor'", 2, 1.0)]
+
+
+@pytest.mark.parametrize("overrides, roles", [
+    ([], DEFAULT_ROLES),
+    (["rollout.num_engines=2"], [("the rollout engines", 2, 1.0), ("trainer role 'actor'", 2, 1.0)]),
+    (["algo.kl_coef=0.05", "actor.num_cpus_per_worker=0.5"],
+     [("the rollout engines", 1, 1.0), ("trainer role 'actor'", 2, 0.5), ("trainer role 'ref'", 2, 0.5)]),
+    (["algo=ppo", "rollout.num_cpus=2"],
+     [("the rollout engines", 1, 2.0), ("trainer role 'actor'", 2, 1.0), ("trainer role 'critic'", 2, 1.0)]),
+    # a later stage's reference lives beside the actor too
+    (["stages=[sft,rl,rl]", "stage_overrides.rl2.algo.kl_coef=0.1"], DEFAULT_ROLES + [("trainer role 'ref'", 2, 1.0)]),
+])
+def test_role_demands_list_every_process_in_start_order(overrides, roles):
+    demands = role_demands(load_config(overrides))
+    assert [(d.role, d.processes, d.each["CPU"]) for d in demands] == roles
+
+
+def test_roles_that_fit_the_cluster_pass():
+    assert unplaceable(load_config([]), {"CPU": 3.0}, [{"CPU": 3.0}]) is None
+    # two engines and two actor ranks: 4 CPUs, over two nodes of 2
+    assert unplaceable(load_config(["rollout.num_engines=2"]), {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}]) is None
+
+
+def test_a_role_that_cannot_be_placed_is_named_with_what_it_asks_and_what_the_cluster_has():
+    # trainer.num_cpus=1: the rollout engine takes the one CPU, the actor's ranks would wait forever (the config
+    # checks refuse this for a local cluster already; a cluster joined at run time is checked here)
+    problem = unplaceable(compose_config(["trainer.num_cpus=1"]), {"CPU": 1.0}, [{"CPU": 1.0}])
+    assert problem.startswith("trainer role 'actor' cannot be placed: 2 process(es) x 1 CPU, beside the 1 CPU of the "
+                              "roles started before it, but the Ray cluster has 1 CPU in all")
+    assert "raise trainer.num_cpus to 3 or more" in problem
+    # the second engine, where the cluster was sized for one
+    problem = unplaceable(load_config(["rollout.num_engines=2"]), {"CPU": 3.0}, [{"CPU": 3.0}])
+    assert problem.startswith("trainer role 'actor' cannot be placed") and "beside the 2 CPU" in problem
+    problem = unplaceable(load_config(["rollout.num_engines=4"]), {"CPU": 3.0}, [{"CPU": 3.0}])
+    assert problem.startswith("the rollout engines cannot be placed: 4 process(es) x 1 CPU")
+    assert "rollout.num_engines" in problem
+
+
+def test_a_custom_resource_no_node_offers_and_a_process_larger_than_any_node_are_refused():
+    cfg = load_config(CLUSTER + ["rollout.resources={rollout_node: 1}"])
+    problem = unplaceable(cfg, {"CPU": 8.0}, [{"CPU": 8.0}])
+    assert problem.startswith("the rollout engines cannot be placed: 1 process(es) x 1 CPU, 1 rollout_node")
+    assert "has 0 rollout_node in all" in problem and "ray start --resources" in problem
+    # 3 CPUs per rank fit the cluster's 8 in all, but no node of 2 holds one rank
+    cfg = load_config(CLUSTER + ["actor.num_cpus_per_worker=3", "rollout.num_cpus=0"])
+    problem = unplaceable(cfg, {"CPU": 8.0}, [{"CPU": 2.0}] * 4)
+    assert problem.startswith("trainer role 'actor' cannot be placed: each of its processes asks for 3 CPU, more than "
+                              "any one node of the Ray cluster has (at most 2 CPU)")

@@ -36,6 +36,27 @@ def test_a_tensor_the_rollout_model_lacks_is_skipped_unless_it_is_one_already_se
     assert sender.skipped == {"rotary.inv_freq", "copied_head.weight"}
 
 
+class _DiesAfterOne(WeightSender):
+    def send(self, weights):
+        next(weights)
+        raise RuntimeError("the rollout engine died")
+
+
+def test_a_failed_send_still_goes_through_the_whole_export():
+    """Every rank gathers each tensor with the others: a rank that stopped at the failure would
+    leave them waiting in a collective."""
+    produced = []
+
+    def export(dtype):
+        for i in range(5):
+            produced.append(i)  # on a real rank: the gather of tensor i, with every other rank
+            yield f"w{i}", torch.zeros(1)
+
+    with pytest.raises(RuntimeError, match="died"):
+        _DiesAfterOne(0, [], 1 << 20, [f"w{i}" for i in range(5)]).push(export)
+    assert produced == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("engine_name", ["automodel", "fsdp"])
 def test_a_tied_head_is_exported_as_the_embedding_itself(tiny_model, one_rank_world, engine_name):
     """The real export of a tied model: where the rollout model uses the embedding as its head, the

@@ -49,8 +49,17 @@ class WeightSender(ABC):
 
     def push(self, export: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]]) -> int:
         """Push every wanted tensor of `export(dtype)` (the engine's `export_weights`) to every
-        receiver; return the bytes sent (on rank 0)."""
-        return self.send(self.wanted(export(self.export_dtype)))
+        receiver; return the bytes sent (on rank 0). If sending fails (a receiver died), the rest
+        of the export is still gone through before the error is raised: every rank gathers each
+        full tensor together, so a rank that stopped early would leave the others waiting in a
+        collective, and the group could not push again once the engine is replaced."""
+        weights = self.wanted(export(self.export_dtype))
+        try:
+            return self.send(weights)
+        except Exception:
+            for _ in weights:
+                pass
+            raise
 
     @property
     def export_dtype(self) -> torch.dtype | None:

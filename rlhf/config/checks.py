@@ -109,6 +109,12 @@ def _check_layout(cfg: RunConfig) -> None:
         raise ConfigError(f"rl.top_p must be in (0, 1] (1: off), got {cfg.rl.top_p}")
     if cfg.rl.top_k < 0:
         raise ConfigError(f"rl.top_k must be 0 (off) or more, got {cfg.rl.top_k}")
+    if r.num_gpus == 0 and r.max_num_batched_tokens is not None and r.max_num_batched_tokens < r.max_model_len:
+        raise ConfigError(
+            f"rollout.max_num_batched_tokens={r.max_num_batched_tokens} is below rollout.max_model_len="
+            f"{r.max_model_len}: on CPU every prompt is prefilled in one vLLM step (docs/known-issues.md), so the "
+            f"token budget must hold the longest sequence; raise rollout.max_num_batched_tokens (or leave it null)"
+        )
     if any(not s for s in cfg.rl.stop):
         raise ConfigError(f"rl.stop={cfg.rl.stop!r} holds an empty string, which would end every response at once; remove it")
     for name, g in trainer_groups(cfg).items():
@@ -146,7 +152,7 @@ def _check_layout(cfg: RunConfig) -> None:
                 f"use at most 1 and raise {name}.world_size instead"
             )
     _check_lora(cfg)
-    from rlhf.config.layout import gpu_layout
+    from rlhf.config.layout import describe, gpu_layout
 
     layout = gpu_layout(cfg)
     where = ("rank i of each trainer group and rollout engine i share it" if r.placement == "colocated" else
@@ -168,7 +174,7 @@ def _check_layout(cfg: RunConfig) -> None:
     if ipc and lonely:
         raise ConfigError(
             f"GPU {lonely[0]} would hold a vLLM worker but no actor rank, so CUDA IPC (the colocated transport) "
-            f"cannot reach it: {_gpu_plan(layout)}; make rollout.num_engines x rollout.tensor_parallel_size at most "
+            f"cannot reach it: {describe(layout)}; make rollout.num_engines x rollout.tensor_parallel_size at most "
             f"actor.world_size, or set rollout.placement=disaggregated"
         )
     gpus_needed = len(layout.shares)
@@ -184,7 +190,7 @@ def _check_layout(cfg: RunConfig) -> None:
                    + (", or use rollout.placement=colocated" if r.placement == "disaggregated" else ""))
             raise ConfigError(
                 f"{', '.join(asks)} > 0 with rollout.placement={r.placement} needs {gpus_needed} GPUs for these roles "
-                f"({_gpu_plan(layout)}) but this machine has {have}; {fix}"
+                f"({describe(layout)}) but this machine has {have}; {fix}"
             )
 
 
@@ -206,15 +212,6 @@ def _check_resources(path: str, resources: dict | None) -> None:
                 f"{path} maps custom Ray resource names to positive amounts (e.g. {{rollout_node: 1}}), got "
                 f"{key}: {amount!r}; CPUs and GPUs have their own keys (num_cpus..., num_gpus...)"
             )
-
-
-def _gpu_plan(layout) -> str:
-    parts = [f"{name} ranks on GPUs {ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else f"{name} on GPU {ranks[0]}"
-             for name, ranks in layout.trainer.items()]
-    gpus = [i for engine in layout.rollout for i in engine]
-    if gpus:
-        parts.append(f"vLLM on GPUs {gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else f"vLLM on GPU {gpus[0]}")
-    return ", ".join(parts)
 
 
 def validate(cfg: RunConfig) -> None:

@@ -34,3 +34,13 @@ def gpu_layout(cfg) -> Layout:
         for i in gpus:
             shares[i] += r.num_gpus
     return Layout(trainer, rollout, dict(shares))
+
+
+def describe(layout: Layout) -> str:
+    """Where the layout puts each role, in words (for errors)."""
+    parts = [f"{name} ranks on GPUs {ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else f"{name} on GPU {ranks[0]}"
+             for name, ranks in layout.trainer.items()]
+    gpus = [i for engine in layout.rollout for i in engine]
+    if gpus:
+        parts.append(f"vLLM on GPUs {gpus[0]}-{gpus[-1]}" if len(gpus) > 1 else f"vLLM on GPU {gpus[0]}")
+    return ", ".join(parts)

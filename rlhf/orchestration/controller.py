@@ -26,6 +26,7 @@ from rlhf.data.rows import Row
 from rlhf.orchestration.roles import Roles
 from rewards.manager import RewardManager
 from rollout.base import Sampling
+from rollout.group import RolloutFailed
 
 
 def _add(timing: dict[str, float], phases: dict[str, float]) -> None:
@@ -376,7 +377,11 @@ class Controller:
             push = push and self._pending.exception() is None
         if push:
             self.version += 1
-        timing.update(self.sync_weights() if push else {"time/push": 0.0})
+        try:
+            timing.update(self.sync_weights() if push else {"time/push": 0.0})
+        except RolloutFailed as e:
+            e.after_update = True  # this step's update is done: a run can continue after it, not before
+            raise
         timing["time/step"] = time.perf_counter() - t0
         metrics = {**self._rollout_metrics(batch, scores_t, lengths), **correction, **named, **train, **self.timing,
                    **timing}

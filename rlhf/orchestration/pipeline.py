@@ -35,6 +35,7 @@ from rlhf.output.finished_stages import finished, mark_finished
 from rlhf.orchestration.stop_signal import StopSignal
 from rlhf.output.trackers import open_trackers
 from rewards.manager import RewardErrorRateExceeded, RewardManager, RewardSpec
+from rlhf.orchestration.placement import role_demands, unplaceable
 from rollout.group import RolloutFailed
 
 # Environment every role process gets (on any node of a cluster, not just this one).
@@ -60,10 +61,7 @@ def _start_ray(cfg: RunConfig) -> None:
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    algos = [stage.cfg.algo for stage in plan(cfg)]
-    groups = [cfg.actor] + [cfg.ref] * any(a.uses_reference and not cfg.actor.lora.rank for a in algos) \
-        + [cfg.critic] * any(a.uses_critic for a in algos)
-    need = sum(g.world_size * g.num_cpus_per_worker for g in groups) + cfg.rollout.num_cpus
+    need = sum(d.processes * d.each["CPU"] for d in role_demands(cfg))  # every engine and rank
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     keep_token_local()
     ray.init(
@@ -72,6 +70,14 @@ def _start_ray(cfg: RunConfig) -> None:
         runtime_env={"env_vars": env},
         log_to_driver=True,
     )
+
+
+def _check_fits(cfg: RunConfig) -> None:
+    """Fail at once, naming the role, when the cluster cannot hold every role process."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = unplaceable(cfg, ray.cluster_resources(), nodes)
+    if problem:
+        raise JobError(problem)
 
 
 def _optim(cfg: RunConfig, stage, total_steps: int) -> OptimConfig:
@@ -256,6 +262,12 @@ class _Job:
                 m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps,
                                 prefetch=cfg.rl.off_policy_steps > 0 and step < cfg.rl.steps)
             except RolloutFailed as e:
+                if e.after_update:  # the step trained, then its push failed: a resumed run pushes first
+                    saved = save_state(step)
+                    raise JobError(f"{e}.\nRL step {step} trained, but its weights could not reach the rollout "
+                                   f"engines (its metrics row is not written). The state after it is saved in {saved}: "
+                                   f"continue with the same overrides plus trainer.resume=auto trainer.output_dir={out}"
+                                   ) from e
                 # the trainer is still where step - 1 left it: save that, with the position from before this step
                 saved = save_state(step - 1, before)
                 raise JobError(f"{e}.\nThe state after RL step {step - 1} is saved in {saved}: continue with the same "
@@ -373,6 +385,7 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
     startup.done("Ray")
     job.stop = StopSignal().install()  # after Ray's start-up, which installs a SIGTERM handler of its own
     try:
+        _check_fits(cfg)
         for stage in stages:  # every stage's rows read and checked before the roles start (minutes)
             if stage.name not in done:
                 job.data(stage)

@@ -81,8 +81,22 @@ class Roles:
         self._turn = "rollout"
 
     def sync_weights(self) -> int:
-        """Push the actor's weights into every rollout engine; bytes sent. With sleep, vLLM wakes
-        its weights for the push, the trainers move to CPU, then vLLM wakes its KV cache."""
+        """Push the actor's weights into every rollout engine; bytes sent. An engine that dies
+        before or during the push is replaced by the rollout group, whose fresh engines get the
+        weights by a push to every engine (`push`); any other failure (a trainer rank's death, a
+        push the receiver refuses) propagates."""
+        try:
+            return self.push()
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+            failed = self.rollout.dead()
+            if not failed:
+                raise
+        self.rollout.recover(failed, "during a weight push")
+        return self._sent
+
+    def push(self) -> int:
+        """One push of the actor's weights into every rollout engine; bytes sent. With sleep, vLLM
+        wakes its weights for the push, the trainers move to CPU, then vLLM wakes its KV cache."""
         self.prepare_training()
         if self.sleep:
             for group in self.trainers():
@@ -98,8 +112,10 @@ class Roles:
             print(f"[rlhf] weight sync: {len(skipped)} trainer tensor(s) have no place in the rollout model and "
                   f"are not sent: {', '.join(skipped[:5])}", flush=True)
             self._told = True
+        self._sent = sent
         return sent
 
+    _sent = 0
     _told = False
     _turn = "both"  # who holds the GPUs: both (at start-up), train, or rollout
 
@@ -184,17 +200,17 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     roles = Roles(actor=actor, rollout=None, placement=placement, model_path=model_path, sleep=cfg.rollout.sleep)
     restarted = 0
 
-    def restart(i: int, workers: list):
-        """A fresh engine i in the same place (put into `workers`, the group's list), connected to
-        the actor and given its current weights."""
+    def restart(failed: list[int], workers: list) -> None:
+        """Fresh engines in the places `failed` (put into `workers`, the group's list), in the same
+        placement, connected to the actor and given its current weights."""
         nonlocal restarted
-        restarted += 1
-        engine = start_rollout(cfg, model_path, transport, placement, which=[i], name=f"rollout-{i}.{restarted}")[0]
-        ray.get(engine.__ray_ready__.remote())
-        workers[i] = engine
+        for i in failed:
+            restarted += 1
+            workers[i] = start_rollout(cfg, model_path, transport, placement, which=[i],
+                                       name=f"rollout-{i}.{restarted}")[0]
+        ray.get([workers[i].__ray_ready__.remote() for i in failed])
         actor.all("connect_rollout", transport, workers, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-        roles.sync_weights()  # with rollout.sleep, also puts every engine and trainer where a push leaves them
-        return engine
+        roles.push()  # with rollout.sleep, also puts every engine and trainer where a push leaves them
 
     roles.rollout = RolloutGroup(engines, pad_id, restart, cfg.rollout.generate_timeout_s, cfg.rollout.max_restarts)
     return roles
