@@ -44,6 +44,12 @@ LOGS = [
      "vLLM pins the engine's threads itself and ignores torch's calls to set them, as intended"),
     ("vllm.model_executor.model_loader.reload.layerwise", r"RotaryEmbedding: Failed to load weights",
      "rotary embeddings have no weights to load; said again on every weight push"),
+    ("vllm.platforms.interface", r"Unknown vLLM environment variable detected: VLLM_DIST_IDENT",
+     "vLLM's CPU worker sets VLLM_DIST_IDENT in its own process; the next engine made there (a replacement, "
+     "a restart) reads it back as unknown"),
+    ("vllm.engine.arg_utils", r"This model does not officially support disabling chunked prefill",
+     "chunked prefill is off on CPU on purpose: a partial prefill rewinds the seeded generator, which a "
+     "CPU generator cannot do (rollout.vllm_engine)"),
     ("ray._private.worker", r"Started a local Ray instance", "the start-up lines say when Ray is up"),
     ("ray._private.authentication.authentication_token_setup", r"Token authentication is enabled for this Ray cluster",
      "Ray's default, which the run keeps (its token in the work folder: rlhf.orchestration.ray_auth)"),

@@ -28,12 +28,11 @@ def test_two_rollout_engines_run_the_job(tmp_path):
 
 
 def test_a_role_the_cluster_cannot_hold_fails_at_once_naming_it(tmp_path):
-    """trainer.num_cpus=1: the rollout engine takes the one CPU and the actor's ranks would wait
-    forever (Ray keeps them pending without a word)."""
+    """trainer.num_cpus=1: the rollout engine would take the one CPU and the actor's ranks would wait
+    forever (Ray keeps them pending without a word); the config check refuses it before Ray starts."""
     out = tmp_path / "run"
     proc = _main("trainer.num_cpus=1", f"trainer.output_dir={out}", timeout=300)
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert ("error: trainer role 'actor' cannot be placed: 2 process(es) x 1 CPU, beside the 1 CPU of the roles "
-            "started before it, but the Ray cluster has 1 CPU in all") in proc.stderr
-    assert "raise trainer.num_cpus to 3 or more" in proc.stderr
+    assert "trainer.num_cpus=1 gives the local Ray fewer CPUs than the roles ask for (3:" in proc.stderr
+    assert "set trainer.num_cpus=3" in proc.stderr
     assert "roles ready" not in proc.stdout
