@@ -9,6 +9,10 @@ Keys (tensor, [B, T] unless noted):
   multi-turn trajectory the sampled tokens of every assistant turn (the environment's replies
   between them are context, 0)
 - `rollout_logprobs`: the rollout engine's log-probs of the sampled tokens
+- `rollout_versions` (long): the policy version that sampled each token; an engine gives the
+  weight pushes that landed during its call before the token (0 unless partial rollouts let a push
+  land mid-generation), the controller adds the version the batch was launched on
+- `policy_lag` (long): the trainer's version minus `rollout_versions` (0 on-policy)
 - `old_logprobs`, `ref_logprobs`: the trainer's log-probs before the update, and the frozen reference's
 - `values`: the critic's values
 - `rewards`: token-level rewards; `scores` [B]: the sequence-level reward

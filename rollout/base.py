@@ -53,9 +53,15 @@ class RolloutEngine(ABC):
     def weight_names(self) -> list[str]:
         """The HF names a weight push must carry, every one of them (see `weight_sync`)."""
 
+    def begin_push(self) -> None:
+        """Called before a push's first payload: from here to `weights_updated` nothing may be
+        sampled (a push may come in several payloads; requests in flight under partial rollouts
+        must never sample on half-loaded weights)."""
+
     @abstractmethod
     def weights_updated(self) -> None:
-        """Called after every complete push: drop anything computed with the old weights."""
+        """Called after every complete push: drop anything computed with the old weights (and end
+        what `begin_push` began)."""
 
     def generated(self) -> None:
         """Called after each generation is collected, while the engine would otherwise wait for the

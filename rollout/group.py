@@ -19,7 +19,7 @@ import torch
 from tensordict import TensorDict
 
 from core.batch import cat
-from rollout.base import Sampling
+from rollout.base import Sampling, Trajectories
 
 
 class RolloutFailed(RuntimeError):
@@ -56,19 +56,36 @@ class RolloutGroup:
         self._recovering = False
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, restart: bool = True) -> TensorDict:
-        """`restart=False` for a generation running beside the trainer (rl.off_policy_steps=1): a
-        replacement would get the trainer's weights mid-update, newer than the samples' claimed
-        policy, so a failed engine is killed and `RolloutFailed` raised at once; the next call
-        with restarts replaces it."""
-        chunks = [c.tolist() for c in torch.arange(len(prompt_ids)).tensor_split(len(self.workers)) if len(c)]
+        """`sampling.n` samples per prompt from the engines. `restart=False` for a generation
+        running beside the trainer (rl.off_policy_steps >= 1): a replacement would get the
+        trainer's weights mid-update, newer than the samples' claimed policy, so a failed engine is
+        killed and `RolloutFailed` raised at once; the next call with restarts replaces it."""
+        return cat(self._spread("generate", prompt_ids, sampling, restart), self.pad_id)
+
+    def trajectories(self, rows: list[dict], sampling: Sampling, agent, restart: bool = True) -> Trajectories:
+        """`sampling.n` multi-turn trajectories per row (see `RolloutEngine.trajectories`), spread
+        and recovered like `generate`."""
+        parts = self._spread("trajectories", rows, sampling, restart, agent)
+        sizes = [p.batch.batch_size[0] for p in parts]
+        stats = {k: sum(p.stats.get(k, 0.0) * n for p, n in zip(parts, sizes)) / max(sum(sizes), 1)
+                 for k in set().union(*(p.stats for p in parts))}
+        seconds = self.timing.get("time/vllm_generate", 0.0)
+        stats["agent/trajectories_per_s"] = sum(sizes) / max(seconds, 1e-9)  # over the slowest engine's time
+        return Trajectories(cat([p.batch for p in parts], self.pad_id), [m for p in parts for m in p.messages], stats)
+
+    def _spread(self, method: str, items: list, sampling: Sampling, restart: bool, *args) -> list:
+        """`method(chunk, sampling, *args)` on every engine, the items spread over them in
+        contiguous chunks; each engine's result with its `group_ids` made global. A dead or hung
+        engine is replaced and its call retried with the same seeds."""
+        chunks = [c.tolist() for c in torch.arange(len(items)).tensor_split(len(self.workers)) if len(c)]
         recovery = 0.0
         for failures in range(self.max_restarts + 1):
             calls = {}
             for i, idx in enumerate(chunks):
-                # Prompt i's seed is the round's seed + i wherever it runs: the samples do not depend
+                # Item i's seed is the round's seed + i wherever it runs: the samples do not depend
                 # on how many engines there are.
                 part = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + idx[0])
-                calls[i] = self.workers[i].generate.remote([prompt_ids[p] for p in idx], part)
+                calls[i] = getattr(self.workers[i], method).remote([items[p] for p in idx], part, *args)
             failed = self._failed(calls)
             if not failed:
                 break
@@ -77,16 +94,17 @@ class RolloutGroup:
             if failures == self.max_restarts or self.restart is None:
                 raise RolloutFailed(self._gave_up(failed, failures + 1, "while generating"))
             recovery += self.recover(failed, "while generating (the generation is retried with the same seeds)")
-        batches = ray.get([calls[i] for i in range(len(chunks))])
+        results = ray.get([calls[i] for i in range(len(chunks))])
         # the slowest engine's phases: what the step waited for (an engine replaced since has none)
         timings = self.all("timing", restart=restart)
         for worker in self.workers:
             worker.generated.remote()  # not waited for: it runs while the trainer works
         self.timing = {k: max(t.get(k, 0.0) for t in timings) for k in set().union(*timings)}
         self.timing["time/rollout_recovery"] = recovery
-        for batch, idx in zip(batches, chunks):
+        for result, idx in zip(results, chunks):
+            batch = result.batch if isinstance(result, Trajectories) else result
             batch["group_ids"] = batch["group_ids"] + idx[0]
-        return batches[0] if len(batches) == 1 else cat(batches, self.pad_id)
+        return results
 
     def all(self, method: str, *args, restart: bool = True) -> list:
         """`method(*args)` on every engine, the results in engine order. An engine that dies or hangs
@@ -154,7 +172,7 @@ class RolloutGroup:
             ray.kill(self.workers[i])
         raise RolloutFailed(
             f"rollout engine(s) {', '.join(f'{i} ({why})' for i, why in failed.items())} failed while "
-            f"generating the next step's samples beside the trainer (rl.off_policy_steps=1), where engines "
+            f"generating a later step's samples beside the trainer (rl.off_policy_steps >= 1), where engines "
             f"are not replaced. Check the engines' log above (out of memory? a crashed node?)"
         )
 

@@ -34,6 +34,9 @@ class RequestDriver:
         self._stepping = False
         self._closed = False
         self.busy_s = 0.0  # time inside engine steps so far: the engine's busy share is busy_s / wall time
+        self.pushes = 0  # weight pushes that landed so far (`note_push`)
+        self._started: dict[str, int] = {}  # request id -> pushes when it was submitted
+        self._crossings: dict[tuple[str, int], list[int]] = {}  # (request id, sample) -> its tokens at each push
         self._thread = threading.Thread(target=self._run, name="vllm-steps", daemon=True)
         self._thread.start()
 
@@ -50,6 +53,7 @@ class RequestDriver:
                 raise RuntimeError("the rollout engine is shut down")
             rid = f"q{next(self._ids)}"  # apart from LLM.generate's numbering
             self._futures[rid] = future
+            self._started[rid] = self.pushes
             try:
                 self.engine.add_request(rid, self._prompt(prompt_ids), params)
             except BaseException:
@@ -66,23 +70,55 @@ class RequestDriver:
         futures = [self.submit(ids, params) for ids, params in requests]
         return [f.result() for f in futures]
 
-    @contextlib.contextmanager
-    def paused(self):
-        """No engine step runs inside; requests in flight wait and continue afterwards."""
+    def hold(self) -> None:
+        """Stop stepping (after the step under way) until `release`: requests stay in flight."""
         with self._cv:
             self._pauses += 1
             while self._stepping:
                 self._cv.wait()
+
+    def release(self) -> None:
+        with self._cv:
+            self._pauses -= 1
+            self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No engine step runs inside; requests in flight wait and continue afterwards."""
+        self.hold()
         try:
             yield
         finally:
-            with self._cv:
-                self._pauses -= 1
-                self._cv.notify_all()
+            self.release()
 
     @property
     def in_flight(self) -> int:
         return len(self._futures)
+
+    def note_push(self) -> None:
+        """New weights have landed (call it inside `paused()`): every sample in flight records how
+        many tokens it had, so each token's policy is known (`push_index`)."""
+        self.pushes += 1
+        states = getattr(getattr(self.engine, "output_processor", None), "request_states", {})
+        for state in list(states.values()):
+            parent = getattr(state, "parent_req", None)
+            rid = parent.external_req_id if parent is not None else state.external_req_id
+            if rid in self._futures:
+                key = (rid, getattr(state, "request_index", 0) or 0)
+                self._crossings.setdefault(key, []).append(state.detokenizer.num_output_tokens())
+
+    def push_index(self, out, sample: int) -> list[int]:
+        """For each token of sample `sample` of a finished output: the number of pushes that had
+        landed when it was sampled (counted since the engine started)."""
+        start = self._started.get(out.request_id, self.pushes)
+        crossings = self._crossings.get((out.request_id, sample), [])
+        return [start + sum(i >= c for c in crossings) for i in range(len(out.outputs[sample].token_ids))]
+
+    def forget(self, out) -> None:
+        """Drop a finished output's push records (after `push_index`)."""
+        self._started.pop(out.request_id, None)
+        for j in range(len(out.outputs)):
+            self._crossings.pop((out.request_id, j), None)
 
     def _run(self) -> None:
         while True:

@@ -48,6 +48,7 @@ class Turn:
     ids: list[int]
     logprobs: list[float]
     finish_reason: str | None  # "stop", "length", ...
+    pushes: list[int] | None = None  # per token: weight pushes landed before it was sampled (the engine's count)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Trajectory:
     tokens: list[int] = field(default_factory=list)  # everything after the prompt, in order
     sampled: list[bool] = field(default_factory=list)  # per token: sampled (trained on) or a reply (context)
     logprobs: list[float] = field(default_factory=list)  # per token: the rollout's log-prob (0 for replies)
+    versions: list[int] = field(default_factory=list)  # per token: the pushes before it was sampled (0 for replies)
     messages: list[dict] = field(default_factory=list)  # the conversation, prompt messages included
     env_reward: float = 0.0
     turns: int = 0
@@ -126,6 +128,7 @@ class TrajectoryRunner:
             traj.tokens += out.ids
             traj.sampled += [True] * len(out.ids)
             traj.logprobs += out.logprobs
+            traj.versions += out.pushes or [0] * len(out.ids)
             traj.turns += 1
             message = self.parser.parse(self.chat.assistant_text(out.ids))
             traj.tool_calls += len(message.get("tool_calls", ()))
@@ -164,6 +167,7 @@ class TrajectoryRunner:
             traj.tokens += more
             traj.sampled += [False] * len(more)
             traj.logprobs += [0.0] * len(more)
+            traj.versions += [0] * len(more)
         errors.update(getattr(env, "tool_errors", {}))
         traj.mismatch = self.chat.first_difference(written, traj.prompt + traj.tokens)
         if traj.mismatch is not None and not self.warned:
@@ -241,4 +245,7 @@ def to_batch(trajectories: list[Trajectory], group_ids: list[int], pad_id: int) 
     batch["group_ids"] = torch.tensor(group_ids)
     batch["truncated"] = torch.tensor([t.cut is not None for t in trajectories])
     batch["env_rewards"] = torch.tensor([t.env_reward for t in trajectories], dtype=torch.float32)
+    batch["rollout_versions"] = torch.zeros(batch["input_ids"].shape, dtype=torch.long)
+    batch["rollout_versions"][cols] = torch.tensor([v for t in trajectories for v in t.versions], dtype=torch.long)
+    batch["rollout_versions"] *= batch["response_mask"].long()  # only sampled tokens have a policy
     return batch

@@ -137,6 +137,7 @@ class VLLMRollout(RolloutEngine):
         shared = tied and self.loads_in_place and all(self.llm.collective_rpc("head_is_embedding"))
         self._weight_names = checkpoint_weight_names(model_path, tied and not shared)
         self._stale_prefixes = False  # whether prefixes may be cached that a push must drop
+        self._holding = False  # between begin_push and weights_updated: no engine step
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:
@@ -153,13 +154,15 @@ class VLLMRollout(RolloutEngine):
             per_prompt = [sampling_params(sampling, None)] * len(prompt_ids)
         t = time.perf_counter()
         self._stale_prefixes = True
+        base = self.requests.pushes
         outs = self.requests.run(list(zip(prompt_ids, per_prompt)))
         self.timing = {"time/vllm_generate": time.perf_counter() - t}
         t = time.perf_counter()
-        prompts, responses, logprobs, groups, truncated = [], [], [], [], []
+        prompts, responses, logprobs, groups, truncated, versions = [], [], [], [], [], []
         for gid, out in enumerate(outs):
-            for comp in out.outputs:
+            for j, comp in enumerate(out.outputs):
                 ids = list(comp.token_ids)
+                versions.append([v - base for v in self.requests.push_index(out, j)])
                 prompts.append(list(out.prompt_token_ids))
                 responses.append(ids)
                 logprobs.append(_sampled_logprobs(ids, comp.logprobs))
@@ -169,6 +172,10 @@ class VLLMRollout(RolloutEngine):
         batch["rollout_logprobs"] = scatter_response_values(batch, logprobs)
         batch["group_ids"] = torch.tensor(groups)
         batch["truncated"] = torch.tensor(truncated)
+        # pushes that landed before each sampled token, since the call began (partial rollouts)
+        batch["rollout_versions"] = scatter_response_values(batch, versions).long()
+        for out in outs:
+            self.requests.forget(out)
         self.timing["time/rollout_postprocess"] = time.perf_counter() - t
         return batch
 
@@ -185,9 +192,11 @@ class VLLMRollout(RolloutEngine):
         if sampling.seed is not None and not seeded:
             torch.manual_seed(sampling.seed)
         jobs = [(row, sampling.seed + i + j if seeded else None, i) for i, row in enumerate(rows) for j in range(sampling.n)]
-        t = time.perf_counter()
+        t, base = time.perf_counter(), self.requests.pushes
         self._stale_prefixes = True
         runs = runner.run_all([r for r, _, _ in jobs], [s for _, s, _ in jobs], sampling)
+        for run in runs:  # pushes since the call began, per token (as `generate` gives them)
+            run.versions = [max(v - base, 0) for v in run.versions]
         seconds = time.perf_counter() - t
         self.timing = {"time/vllm_generate": seconds}
         return Trajectories(to_batch(runs, [g for _, _, g in jobs], self.pad_id), [r.messages for r in runs],
@@ -196,9 +205,11 @@ class VLLMRollout(RolloutEngine):
     async def _turn(self, ids: list[int], seed: int | None, max_tokens: int, sampling: Sampling):
         from rollout.trajectory import Turn
 
-        out = (await self.requests.generate(ids, sampling_params(sampling, seed, 1, max_tokens))).outputs[0]
+        got = await self.requests.generate(ids, sampling_params(sampling, seed, 1, max_tokens))
+        out, pushes = got.outputs[0], self.requests.push_index(got, 0)
+        self.requests.forget(got)
         tokens = list(out.token_ids)
-        return Turn(tokens, _sampled_logprobs(tokens, out.logprobs), out.finish_reason)
+        return Turn(tokens, _sampled_logprobs(tokens, out.logprobs), out.finish_reason, pushes)
 
     @property
     def weight_names(self) -> list[str]:
@@ -230,7 +241,26 @@ class VLLMRollout(RolloutEngine):
         with self.requests.paused():
             self.llm.wake_up(tags=tags)
 
+    def begin_push(self) -> None:
+        if not self._holding:
+            self.requests.hold()
+            self._holding = True
+
     def weights_updated(self) -> None:
+        """After a complete push. Requests still in flight (partial rollouts) continue on the new
+        weights: each records how far it got, and all are preempted so vLLM recomputes their KV
+        with the new weights before they sample on (vLLM keeps each request's sampler state)."""
+        try:
+            with self.requests.paused():
+                if self.requests.in_flight:
+                    self.requests.note_push()
+                    self._stale_prefixes = not self.llm.reset_prefix_cache(reset_running_requests=True)
+                    return
+                self.requests.pushes += 1
+        finally:
+            if self._holding:
+                self._holding = False
+                self.requests.release()
         self._drop_prefixes()
 
     def generated(self) -> None:

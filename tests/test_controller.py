@@ -55,6 +55,7 @@ class ScriptedRollout:
         batch["rollout_logprobs"] = torch.zeros(batch["input_ids"].shape)
         batch["group_ids"] = torch.tensor(groups)
         batch["truncated"] = torch.zeros(len(groups), dtype=torch.bool)
+        batch["rollout_versions"] = torch.zeros(batch["input_ids"].shape, dtype=torch.long)
         return batch
 
 
@@ -76,7 +77,8 @@ def test_dynamic_sampling_keeps_groups_with_signal(ray_local, dynamic, rounds):
         tok = FakeTokenizer()
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([rollout], 0)), tok, rewards, Renderer(tok, True, None))
         problems = [Row(f"{a}+1=", str(a + 1), str(a + 1)) for a in range(40)]
-        got = ctl._collect(Sampler(problems, seed=0), 0)
+        ctl.sampler = Sampler(problems, seed=0)
+        got = ctl._collect(ctl._draw(), 0)
         batch, errors, used = got.batch, got.errors, got.rounds
     finally:
         rewards.close()
@@ -117,7 +119,8 @@ def test_reward_functions_get_the_rows_extra_columns(ray_local):
         ctl = Controller(cfg, Roles(actor=None, rollout=RolloutGroup([ray.remote(ScriptedRollout).remote()], 0)), tok, rewards,
                          Renderer(tok, True, None))
         rows = [Row(f"{a}+1=", str(a + 1), extra={"parity": "odd" if a % 2 else "even"}) for a in range(4)]
-        got = ctl._collect(Sampler(rows, seed=0), 0)
+        ctl.sampler = Sampler(rows, seed=0)
+        got = ctl._collect(ctl._draw(), 0)
         batch, errors = got.batch, got.errors
     finally:
         rewards.close()
@@ -175,16 +178,16 @@ def test_a_failed_prefetch_skips_the_push_and_the_next_step_raises_it(ray_local,
         ctl = Controller(cfg, Roles(actor=actor, rollout=RolloutGroup([engine], 0)), tok, rewards,
                          Renderer(tok, True, None))
         sampler = Sampler([Row(f"{a}+1=", str(a + 1)) for a in range(12)], seed=0)
-        first = ctl.rl_step(sampler, prefetch=True)  # generates step 1, starts step 2's generation
+        first = ctl.rl_step(sampler, more=1)  # generates step 1, starts step 2's generation (the last step)
         assert actor.calls.count("train_step") == 1
         if prefetch_fails:
             assert "sync_weights" not in actor.calls and first["time/push"] == 0.0 and ctl.version == 0
             with pytest.raises(RuntimeError, match="engine fell over"):
-                ctl.rl_step(sampler, prefetch=True)
+                ctl.rl_step(sampler, more=0)
             assert actor.calls.count("train_step") == 1  # nothing trained on a batch that does not exist
         else:
             assert actor.calls.count("sync_weights") == 1 and ctl.version == 1
-            second = ctl.rl_step(sampler)  # trains on the prefetched batch, sampled before the first push
+            second = ctl.rl_step(sampler, more=0)  # trains on the batch generated ahead, sampled before the first push
             assert second["rollout/policy_lag"] == 1.0 and ray.get(engine.__ray_call__.remote(lambda e: e.calls)) == 2
     finally:
         rewards.close()

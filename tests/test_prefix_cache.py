@@ -20,8 +20,8 @@ class RecordingLLM:
 
 def engine(llm) -> VLLMRollout:
     e = VLLMRollout.__new__(VLLMRollout)  # no vLLM engine: only the prefix bookkeeping is under test
-    e.llm, e._stale_prefixes = llm, False
-    e.requests = types.SimpleNamespace(paused=contextlib.nullcontext)  # no request loop either
+    e.llm, e._stale_prefixes, e._holding = llm, False, False
+    e.requests = types.SimpleNamespace(paused=contextlib.nullcontext, in_flight=0, pushes=0)  # no request loop either
     return e
 
 
@@ -44,6 +44,8 @@ def test_a_generation_marks_the_prefixes_stale_before_vllm_runs_it():
     """Even a generation that fails part-way may have cached prefixes: the flag is set first."""
 
     class Failing:
+        in_flight = pushes = 0
+
         def run(self, *args, **kwargs):
             raise RuntimeError("engine died")
 

@@ -59,12 +59,21 @@ def _check_layout(cfg: RunConfig) -> None:
     _check_resources("rollout.resources", r.resources)
     if r.num_engines < 1:
         raise ConfigError(f"rollout.num_engines must be at least 1, got {r.num_engines}")
-    if cfg.rl.off_policy_steps not in (0, 1):
-        raise ConfigError(f"rl.off_policy_steps must be 0 (on-policy) or 1 (the next step's generation overlaps this "
-                          f"step's training), got {cfg.rl.off_policy_steps}")
-    if cfg.rl.off_policy_steps and r.sleep:
-        raise ConfigError("rl.off_policy_steps=1 generates while the trainers work, but rollout.sleep=true puts vLLM to "
-                          "sleep while they do; set rollout.sleep=false (or rl.off_policy_steps=0)")
+    k = cfg.rl.off_policy_steps
+    if k < 0:
+        raise ConfigError(f"rl.off_policy_steps must be 0 (on-policy) or more (batches generated ahead of training, "
+                          f"each at most that many updates old), got {k}")
+    if k and r.sleep:
+        raise ConfigError(f"rl.off_policy_steps={k} generates while the trainers work, but rollout.sleep=true puts vLLM "
+                          f"to sleep while they do; set rollout.sleep=false (or rl.off_policy_steps=0)")
+    if cfg.rl.partial_rollouts and not k:
+        raise ConfigError("rl.partial_rollouts=true lets new weights land in generation that is in flight, but with "
+                          "rl.off_policy_steps=0 nothing generates while the trainer works; set rl.off_policy_steps "
+                          "(e.g. 2) or rl.partial_rollouts=false")
+    if k > 1 and cfg.algo.dynamic_sampling:
+        raise ConfigError(f"algo.dynamic_sampling refills a batch with prompts drawn while it generates, which with "
+                          f"several batches generating at once (rl.off_policy_steps={k}) would make the prompts depend "
+                          f"on timing; use rl.off_policy_steps=1 (or 0) with dynamic sampling, or algo.dynamic_sampling=false")
     for key, value in (("rollout.num_gpus", r.num_gpus), ("actor.num_gpus_per_worker", cfg.actor.num_gpus_per_worker)):
         if r.sleep and value == 0:
             raise ConfigError(f"rollout.sleep=true frees GPU memory, but {key}=0 puts that role on the CPU, so nothing "
@@ -221,7 +230,8 @@ def validate(cfg: RunConfig) -> None:
 
     _check_layout(cfg)
     _choice("rollout.engine", cfg.rollout.engine, ROLLOUT_ENGINES)
-    _choice("task.name", cfg.task.name, ["arithmetic"])
+    _choice("task.name", cfg.task.name, ["arithmetic", "arithmetic_tools"])
+    _check_agent(cfg)
     _choice("rollout.dtype", cfg.rollout.dtype, ["float32", "bfloat16", "float16"])
     for path, value in [("sft.lr_schedule", cfg.sft.lr_schedule), ("rl.lr_schedule", cfg.rl.lr_schedule),
                         ("critic.lr_schedule", cfg.critic.lr_schedule)]:
@@ -269,6 +279,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{path} must be > 0 (or null: no clamp), got {value}")
     if algo.rollout_correction is not None:
         _choice("algo.rollout_correction", algo.rollout_correction, ROLLOUT_CORRECTIONS)
+    if algo.decoupled_cap <= 1:
+        raise ConfigError(f"algo.decoupled_cap must be > 1 (a token sampled by the current policy has weight 1 and must "
+                          f"stay in the loss), got {algo.decoupled_cap:g}; e.g. algo.decoupled_cap=5.0")
     if algo.tis_cap < 1:
         raise ConfigError(f"algo.tis_cap must be >= 1 (a cap below 1 shrinks every on-policy token's weight), got {algo.tis_cap}")
     # mis keeps the sequences whose ratio lies in [mis_low, mis_high]: one whose rollout and trainer agree has ratio 1
@@ -365,7 +378,9 @@ def validate(cfg: RunConfig) -> None:
         _check_positions(cfg, cfg.model.arch, "the embedded model (model.arch.max_position_embeddings)",
                          "lower rollout.max_model_len or raise model.arch.max_position_embeddings")
     _check_ranges(cfg)
-    if not cfg.data.train_files:
+    if not cfg.data.train_files and cfg.task.name == "arithmetic_tools":
+        _check_tool_task(cfg)
+    elif not cfg.data.train_files:
         from rlhf.data.arithmetic import problem_count
 
         total = problem_count(cfg.task.max_operand, cfg.task.ops)
@@ -446,6 +461,57 @@ def _check_cpus(cfg: RunConfig) -> None:
         )
 
 
+def _check_agent(cfg: RunConfig) -> None:
+    """The environment resolves and the multi-turn limits make sense; the tokenizer needs a chat
+    template, which a model folder must carry (the embedded model gets one with an environment)."""
+    a = cfg.agent
+    if a.env is None:
+        return
+    from agents.registry import PluginError, resolve_env
+
+    try:
+        resolve_env(a.env)
+    except PluginError as e:
+        raise ConfigError(str(e)) from e
+    except Exception as e:  # the environment's module failed to load
+        raise ConfigError(f"agent.env={a.env!r}: loading it failed ({type(e).__name__}: {e})") from e
+    for key, value, least in (("max_turns", a.max_turns, 1), ("max_tool_output_chars", a.max_tool_output_chars, 1),
+                              ("tool_workers", a.tool_workers, 1), ("max_in_flight", a.max_in_flight, 1)):
+        if value < least:
+            raise ConfigError(f"agent.{key} must be at least {least}, got {value}")
+    if a.tool_timeout_s <= 0:
+        raise ConfigError(f"agent.tool_timeout_s must be > 0 (seconds a tool call may take), got {a.tool_timeout_s:g}")
+    if not cfg.data.chat_template:
+        raise ConfigError("agent.env needs the chat template (tool calls and results are turns of a conversation), "
+                          "but data.chat_template=false; set data.chat_template=true")
+    if cfg.model.path is not None:
+        import json
+
+        folder = Path(cfg.model.path)
+        config = folder / "tokenizer_config.json"
+        has = (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file() or (
+            config.is_file() and json.loads(config.read_text()).get("chat_template"))
+        if not has:
+            raise ConfigError(f"agent.env needs a tokenizer with a chat template, and the one in model.path={cfg.model.path} "
+                              f"has none (no chat_template in tokenizer_config.json, no chat_template.jinja); use an "
+                              f"instruct model's folder, or set its tokenizer's chat_template")
+
+
+def _check_tool_task(cfg: RunConfig) -> None:
+    t = cfg.task
+    span = t.max_operand - 9
+    if t.max_operand < 20:
+        raise ConfigError(f"task.max_operand must be at least 20 for the arithmetic_tools task (operands from 10 to it), "
+                          f"got {t.max_operand}")
+    if t.num_train < 1 or t.num_train + t.num_eval > span * span // 2:
+        raise ConfigError(f"task.num_train={t.num_train} and task.num_eval={t.num_eval} must be at least 1 and together "
+                          f"at most half of the {span * span} products with operands in [10, {t.max_operand}]; lower them "
+                          f"or raise task.max_operand")
+    if not 0 <= t.demo_tool_skip <= 1:
+        raise ConfigError(f"task.demo_tool_skip must be in [0, 1] (the share of demonstrations that skip the "
+                          f"calculator), got {t.demo_tool_skip:g}")
+
+
 def _check_reward(cfg: RunConfig) -> None:
     from rewards.registry import RewardResolutionError, check_call, needs_answer, resolve
 
@@ -453,9 +519,10 @@ def _check_reward(cfg: RunConfig) -> None:
     if reward.fn is not None and reward.fns:
         raise ConfigError(f"reward.fn={reward.fn} and reward.fns are both set; set reward.fn=null to use the functions "
                           f"of reward.fns, or reward.fns=[] to use reward.fn alone")
-    if reward.fn is None and not reward.fns:
+    if reward.fn is None and not reward.fns and cfg.agent.env is None:
         raise ConfigError("reward.fn is null and reward.fns is empty: no reward function; set reward.fn (e.g. "
-                          "reward.fn=math_answer, or path/to/file.py:function) or reward.fns")
+                          "reward.fn=math_answer, or path/to/file.py:function) or reward.fns (with an environment, "
+                          "agent.env, its own rewards may be all there is)")
     _choice("reward.on_error", reward.on_error, ["fallback", "drop_group"])
     if reward.timeout_s <= 0:
         raise ConfigError(f"reward.timeout_s must be > 0 (seconds per reward call), got {reward.timeout_s:g}")

@@ -18,7 +18,7 @@ from typing import Any
 from rlhf.config.schema import ConfigError, RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-CONFIG_GROUPS = ("algo",)
+CONFIG_GROUPS = ("algo", "task")
 
 
 _SCALARS = {
@@ -128,6 +128,9 @@ def compose_config(overrides: list[str]) -> RunConfig:
             raise ConfigError(f"override {item!r} is not of the form key=value; give it a value, e.g. {item}=VALUE "
                               f"(`python -m rlhf.main --cfg` prints every key with its value)")
         key, value = item.split("=", 1)
+        given = key
+        if key == "task.name":  # a built-in task comes with its settings: the group of the same name
+            key, item = "task", f"task={value}"
         if key == "stage_overrides" or key.startswith("stage_overrides."):
             per_stage.append((item, key))  # free-form by stage name: checked against the schema per stage
             continue
@@ -140,7 +143,7 @@ def compose_config(overrides: list[str]) -> RunConfig:
             if value not in groups[key]:
                 near = difflib.get_close_matches(value, groups[key], n=3)
                 hint = f" Did you mean {', '.join(near)}?" if near else ""
-                raise ConfigError(f"{key}={value!r} is not one of {', '.join(groups[key])}.{hint}")
+                raise ConfigError(f"{given}={value!r} is not one of {', '.join(groups[key])}.{hint}")
             group_overrides.append(item)
         else:
             value_overrides.append((item, key))

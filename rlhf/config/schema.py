@@ -30,6 +30,21 @@ class TaskConfig:
     ops: str
     num_eval: int
     demo_carry_error: float
+    num_train: int
+    demo_tool_skip: float
+
+
+@dataclass
+class AgentSection:
+    """Multi-turn rollouts: an environment answers each assistant turn (rollout/trajectory.py)."""
+
+    env: Optional[str]
+    tool_parser: str
+    max_turns: int
+    tool_timeout_s: float
+    max_tool_output_chars: int
+    tool_workers: int
+    max_in_flight: int
 
 
 @dataclass
@@ -140,6 +155,7 @@ class RLConfig:
     warmup_steps: int
     lr_schedule: str
     off_policy_steps: int
+    partial_rollouts: bool
 
 
 @dataclass
@@ -175,6 +191,7 @@ class AlgoConfig:
     tis_cap: float
     mis_low: float
     mis_high: float
+    decoupled_cap: float
 
     @property
     def uses_critic(self) -> bool:
@@ -251,6 +268,7 @@ class RunConfig:
     task: TaskConfig
     actor: ActorConfig
     rollout: RolloutConfig
+    agent: AgentSection
     sft: SFTConfig
     rl: RLConfig
     algo: AlgoConfig

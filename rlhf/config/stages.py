@@ -19,7 +19,7 @@ from rlhf.config.schema import ConfigError, RunConfig
 KINDS = ("sft", "rl")
 # What a stage may change: what it trains on, how, and how it is judged. The roles' processes,
 # the model and where output goes are the run's.
-OVERRIDABLE = ("sft", "rl", "algo", "critic", "reward", "data", "eval")
+OVERRIDABLE = ("sft", "rl", "algo", "critic", "reward", "data", "eval", "agent")
 
 
 @dataclass

@@ -390,8 +390,25 @@ def _file_rows(path: str, data) -> list[Row]:
                 value = turns[0]["content"]
             response = _text(value, where, "data.response_key")
         rows.append(Row(prompt=prompt, answer=answer, response=response, messages=messages,
-                        extra={k: _present(_field(record, k)) for k in data.extra_keys}, origin=at, context=context))
+                        extra={k: _present(_field(record, k)) for k in data.extra_keys}, origin=at, context=context,
+                        tools=_tools(record.get("tools"), f"{at}, column 'tools'")))
     return rows
+
+
+def _tools(value, where: str) -> list | None:
+    """A row's tools (TRL's `tools` column: JSON schemas, or their JSON text as Parquet often holds
+    them), for the chat template; None without."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise DataError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, dict) for t in value):
+        raise DataError(f"{where}: tools must be a list of JSON schemas ({{type: function, function: {{name, "
+                        f"description, parameters}}}}), got {value!r:.80}")
+    return list(value)
 
 
 def eval_name(path: str, taken: set[str]) -> str:

@@ -20,17 +20,21 @@ from rlhf.data.rows import DataError, Row
 
 
 class Renderer:
-    def __init__(self, tokenizer, chat_template: bool, system_prompt: str | None):
+    def __init__(self, tokenizer, chat_template: bool, system_prompt: str | None, tools: list[dict] | None = None):
+        """`tools`: JSON schemas given to the chat template with every row that has none of its own
+        (a multi-turn run's environment's tools, so SFT, rollout and evaluation see the same prompt)."""
         self.tok = tokenizer
         self.templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
         self.system_prompt = system_prompt
+        self.tools = tools or None
         self.eos = tokenizer.eos_token_id
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids if text else []
 
-    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    def _render(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        return self.tok.apply_chat_template(messages, tools=tools or self.tools, tokenize=False,
+                                            add_generation_prompt=generation_prompt)
 
     def _conversation(self, row: Row) -> tuple[list[dict], int]:
         """The row as messages: its conversation, its conversational prompt and the response if
@@ -61,9 +65,9 @@ class Renderer:
             return self.tok(text).input_ids
         msgs, first = self._conversation(row)
         if row.context is not None:
-            return self._ids(self._render(msgs[:first], generation_prompt=True))
+            return self._ids(self._render(msgs[:first], generation_prompt=True, tools=row.tools))
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
-        return self._ids(self._render(msgs[:last], generation_prompt=True))
+        return self._ids(self._render(msgs[:last], generation_prompt=True, tools=row.tools))
 
     def sft_example(self, row: Row) -> tuple[list[int], list[int]]:
         """Token ids of the whole example and its loss mask (1 on tokens the model must learn)."""
@@ -79,8 +83,8 @@ class Renderer:
         for i, m in enumerate(msgs):
             if m["role"] != "assistant" or i < first:
                 continue
-            before = self._render(msgs[:i], generation_prompt=True) if i else ""
-            after = self._render(msgs[: i + 1], generation_prompt=False)
+            before = self._render(msgs[:i], generation_prompt=True, tools=row.tools) if i else ""
+            after = self._render(msgs[: i + 1], generation_prompt=False, tools=row.tools)
             if not (before.startswith(done) and after.startswith(before)):
                 raise DataError(
                     f"{row.origin}: the tokenizer's chat template does not render a conversation's turns as "
@@ -92,7 +96,7 @@ class Renderer:
                 ids += piece
                 mask += [learn] * len(piece)
             done = after
-        tail = self._ids(self._render(msgs, generation_prompt=False)[len(done):])
+        tail = self._ids(self._render(msgs, generation_prompt=False, tools=row.tools)[len(done):])
         return ids + tail, mask + [0] * len(tail)
 
 

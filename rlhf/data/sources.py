@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from rlhf.data import arithmetic
+from rlhf.data import arithmetic, arithmetic_tools
 from rlhf.data.files import eval_name, load_rows
 from rlhf.data.rows import Row
 
@@ -31,17 +31,22 @@ def _texts(rows: list[Row]) -> list[str]:
 _READ: dict[str, Data] = {}
 
 
-def load_data(data, task, seed: int) -> Data:
-    """`data` and `task` are the config sections of the same names. Read once per process and
-    settings: a run reads every stage's rows (checking each) before it writes anything, then
-    trains on the same rows."""
-    key = json.dumps([dataclasses.asdict(data), task and dataclasses.asdict(task), seed], sort_keys=True)
+def load_data(data, task, seed: int, tools: bool = False) -> Data:
+    """`data` and `task` are the config sections of the same names; `tools`: the run has an
+    environment (agent.env), which the built-in tool task's demonstrations call. Read once per
+    process and settings: a run reads every stage's rows (checking each) before it writes
+    anything, then trains on the same rows."""
+    key = json.dumps([dataclasses.asdict(data), task and dataclasses.asdict(task), seed, tools], sort_keys=True)
     if key not in _READ:
-        _READ[key] = _load(data, task, seed)
+        _READ[key] = _load(data, task, seed, tools)
     return _READ[key]
 
 
-def _load(data, task, seed: int) -> Data:
+def _load(data, task, seed: int, tools: bool) -> Data:
+    if not data.train_files and task.name == "arithmetic_tools":
+        train, held_out = arithmetic_tools.make_splits(seed, task.max_operand, task.num_train, task.num_eval,
+                                                       task.demo_tool_skip, tools)
+        return Data(train=train, evals={"held_out": held_out}, texts=arithmetic_tools.corpus(train + held_out))
     if not data.train_files:
         train, held_out = arithmetic.make_splits(seed, task.max_operand, task.ops, task.num_eval, task.demo_carry_error)
         return Data(train=train, evals={"held_out": held_out}, texts=arithmetic.corpus(train + held_out))

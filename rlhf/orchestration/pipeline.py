@@ -108,6 +108,15 @@ def _dump_rollouts(batch, tok, path: Path) -> None:
             }) + "\n")
 
 
+def _env_tools(cfg: RunConfig) -> list[dict] | None:
+    """The tools of the stage's environment (agent.env), which every prompt of the stage is rendered with."""
+    if cfg.agent.env is None:
+        return None
+    from agents.registry import resolve_env
+
+    return getattr(resolve_env(cfg.agent.env), "tools", None) or None
+
+
 class _Job:
     """What the stages share: the output folder, the tokenizer, the roles, the metrics, the summary."""
 
@@ -125,11 +134,11 @@ class _Job:
         cfg = stage.cfg
         fraction = cfg.sft.eval_fraction if stage.kind == "sft" else 0.0
         key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.task), cfg.prompt_limit(),
-                          stage.kind, cfg.seed, fraction])
+                          stage.kind, cfg.seed, fraction, cfg.agent.env])
         if key not in self._data:
-            renderer = Renderer(self.tok, cfg.data.chat_template, cfg.data.system_prompt)
+            renderer = Renderer(self.tok, cfg.data.chat_template, cfg.data.system_prompt, _env_tools(cfg))
             try:
-                raw = load_data(cfg.data, cfg.task, cfg.seed)
+                raw = load_data(cfg.data, cfg.task, cfg.seed, tools=cfg.agent.env is not None)
                 limit, width = cfg.prompt_limit(), cfg.rollout.max_model_len
                 train = keep_fitting(raw.train, renderer, limit, width, sft=stage.kind == "sft")
                 evals = {name: keep_fitting(rows, renderer, limit, width, sft=False) for name, rows in raw.evals.items()}
@@ -234,33 +243,36 @@ class _Job:
             print(f"[rlhf] critic ready in {time.time() - t:.1f}s", flush=True)
             roles.critic.all("configure_optimizer", _optim(cfg, cfg.critic, rl_updates))
         actor.all("configure_optimizer", _optim(cfg, cfg.rl, rl_updates))
-        sampler = Sampler(train, cfg.seed + stage.index)
+        sampler = ctl.sampler = Sampler(train, cfg.seed + stage.index)
         groups = {"actor": actor, **({"critic": roles.critic} if roles.critic is not None else {})}
         first = 1
         if resume:
             run_state.restore(resume, groups)
             ctl.load_state_dict(resume["controller"])
-            ctl.load_pending(run_state.load_pending(resume))
             sampler.load_state_dict(resume["sampler"])
             rewards.load_state_dict(resume["rewards"])
             ctl.sync_weights()
+            ctl.load_pending(run_state.load_pending(resume))  # batches in flight at the save relaunch on these weights
             first = resume["step"] + 1
             print(f"[rlhf] resumed from {resume['path']}: continuing at RL step {first}", flush=True)
 
-        def position() -> dict:
+        def position(entries=None) -> dict:
+            """The data position and counters now, and the batches generated ahead (`entries`: as
+            they stood at another moment, see RolloutQueue.entries)."""
             return copy.deepcopy({"start_path": start_path, "controller": ctl.state_dict(),
                                   "sampler": sampler.state_dict(), "rewards": rewards.state_dict(),
-                                  run_state.PENDING: ctl.pending_state()})
+                                  run_state.PENDING: ctl.rollouts.state_dict(entries)})
 
         def save_state(step: int, driver: dict | None = None) -> Path:
             return self.save_state(stage, step, groups, driver or position())
 
         bar = stage_bar(stage.name if stage.name != "rl" else cfg.algo.name, cfg.rl.steps, initial=first - 1)
         for step in range(first, cfg.rl.steps + 1):
-            before = position()  # the data position and counters this step starts from
+            # the data position, counters and batches ahead this step starts from (the batches' state is
+            # read only if the step fails: reading it waits for those that cannot be launched again)
+            before, ahead = {k: v for k, v in position([]).items() if k != run_state.PENDING}, ctl.rollouts.entries()
             try:
-                m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps,
-                                prefetch=cfg.rl.off_policy_steps > 0 and step < cfg.rl.steps)
+                m = ctl.rl_step(sampler, train_actor=step > cfg.algo.critic_pretrain_steps, more=cfg.rl.steps - step)
             except RolloutFailed as e:
                 if e.after_update:  # the step trained, then its push failed: a resumed run pushes first
                     saved = save_state(step)
@@ -269,7 +281,7 @@ class _Job:
                                    f"continue with the same overrides plus trainer.resume=auto trainer.output_dir={out}"
                                    ) from e
                 # the trainer is still where step - 1 left it: save that, with the position from before this step
-                saved = save_state(step - 1, before)
+                saved = save_state(step - 1, {**before, run_state.PENDING: ctl.rollouts.state_dict(ahead)})
                 raise JobError(f"{e}.\nThe state after RL step {step - 1} is saved in {saved}: continue with the same "
                                f"overrides plus trainer.resume=auto trainer.output_dir={out}") from e
             except RewardErrorRateExceeded as e:
@@ -347,14 +359,17 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
         done[stage.name] = record
     model_path = cfg.model.path
     try:  # every row of every stage to run, checked before anything is written (read once: load_data keeps them)
-        texts = load_data(cfg.data, cfg.task, cfg.seed).texts if model_path is None else []
+        texts = load_data(cfg.data, cfg.task, cfg.seed, tools=cfg.agent.env is not None).texts if model_path is None else []
         for stage in stages:
             if stage.name not in done:
-                load_data(stage.cfg.data, stage.cfg.task, stage.cfg.seed)
+                load_data(stage.cfg.data, stage.cfg.task, stage.cfg.seed, tools=stage.cfg.agent.env is not None)
     except DataError as e:
         raise JobError(str(e)) from e
     if model_path is None:
-        model_path = ensure_tiny_model(cfg.model.cache_dir, texts, cfg.model.arch, cfg.seed)
+        # the embedded model speaks a chat template (with tool calls) where a stage has an
+        # environment or the task is the tool task; plain text otherwise
+        chat = cfg.task.name == "arithmetic_tools" or any(s.cfg.agent.env is not None for s in stages)
+        model_path = ensure_tiny_model(cfg.model.cache_dir, texts, cfg.model.arch, cfg.seed, chat=chat)
     # written only now: a refused stage or a bad row leaves no output folder (nor another config.json) behind
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))

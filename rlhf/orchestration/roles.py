@@ -159,6 +159,9 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
                                  for r in range(group.world_size)])
 
 
+_ENGINE_CALLS = 16  # calls one rollout engine serves at once
+
+
 def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement,
                   which: list[int] | None = None, name: str = "rollout-{}") -> list:
     """`rollout.num_engines` vLLM engines (or those numbered `which`), each a Ray actor with its own
@@ -180,7 +183,9 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         ray_bundles=(),
         sleep=r.sleep,
     )
-    cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(RolloutWorker)
+    # Calls run on threads of their own (the engine's request loop serves them all at once): batches
+    # generated ahead of training, an evaluation and a push may overlap (rl.off_policy_steps).
+    cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus, max_concurrency=_ENGINE_CALLS)(RolloutWorker)
     return [cls.options(name=name.format(i), **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))
             .remote(ROLLOUT_ENGINES[r.engine], model_path,
                     dataclasses.replace(rollout_cfg, ray_bundles=placement.rollout_bundles(i)))

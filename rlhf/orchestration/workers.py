@@ -151,6 +151,9 @@ class RolloutWorker:
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
 
+    def trajectories(self, rows, sampling, agent):
+        return self.engine.trajectories(rows, sampling, agent)
+
     def timing(self) -> dict[str, float]:
         return self.engine.timing
 
@@ -174,6 +177,7 @@ class RolloutWorker:
         self.receiver.connect(info)
 
     def begin_weight_update(self) -> None:
+        self.engine.begin_push()
         self.receiver.begin()
         self.push_spans = []
 

@@ -34,11 +34,12 @@ RESULT_NEUTRAL = (
                                    "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "num_cpus", "num_gpus",
                                    "resources", "weight_transport", "placement", "bucket_bytes", "sleep",
                                    "generate_timeout_s", "max_restarts")),
+    "agent.tool_workers", "agent.max_in_flight",
 )
 # What a stage of a kind does not use. An SFT stage trains on its data with the sft.* settings:
 # the RL sections are not used, and the rollout engine and the reward serve only its evaluation
 # (of the rollout settings only rollout.max_model_len, the longest SFT example kept, counts).
-_UNUSED = {"sft": ("rl.", "algo.", "ref.", "critic.", "reward.", "rollout."), "rl": ("sft.",)}
+_UNUSED = {"sft": ("rl.", "algo.", "ref.", "critic.", "reward.", "rollout.", "agent."), "rl": ("sft.",)}
 # The longest prompt kept (RunConfig.prompt_limit) decides which rows a stage trains on. It is
 # compared in place of the keys that set it (eval.max_new_tokens among them, whose other effects
 # are neutral).
@@ -47,7 +48,7 @@ BEFORE = "stages before it"
 
 
 def _counts(key: str, stage: Stage) -> bool:
-    if key == "rollout.max_model_len":
+    if key in ("rollout.max_model_len", "agent.env"):  # the longest SFT example; a tool task's demonstrations
         return True
     if key == "data.max_prompt_tokens" or key.startswith(_UNUSED[stage.kind]):
         return False
