@@ -63,7 +63,8 @@ def main() -> int:
     rows = [r for s, r in sorted(steps.items()) if s >= 3] or list(steps.values())
     if any("time/rollout_wait" in r for r in rows[:-1]):
         rows = [r for r in rows if "time/rollout_wait" in r]  # off-policy: the last step overlaps no generation
-    med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean"]
+    med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean",
+                                                                                    "rollout/policy_lag"]
            if k in rows[0]}
     rl = json.loads((run / "config.json").read_text())["rl"]
     tokens = statistics.median(r["response/length_mean"] for r in rows) * rl["prompts_per_step"] * rl["n"]

@@ -318,6 +318,15 @@ VARIANTS = {
     "seeded": (1, "qwen2.5-0.5b", [], None, "one GPU, every prompt's samples seeded (the product's default)"),
     "off-policy": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.off_policy_steps=1"], None,
                    "one-step off-policy: the next step generated while this one trains"),
+    "k2": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.off_policy_steps=2"], None,
+           "two steps ahead: batches t+1 and t+2 generating while step t trains"),
+    "k1-partial": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.off_policy_steps=1", "rl.partial_rollouts=true"], None,
+                   "one step ahead, pushes landing in generation in flight (partial rollouts)"),
+    "k2-partial": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.off_policy_steps=2", "rl.partial_rollouts=true"], None,
+                   "two steps ahead with partial rollouts"),
+    "k2-decoupled": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.off_policy_steps=2", "rl.partial_rollouts=true",
+                                         "algo.rollout_correction=decoupled"], None,
+                     "two steps ahead, partial rollouts, the decoupled PPO correction"),
     "lora": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.lr=1e-5"], None, "LoRA adapters (actor.lora.rank, --lora-rank)"),
     "dp2": (2, "qwen2.5-0.5b", ["actor.world_size=2"], None, "FSDP2 over two GPUs, one vLLM engine"),
     "tp2": (2, "qwen2.5-0.5b", ["actor.world_size=2", "actor.tp_size=2"], None, "tensor parallel over two GPUs"),
@@ -372,7 +381,7 @@ def workload_run(ctx: Context, a, variant: str, name: str) -> dict | None:
 
 
 WORKLOAD_HEADERS = ["variant", "median of steps", "step s", "generate s", "log-probs s", "train s", "rollout wait s",
-                    "push ms", "generated tokens/s", "mean |dlogp|", "peak GiB"]
+                    "push ms", "generated tokens/s", "mean |dlogp|", "policy lag", "peak GiB"]
 
 
 def workload_row(variant: str, f: dict) -> list:
@@ -382,7 +391,7 @@ def workload_row(variant: str, f: dict) -> list:
     return [variant, f"{steps[0]}-{steps[-1]}", num(m["time/step"]), num(m.get("time/generate")), num(m.get("time/logprobs")),
             num(m.get("time/train")), num(m.get("time/rollout_wait")), ms(m.get("time/push")),
             f"{m['gen_tokens_per_s']:,.0f}", num(m.get("rollout/logprob_abs_diff_mean"), 4),
-            num(max(peaks), 1) if peaks else None]
+            num(m.get("rollout/policy_lag"), 2), num(max(peaks), 1) if peaks else None]
 
 
 def workload_table(ctx: Context, rows: list[list]) -> None:
