@@ -131,6 +131,9 @@ class TrainerWorker:
         self.engine.load_state(path)
 
 
+GENERATION = "generation"  # the rollout worker's concurrency group of generation calls (roles.start_rollout)
+
+
 class RolloutWorker:
     """A rollout engine in its own process, with the receiving end of the weight transport."""
 
@@ -148,9 +151,11 @@ class RolloutWorker:
     def startup(self) -> dict:
         return self._startup
 
+    @ray.method(concurrency_group=GENERATION)
     def generate(self, prompt_ids, sampling):
         return self.engine.generate(prompt_ids, sampling)
 
+    @ray.method(concurrency_group=GENERATION)
     def trajectories(self, rows, sampling, agent):
         return self.engine.trajectories(rows, sampling, agent)
 
