@@ -4,10 +4,11 @@
 # the code sandbox and returns what it printed), scored by the built-in math_answer reward on its
 # last turn. Half of train.jsonl's rows also carry a `messages` conversation that calls the tool
 # (SFT learns those; the other rows' `answer` is their SFT target). On the embedded tiny model and
-# a CPU, a few steps show the plumbing (tool calls parsed, run, answered; tokens in and out), not
-# learning; for a real run point model.path at an instruct model whose chat template takes tools
-# (e.g. Qwen2.5-Instruct) and drop the model.arch / length / step overrides. Extra arguments are
-# passed on (key=value).
+# a CPU (about a minute) this shows the plumbing, not learning: SFT makes the tiny model memorize
+# the training rows, so its RL trajectories call the tool on them (parsed, run in the sandbox,
+# answered, tokens in and out), while held-out accuracy stays 0. For a real run point model.path
+# at an instruct model whose chat template takes tools (e.g. Qwen2.5-Instruct) and drop the
+# model.arch / length / step overrides. Extra arguments are passed on (key=value).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/env.sh
