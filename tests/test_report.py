@@ -174,8 +174,10 @@ def test_axes_and_legends_stay_readable(default_job):
 def test_an_on_policy_run_gets_a_note_instead_of_a_policy_lag_histogram(default_job):
     out, figures = default_job
     assert "policy_lag" not in figures and not (out / "report" / "policy_lag.png").exists()
+    assert "rollout_buffer" not in figures
     report = (out / "report" / "report.md").read_text()
     assert "- Policy lag: not plotted, 0 at every step (on-policy" in report
+    assert "- Batches generated ahead, at the end of the step: not plotted, 0 at every step" in report
     assert "Policy lag (rl):" not in report
 
 
@@ -184,7 +186,7 @@ LAG_SHARES = {("rl", 1): {0: 1.0}, ("rl", 2): {0: 0.25, 1: 0.75}, ("rl", 3): {1:
               ("rl", 4): {0: 0.125, 1: 0.25, 2: 0.25, 3: 0.375}, ("rl2", 1): {1: 1.0}, ("rl2", 2): {0: 0.5, 2: 0.5}}
 
 
-def test_an_async_run_plots_its_policy_lag_histogram(tmp_path):
+def test_an_async_agent_run_plots_its_policy_lag_histogram_agent_turns_and_buffer(tmp_path):
     rows = []
     for (stage, step), shares in LAG_SHARES.items():
         rows.append({"stage": stage, "step": step, "reward/mean": 0.5, "reward/std": 0.1,
@@ -198,7 +200,7 @@ def test_an_async_run_plots_its_policy_lag_histogram(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figures = _build_keeping_figures(tmp_path)
     assert sorted(p.stem for p in (tmp_path / "report").glob("*.png")) == [
-        "phase_times", "policy_lag", "reward"]
+        "agent", "phase_times", "policy_lag", "reward", "rollout_buffer"]
     # the histogram: each lag's token share, averaged over the steps of both RL stages
     expected = {}
     for j in range(4):
@@ -212,8 +214,10 @@ def test_an_async_run_plots_its_policy_lag_histogram(tmp_path):
     assert bars == pytest.approx(expected)
     lines = {line.get_label(): list(line.get_ydata()) for line in per_step.get_lines()}
     assert lines["rl: mean"] == pytest.approx([0.0, 0.75, 1.5, 1.875]) and lines["rl2: max"] == [1.0, 2.0]
+    (agent,) = figures["agent"].axes
+    assert {line.get_label(): list(line.get_ydata()) for line in agent.get_lines()}["rl: turns"] == [3, 4, 5, 6]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Policy lag (rl): mean 1.031 versions per sampled token (mean over steps), max 3." in report
     assert "Policy lag (rl2): mean 1 versions per sampled token (mean over steps), max 2." in report
-    assert "](policy_lag.png)" in report
+    assert "![Agent trajectories](agent.png)" in report and "](policy_lag.png)" in report
     assert "not plotted" not in report

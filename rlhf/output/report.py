@@ -28,10 +28,18 @@ RL_PLOTS = [
      True),
     ("throughput", "Throughput", "tokens / s", [("throughput/generated_tokens_per_s", "generated"),
                                                 ("throughput/trained_tokens_per_s", "trained")], True),
+    # multi-turn runs (rollout/trajectory.py's stats)
+    ("agent", "Agent trajectories", "per trajectory", [("agent/turns_mean", "turns"),
+                                                       ("agent/tool_calls_mean", "tool calls"),
+                                                       ("agent/tool_errors_mean", "tool errors")], True),
+    # batches generated ahead (rl.off_policy_steps), counted after the step's push
+    ("rollout_buffer", "Batches generated ahead, at the end of the step", "batches",
+     [("rollout/buffer_ready", "ready"), ("rollout/buffer_in_flight", "in flight")], True),
 ]
 # Why a plot whose every value is 0 is left out (report.md says so instead); the default reason otherwise.
 ALL_ZERO = {"clip_fraction": "no token's probability ratio left the clip range; with one on-policy update per batch "
                              "the ratio is 1",
+            "rollout_buffer": "with rl.off_policy_steps=0 each step generates its batch when it starts",
             "policy_lag": "on-policy: every token was sampled by the policy being trained"}
 LAG_SHARE = "rollout/policy_lag_share/"
 PHASES = ["time/rollout", "time/logprobs", "time/train", "time/push", "time/checkpoint"]
