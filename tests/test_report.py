@@ -9,7 +9,7 @@ import pytest
 
 from rlhf.config import load_config
 from rlhf.output.metrics import read_metrics
-from rlhf.output.report import main, reward_range, summary_table
+from rlhf.output.report import main, policy_lag_shares, reward_range, summary_table
 
 
 def test_report_of_an_unfinished_run_names_its_status_config_and_plots(tmp_path):
@@ -74,18 +74,17 @@ def _default_job_rows(out, rl_steps=60):
         rows.append({"stage": "rl", "step": s, "reward/mean": mean, "reward/std": (mean * (1 - mean)) ** 0.5,
                      "reward/groups_with_signal": 0.8 - 0.6 * s / rl_steps, "actor/clip_frac": 0.0,
                      "response/length_mean": 2.94 + 0.09 * (s % 2), "time/rollout": 0.45, "time/reward": 0.05,
-                     "time/train": 0.7, "time/push": 0.12, "time/step": 1.35})
+                     "time/train": 0.7, "time/push": 0.12, "time/step": 1.35, "rollout/policy_lag": 0.0,
+                     "rollout/policy_lag_max": 0.0, "rollout/policy_lag_share/0": 1.0, "rollout/buffer_ready": 0.0,
+                     "rollout/buffer_in_flight": 0.0, "time/rollout_take_wait": 0.0})
     rows.append({"stage": "rl", "step": rl_steps, "eval/accuracy": 0.97})
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.fixture(scope="module")
-def default_job(tmp_path_factory):
-    """The report of rows shaped like the default job's, and every figure it saved, by file stem."""
+def _build_keeping_figures(out) -> dict:
+    """Build the report of `out`; every figure it saved, by file stem."""
     from matplotlib.figure import Figure
 
-    out = tmp_path_factory.mktemp("default_job")
-    _default_job_rows(out)
     saved, savefig = {}, Figure.savefig
 
     def keep(fig, fname, *args, **kwargs):
@@ -95,7 +94,15 @@ def default_job(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Figure, "savefig", keep)
         assert main([str(out)]) == 0
-    return out, saved
+    return saved
+
+
+@pytest.fixture(scope="module")
+def default_job(tmp_path_factory):
+    """The report of rows shaped like the default job's, and every figure it saved, by file stem."""
+    out = tmp_path_factory.mktemp("default_job")
+    _default_job_rows(out)
+    return out, _build_keeping_figures(out)
 
 
 def _boxes(fig, artists):
@@ -162,3 +169,55 @@ def test_axes_and_legends_stay_readable(default_job):
         boxes = _boxes(fig, labels)
         gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
         assert len(boxes) >= 3 and min(gaps) >= labels[0].get_fontsize() * fig.dpi / 72 / 2, [t.get_text() for t in labels]
+
+
+def test_an_on_policy_run_gets_a_note_instead_of_a_policy_lag_histogram(default_job):
+    out, figures = default_job
+    assert "policy_lag" not in figures and not (out / "report" / "policy_lag.png").exists()
+    assert "rollout_buffer" not in figures
+    report = (out / "report" / "report.md").read_text()
+    assert "- Policy lag: not plotted, 0 at every step (on-policy" in report
+    assert "- Batches generated ahead, at the end of the step: not plotted, 0 at every step" in report
+    assert "Policy lag (rl):" not in report
+
+
+# (stage, step): the share of the step's sampled tokens at each lag
+LAG_SHARES = {("rl", 1): {0: 1.0}, ("rl", 2): {0: 0.25, 1: 0.75}, ("rl", 3): {1: 0.5, 2: 0.5},
+              ("rl", 4): {0: 0.125, 1: 0.25, 2: 0.25, 3: 0.375}, ("rl2", 1): {1: 1.0}, ("rl2", 2): {0: 0.5, 2: 0.5}}
+
+
+def test_an_async_agent_run_plots_its_policy_lag_histogram_agent_turns_and_buffer(tmp_path):
+    rows = []
+    for (stage, step), shares in LAG_SHARES.items():
+        rows.append({"stage": stage, "step": step, "reward/mean": 0.5, "reward/std": 0.1,
+                     "rollout/policy_lag": sum(j * v for j, v in shares.items()),
+                     "rollout/policy_lag_max": float(max(shares)),
+                     **{f"rollout/policy_lag_share/{j}": v for j, v in shares.items()},
+                     "rollout/buffer_ready": float(step % 2), "rollout/buffer_in_flight": 1.0,
+                     "time/rollout_take_wait": 0.5, "agent/turns_mean": 2.0 + step, "agent/tool_calls_mean": 1.0 + step,
+                     "agent/tool_errors_mean": 0.25, "agent/tool_seconds_mean": 0.1, "agent/cut_frac": 0.0})
+    rows.append({"stage": "rl", "step": 4, "time/checkpoint": 0.75})  # a row of its own, merged into step 4
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = _build_keeping_figures(tmp_path)
+    assert sorted(p.stem for p in (tmp_path / "report").glob("*.png")) == [
+        "agent", "phase_times", "policy_lag", "reward", "rollout_buffer"]
+    # the histogram: each lag's token share, averaged over the steps of both RL stages
+    expected = {}
+    for j in range(4):
+        total = 0.0
+        for shares in LAG_SHARES.values():
+            total += shares.get(j, 0.0)
+        expected[j] = total / len(LAG_SHARES)
+    assert policy_lag_shares(read_metrics(tmp_path), ["rl", "rl2"]) == pytest.approx(expected)
+    hist, per_step = figures["policy_lag"].axes
+    bars = {round(p.get_x() + p.get_width() / 2): p.get_height() for p in hist.patches}
+    assert bars == pytest.approx(expected)
+    lines = {line.get_label(): list(line.get_ydata()) for line in per_step.get_lines()}
+    assert lines["rl: mean"] == pytest.approx([0.0, 0.75, 1.5, 1.875]) and lines["rl2: max"] == [1.0, 2.0]
+    (agent,) = figures["agent"].axes
+    assert {line.get_label(): list(line.get_ydata()) for line in agent.get_lines()}["rl: turns"] == [3, 4, 5, 6]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Policy lag (rl): mean 1.031 versions per sampled token (mean over steps), max 3." in report
+    assert "Policy lag (rl2): mean 1 versions per sampled token (mean over steps), max 2." in report
+    assert "![Agent trajectories](agent.png)" in report and "](policy_lag.png)" in report
+    assert "not plotted" not in report

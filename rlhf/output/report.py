@@ -28,10 +28,20 @@ RL_PLOTS = [
      True),
     ("throughput", "Throughput", "tokens / s", [("throughput/generated_tokens_per_s", "generated"),
                                                 ("throughput/trained_tokens_per_s", "trained")], True),
+    # multi-turn runs (rollout/trajectory.py's stats)
+    ("agent", "Agent trajectories", "per trajectory", [("agent/turns_mean", "turns"),
+                                                       ("agent/tool_calls_mean", "tool calls"),
+                                                       ("agent/tool_errors_mean", "tool errors")], True),
+    # batches generated ahead (rl.off_policy_steps), counted after the step's push
+    ("rollout_buffer", "Batches generated ahead, at the end of the step", "batches",
+     [("rollout/buffer_ready", "ready"), ("rollout/buffer_in_flight", "in flight")], True),
 ]
 # Why a plot whose every value is 0 is left out (report.md says so instead); the default reason otherwise.
 ALL_ZERO = {"clip_fraction": "no token's probability ratio left the clip range; with one on-policy update per batch "
-                             "the ratio is 1"}
+                             "the ratio is 1",
+            "rollout_buffer": "with rl.off_policy_steps=0 each step generates its batch when it starts",
+            "policy_lag": "on-policy: every token was sampled by the policy being trained"}
+LAG_SHARE = "rollout/policy_lag_share/"
 PHASES = ["time/rollout", "time/logprobs", "time/train", "time/push", "time/checkpoint"]
 # Built-in rewards whose every value lies in [0, 1] (rewards/builtin.py)
 UNIT_REWARDS = {"arithmetic", "exact_match", "math_answer", "format_match", "code_tests"}
@@ -53,6 +63,14 @@ def _stages(rows: list[dict], marker: str) -> list[str]:
 def _series(rows: list[dict], stage: str, key: str) -> tuple[list, list]:
     pts = [(r["step"], r[key]) for r in rows if r["stage"] == stage and isinstance(r.get(key), (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def policy_lag_shares(rows: list[dict], stages: list[str]) -> dict[int, float]:
+    """The share of sampled tokens at each policy lag, averaged over the RL steps of `stages` that
+    logged shares (a lag a step did not log counts 0 there): the policy lag histogram's bars."""
+    steps = [r for r in rows if r["stage"] in stages and "reward/mean" in r and any(k.startswith(LAG_SHARE) for k in r)]
+    lags = sorted({int(k[len(LAG_SHARE):]) for r in steps for k in r if k.startswith(LAG_SHARE)})
+    return {j: sum(float(r.get(f"{LAG_SHARE}{j}") or 0.0) for r in steps) / len(steps) for j in lags}
 
 
 def reward_range(config: dict) -> tuple[float, float] | None:
@@ -157,6 +175,7 @@ def _plots(rows: list[dict], folder: Path, config: dict) -> tuple[list[tuple[str
         ax.set(title=title, xlabel="RL step", ylabel=ylabel)
         ax.legend(fontsize=8)
         save(fig, name, title)
+    _lag_figure(plt, rows, rl_stages, save, notes)
     _phase_figure(plt, rows, rl_stages, save)
     return made, notes
 
@@ -195,6 +214,40 @@ def _reward_figure(plt, rows: list[dict], rl_stages: list[str], bounds, save) ->
         if several:
             low.legend(fontsize=8)
     save(fig, "reward", "Training reward")
+
+
+def _lag_figure(plt, rows: list[dict], rl_stages: list[str], save, notes: list[str]) -> None:
+    """The policy lag histogram over the RL stages (share of sampled tokens at each lag), above the
+    mean and max lag per step; a note instead where no token was sampled behind the trainer."""
+    stages = [st for st in rl_stages if _series(rows, st, "rollout/policy_lag")[0]]
+    if not stages:
+        return
+    title = "Policy lag (versions between the policy that sampled a token and the trainer's)"
+    shares = policy_lag_shares(rows, stages)
+    if not any(v for st in stages for key in ("rollout/policy_lag", "rollout/policy_lag_max")
+               for v in _series(rows, st, key)[1]) and not any(v for j, v in shares.items() if j > 0):
+        notes.append(f"Policy lag: not plotted, 0 at every step ({ALL_ZERO['policy_lag']}).")
+        return
+    fig, (top, low) = plt.subplots(2, 1, figsize=(6, 5), height_ratios=[3, 2])
+    if shares:
+        top.bar(list(shares), list(shares.values()), width=0.8)
+        for j, v in shares.items():
+            top.annotate(f"{v:.2f}", (j, v), textcoords="offset points", xytext=(0, 3), fontsize=7, ha="center")
+        top.set_ylim(0, 1.08)
+    several = len(stages) > 1
+    top.set(title="Policy lag over " + ", ".join(stages), xlabel="lag (policy versions)",
+            ylabel="share of sampled tokens")
+    for st in stages:
+        x, y = _series(rows, st, "rollout/policy_lag")
+        line, = low.plot(x, y, marker="." if len(x) < 40 else None, label=f"{st}: mean" if several else "mean")
+        x, y = _series(rows, st, "rollout/policy_lag_max")
+        if x:
+            low.plot(x, y, "--", color=line.get_color(), label=f"{st}: max" if several else "max")
+    low.set_ylim(bottom=0, top=max(low.get_ylim()[1], 1.05))
+    low.set(xlabel="RL step", ylabel="lag")
+    low.set_title("Per step", fontsize=9)
+    low.legend(fontsize=8)
+    save(fig, "policy_lag", title)
 
 
 def _phase_figure(plt, rows: list[dict], rl_stages: list[str], save) -> None:
@@ -292,6 +345,11 @@ def build(out) -> Path:
             vals = [r[k] for r in rl if isinstance(r.get(k), (int, float))]
             if vals:
                 lines.append(f"| {k} | {_fmt(vals[0])} | {_fmt(vals[-1])} | {_fmt(sum(vals) / len(vals))} |")
+        lag = [r["rollout/policy_lag"] for r in rl if isinstance(r.get("rollout/policy_lag"), (int, float))]
+        peak = [r["rollout/policy_lag_max"] for r in rl if isinstance(r.get("rollout/policy_lag_max"), (int, float))]
+        if lag and (any(lag) or any(peak)):
+            lines += ["", f"Policy lag ({st}): mean {_fmt(sum(lag) / len(lag))} versions per sampled token "
+                          f"(mean over steps), max {_fmt(max(peak or lag))}."]
     evals = [r for r in rows if "eval/accuracy" in r]
     if evals:
         lines += ["", "| evaluation | held-out accuracy |", "| --- | --- |"]
