@@ -20,6 +20,7 @@ from tensordict import TensorDict
 
 from core.batch import cat
 from rollout.base import Sampling, Trajectories
+from rollout.trajectory import COUNTS
 
 
 class RolloutFailed(RuntimeError):
@@ -67,8 +68,8 @@ class RolloutGroup:
         and recovered like `generate`."""
         parts = self._spread("trajectories", rows, sampling, restart, agent)
         sizes = [p.batch.batch_size[0] for p in parts]
-        stats = {k: sum(p.stats.get(k, 0.0) * n for p, n in zip(parts, sizes)) / max(sum(sizes), 1)
-                 for k in set().union(*(p.stats for p in parts))}
+        stats = {k: sum(p.stats.get(k, 0.0) * (1 if k in COUNTS else n) for p, n in zip(parts, sizes))
+                 / (1 if k in COUNTS else max(sum(sizes), 1)) for k in set().union(*(p.stats for p in parts))}
         seconds = self.timing.get("time/vllm_generate", 0.0)
         stats["agent/trajectories_per_s"] = sum(sizes) / max(seconds, 1e-9)  # over the slowest engine's time
         return Trajectories(cat([p.batch for p in parts], self.pad_id), [m for p in parts for m in p.messages], stats)

@@ -205,6 +205,10 @@ def _checked(replies) -> list[dict]:
     return list(replies)
 
 
+# `stats` keys that count trajectories (engines' values add up); the rest are per-trajectory means
+COUNTS = {"agent/template_mismatch"}
+
+
 def stats(trajectories: list[Trajectory], seconds: float) -> dict[str, float]:
     """The `agent/*` metrics of one batch of trajectories."""
     n = max(len(trajectories), 1)

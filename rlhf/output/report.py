@@ -261,10 +261,17 @@ def _phase_figure(plt, rows: list[dict], rl_stages: list[str], save) -> None:
     if not phases:
         return
     steps = sorted(s for s, r in by_step.items() if "reward/mean" in r)
+    # rl.off_policy_steps >= 1: generation and scoring ran on their own beside the trainer, and the
+    # step's rollout phase is only its wait for the batch (time/reward is the background's)
+    ahead = any(by_step[s].get("rollout/buffer_ready") or by_step[s].get("rollout/buffer_in_flight") for s in steps)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bottom = [0.0] * len(steps)
     for phase in phases:
         vals = [float(by_step[s].get(phase) or 0.0) for s in steps]
+        if phase == "time/rollout" and ahead:  # the batch came from generation beside training
+            ax.bar(steps, vals, bottom=bottom, label="wait for the batch")
+            bottom = [b + v for b, v in zip(bottom, vals)]
+            continue
         if phase == "time/rollout":  # split scoring out of the rollout phase
             reward = [float(by_step[s].get("time/reward") or 0.0) for s in steps]
             ax.bar(steps, [v - r for v, r in zip(vals, reward)], bottom=bottom, label="generate")
