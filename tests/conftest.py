@@ -19,6 +19,9 @@ MODEL_CACHE = ROOT / ".cache" / "rlhf" / "models"
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # The end-to-end modules first: the test command spreads modules over two processes
+    # (scripts/test.sh), and a long module started last would run alone at the end.
+    items.sort(key=lambda item: "e2e" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine: python -m benchmarks gpu-tests)")
