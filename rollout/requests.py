@@ -67,7 +67,14 @@ class RequestDriver:
 
     def run(self, requests: list[tuple[list[int], object]]) -> list:
         """Submit every (prompt ids, params) and wait for all; outputs in the same order."""
-        futures = [self.submit(ids, params) for ids, params in requests]
+        # All enter before the next step: which requests share a step never depends on thread
+        # timing (vLLM's CPU kernels give batch-dependent rounding, enough to flip a sample of a
+        # near-uniform distribution).
+        self.hold()
+        try:
+            futures = [self.submit(ids, params) for ids, params in requests]
+        finally:
+            self.release()
         return [f.result() for f in futures]
 
     def hold(self) -> None:
@@ -98,14 +105,15 @@ class RequestDriver:
     def note_push(self) -> None:
         """New weights have landed (call it inside `paused()`): every sample in flight records how
         many tokens it had, so each token's policy is known (`push_index`)."""
-        self.pushes += 1
-        states = getattr(getattr(self.engine, "output_processor", None), "request_states", {})
-        for state in list(states.values()):
-            parent = getattr(state, "parent_req", None)
-            rid = parent.external_req_id if parent is not None else state.external_req_id
-            if rid in self._futures:
-                key = (rid, getattr(state, "request_index", 0) or 0)
-                self._crossings.setdefault(key, []).append(state.detokenizer.num_output_tokens())
+        with self._cv:  # no request is submitted meanwhile: each is either counted here or starts after
+            self.pushes += 1
+            states = getattr(getattr(self.engine, "output_processor", None), "request_states", {})
+            for state in list(states.values()):
+                parent = getattr(state, "parent_req", None)
+                rid = parent.external_req_id if parent is not None else state.external_req_id
+                if rid in self._futures:
+                    key = (rid, getattr(state, "request_index", 0) or 0)
+                    self._crossings.setdefault(key, []).append(state.detokenizer.num_output_tokens())
 
     def push_index(self, out, sample: int) -> list[int]:
         """For each token of sample `sample` of a finished output: the number of pushes that had

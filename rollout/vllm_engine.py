@@ -247,29 +247,33 @@ class VLLMRollout(RolloutEngine):
             self._holding = True
 
     def weights_updated(self) -> None:
-        """After a complete push. Requests still in flight (partial rollouts) continue on the new
-        weights: each records how far it got, and all are preempted so vLLM recomputes their KV
-        with the new weights before they sample on (vLLM keeps each request's sampler state)."""
+        """After a complete push, still holding the engine's steps. Requests in flight (partial
+        rollouts) continue on the new weights: each records how far it got, and all are preempted so
+        vLLM recomputes their KV with the new weights before they sample on (vLLM keeps each
+        request's sampler state). With none in flight, cached prefixes are dropped here if a
+        generation may have left some (no request can start in between)."""
         try:
             with self.requests.paused():
+                self.requests.note_push()
                 if self.requests.in_flight:
-                    self.requests.note_push()
                     self._stale_prefixes = not self.llm.reset_prefix_cache(reset_running_requests=True)
-                    return
-                self.requests.pushes += 1
+                else:
+                    self._drop_prefixes()
         finally:
             if self._holding:
                 self._holding = False
                 self.requests.release()
-        self._drop_prefixes()
 
     def generated(self) -> None:
-        self._drop_prefixes()
+        """After the group collected a generation, while the trainer works: drop the cached prefixes
+        now so the push need not, unless another call is still generating (it keeps caching)."""
+        with self.requests.paused():
+            if not self.requests.in_flight:
+                self._drop_prefixes()
 
     def _drop_prefixes(self) -> None:
         """Cached prefixes hold KV computed with the weights a push replaces. vLLM's reset visits
         every KV block (~12 ms for 3.3M tokens of cache), so it runs after a generation, while the
-        trainer works, and a push repeats it only if the engine generated since."""
+        trainer works, and a push repeats it only if the engine generated since. Call it paused."""
         if self._stale_prefixes:
-            with self.requests.paused():
-                self._stale_prefixes = not self.llm.reset_prefix_cache()
+            self._stale_prefixes = not self.llm.reset_prefix_cache()

@@ -19,7 +19,7 @@ MODEL_CACHE = ROOT / ".cache" / "rlhf" / "models"
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    # The end-to-end modules first: the test command spreads modules over two processes
+    # The end-to-end modules first: the test command spreads modules over several processes
     # (scripts/test.sh), and a long module started last would run alone at the end.
     items.sort(key=lambda item: "e2e" not in item.keywords)
     if torch.cuda.is_available():

@@ -21,7 +21,8 @@ class RecordingLLM:
 def engine(llm) -> VLLMRollout:
     e = VLLMRollout.__new__(VLLMRollout)  # no vLLM engine: only the prefix bookkeeping is under test
     e.llm, e._stale_prefixes, e._holding = llm, False, False
-    e.requests = types.SimpleNamespace(paused=contextlib.nullcontext, in_flight=0, pushes=0)  # no request loop either
+    e.requests = types.SimpleNamespace(paused=contextlib.nullcontext, in_flight=0, pushes=0,
+                                       note_push=lambda: None)  # no request loop either
     return e
 
 
@@ -45,6 +46,9 @@ def test_a_generation_marks_the_prefixes_stale_before_vllm_runs_it():
 
     class Failing:
         in_flight = pushes = 0
+
+        def note_push(self):
+            pass
 
         def run(self, *args, **kwargs):
             raise RuntimeError("engine died")

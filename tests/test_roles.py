@@ -15,7 +15,7 @@ from engines.base import EngineConfig, OptimConfig
 from rlhf.algos.losses import SFTLoss
 from core.batch import pack
 from rlhf.orchestration.worker_group import TrainerGroup
-from rlhf.orchestration.workers import RolloutWorker
+from rlhf.orchestration.workers import ROLLOUT_ACTOR_OPTIONS, RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.base import Sampling
 from rollout.group import RolloutGroup
@@ -44,7 +44,7 @@ def roles(tiny_model):
         vllm_cfg = VLLMConfig("float32", 1, 64, 32 << 20, 0.5, 0, enforce_eager=None, max_num_seqs=None,
                               max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False,
                               gpu_share=0.0, ray_bundles=())
-        engines = [ray.remote(num_cpus=1)(RolloutWorker).remote(ROLLOUT_ENGINES["vllm"], tiny_model, vllm_cfg)
+        engines = [ray.remote(num_cpus=1, **ROLLOUT_ACTOR_OPTIONS)(RolloutWorker).remote(ROLLOUT_ENGINES["vllm"], tiny_model, vllm_cfg)
                    for _ in range(2)]
         # small buckets: several per push
         actor.all("connect_rollout", "object_store", engines, 1 << 16, "float32")

@@ -219,7 +219,7 @@ class _Job:
 
         def report_reward_errors(write) -> None:
             """The first traceback of each kind of reward failure goes to the console and the run's log."""
-            for kind, tb in rewards.first_tracebacks.items():
+            for kind, tb in list(rewards.first_tracebacks.items()):  # batches ahead score on other threads
                 if kind not in reported:
                     reported.add(kind)
                     write(f"[rlhf] first reward failure of kind {kind!r} (counted in reward/errors/{kind}):\n{tb}")
@@ -259,9 +259,12 @@ class _Job:
         def position(entries=None) -> dict:
             """The data position and counters now, and the batches generated ahead (`entries`: as
             they stood at another moment, see RolloutQueue.entries)."""
+            # the batches first: saving one that draws as it goes (dynamic sampling refills) waits for
+            # it, and the data position and counters must be those after its draws
+            pending = ctl.rollouts.state_dict(entries)
             return copy.deepcopy({"start_path": start_path, "controller": ctl.state_dict(),
                                   "sampler": sampler.state_dict(), "rewards": rewards.state_dict(),
-                                  run_state.PENDING: ctl.rollouts.state_dict(entries)})
+                                  run_state.PENDING: pending})
 
         def save_state(step: int, driver: dict | None = None) -> Path:
             return self.save_state(stage, step, groups, driver or position())

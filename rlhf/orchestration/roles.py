@@ -18,7 +18,7 @@ from rlhf.config import RunConfig, trainer_groups
 from rlhf.config.layout import gpu_layout
 from rlhf.orchestration.placement import Placement
 from rlhf.orchestration.worker_group import TrainerGroup
-from rlhf.orchestration.workers import GENERATION, RolloutWorker
+from rlhf.orchestration.workers import ROLLOUT_ACTOR_OPTIONS, RolloutWorker
 from rollout import ROLLOUT_ENGINES
 from rollout.group import RolloutGroup
 from rollout.vllm_engine import VLLMConfig
@@ -159,9 +159,6 @@ def start_trainer(cfg: RunConfig, name: str, model_path: str, trainable: bool, h
                                  for r in range(group.world_size)])
 
 
-_ENGINE_CALLS = 16  # calls one rollout engine serves at once
-
-
 def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Placement,
                   which: list[int] | None = None, name: str = "rollout-{}") -> list:
     """`rollout.num_engines` vLLM engines (or those numbered `which`), each a Ray actor with its own
@@ -183,12 +180,7 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         ray_bundles=(),
         sleep=r.sleep,
     )
-    # Generation calls run on threads of their own (the engine's request loop serves them all at
-    # once): batches generated ahead of training and an evaluation overlap each other and a push
-    # (rl.off_policy_steps). Every other call runs in order on one thread: a push's payloads must
-    # arrive in the order they were sent.
-    cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                     concurrency_groups={GENERATION: _ENGINE_CALLS})(RolloutWorker)
+    cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus, **ROLLOUT_ACTOR_OPTIONS)(RolloutWorker)
     return [cls.options(name=name.format(i), **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))
             .remote(ROLLOUT_ENGINES[r.engine], model_path,
                     dataclasses.replace(rollout_cfg, ray_bundles=placement.rollout_bundles(i)))

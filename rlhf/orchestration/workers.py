@@ -131,7 +131,12 @@ class TrainerWorker:
         self.engine.load_state(path)
 
 
-GENERATION = "generation"  # the rollout worker's concurrency group of generation calls (roles.start_rollout)
+GENERATION = "generation"  # the rollout worker's concurrency group of generation calls
+# Generation calls run on threads of their own (the engine's request loop serves them all at
+# once): batches generated ahead of training and an evaluation overlap each other and a push
+# (rl.off_policy_steps). Every other call runs in order on one thread: a push's payloads must
+# arrive in the order they were sent. Pass these to ray.remote for a RolloutWorker actor.
+ROLLOUT_ACTOR_OPTIONS = {"concurrency_groups": {GENERATION: 16}}
 
 
 class RolloutWorker:
