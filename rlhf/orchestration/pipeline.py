@@ -466,9 +466,11 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
         raise JobError(f"{e}.\n" + (f"The last complete state is {state}: continue with the same overrides plus "
                                     f"trainer.resume={state}." if state else "No state was saved.")) from e
     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-        # A rank whose peer died may fail first (a broken collective): look for the dead one.
-        dead = e if isinstance(e, ray.exceptions.RayActorError) else _find_dead(job.roles)
-        if dead is None:
+        # A rank whose peer died may fail first (a broken collective), or die of it: name every dead one.
+        dead = _find_dead(job.roles)
+        if isinstance(e, ray.exceptions.RayActorError) and all(d.actor_id != e.actor_id for d in dead):
+            dead.insert(0, e)
+        if not dead:
             raise
         raise JobError(_role_died(dead, job.roles, out, names)) from e
     finally:
@@ -484,28 +486,36 @@ def _role_groups(roles) -> dict:
     return {"actor": roles.actor, "ref": roles.ref, "critic": roles.critic, "rollout": roles.rollout}
 
 
-def _find_dead(roles) -> "ray.exceptions.RayActorError | None":
+def _find_dead(roles) -> "list[ray.exceptions.RayActorError]":
+    dead = []
     for group in _role_groups(roles).values():
         for worker in group.workers if group is not None else []:
             try:
                 ray.get(worker.__ray_ready__.remote(), timeout=10)
             except ray.exceptions.RayActorError as e:
-                return e
+                dead.append(e)
             except ray.exceptions.GetTimeoutError:  # alive, busy (e.g. waiting on the dead peer)
                 continue
-    return None
+    return dead
 
 
-def _role_died(e: "ray.exceptions.RayActorError", roles, out: Path, order: list[str]) -> str:
-    """Which role process died, and where the run can continue from."""
+def _role_died(dead: "list[ray.exceptions.RayActorError]", roles, out: Path, order: list[str]) -> str:
+    """Which role processes died (a rank may die of its peer's death, so every dead one is named), and
+    where the run can continue from."""
+    names = [_who(e, roles) for e in dead]
+    state = run_state.latest(out, order)
+    where = (f"The last complete state is {state}: continue with the same overrides plus trainer.resume={state}."
+             if state else "No state was saved (trainer.save_every=0), so the run cannot be resumed.")
+    e = dead[0]
+    return (f"{' and '.join(names)} died, so the run stopped and every role process was shut "
+            f"down. {where}\nRay's report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def _who(e: "ray.exceptions.RayActorError", roles) -> str:
     who = "a role process"
     for name, group in _role_groups(roles).items():
         for rank, worker in enumerate(group.workers if group is not None else []):
             if worker._actor_id.hex() == e.actor_id:
                 who = f"rollout engine {rank}" if name == "rollout" else f"trainer role {name!r} rank {rank}"
     pid = re.search(r"\bpid: (\d+)", str(e))
-    state = run_state.latest(out, order)
-    where = (f"The last complete state is {state}: continue with the same overrides plus trainer.resume={state}."
-             if state else "No state was saved (trainer.save_every=0), so the run cannot be resumed.")
-    return (f"{who}{f' (pid {pid.group(1)})' if pid else ''} died, so the run stopped and every role process was shut "
-            f"down. {where}\nRay's report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return f"{who}{f' (pid {pid.group(1)})' if pid else ''}"
