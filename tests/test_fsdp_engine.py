@@ -71,7 +71,7 @@ def test_expert_parallel_is_refused_naming_the_automodel_engine():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 

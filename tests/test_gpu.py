@@ -216,7 +216,7 @@ def test_engines_agree_in_bf16_on_two_gpus(tiny_model, task, tp):
                     tok.eos_token_id) for s in range(steps)]
     optim = OptimConfig(1e-3, 0.01, (0.9, 0.999), 4, steps, "cosine")
     mask = batches[0]["attention_mask"].bool()
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False)
     try:
         cfg = EngineConfig("bfloat16", 4, 1.0, 0, False, tp_size=tp, ep_size=1)
         got = {}

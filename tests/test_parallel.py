@@ -24,7 +24,7 @@ LR, STEPS = 5e-4, 5
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     yield
     ray.shutdown()
 

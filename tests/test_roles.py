@@ -36,7 +36,7 @@ def hf_logprobs(model, batch):
 
 @pytest.fixture(scope="module")
 def roles(tiny_model):
-    ray.init(num_cpus=7, include_dashboard=False)  # actor (2) + rollout (2) + critic (2) + spare
+    ray.init(address="local", num_cpus=7, include_dashboard=False)  # actor (2) + rollout (2) + critic (2) + spare
     try:
         engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0, trust_remote_code=False)
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,
