@@ -16,19 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODEL_CACHE = ROOT / ".cache" / "rlhf" / "models"
 
 
-# The end-to-end modules that take longest on a 2-core machine, longest first.
-LONGEST = ["test_ppo_resume_e2e", "test_faults_e2e", "test_off_policy_e2e", "test_agents_e2e", "test_data_e2e",
-           "test_main_e2e", "test_stages_e2e"]
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    # The end-to-end modules first, the longest of them (several runs each) leading: the test
-    # command spreads modules over several processes in this order (scripts/test.sh), and a long
-    # module started last would run alone at the end.
-    items.sort(key=lambda item: (item.module.__name__ not in LONGEST, LONGEST.index(item.module.__name__)
-                                 if item.module.__name__ in LONGEST else 0, "e2e" not in item.keywords))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine: python -m benchmarks gpu-tests)")
