@@ -3,6 +3,7 @@ offering the custom resource `trainer_node`, the other `rollout_node`. A short j
 `actor.resources` / `rollout.resources` must finish, each role on its own node, and after every
 weight push vLLM (on the other node) must score the samples as the trainer does."""
 
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_trainer_and_rollout_on_two_nodes(tmp_path):
+    environ = dict(os.environ)  # Ray records the cluster in it (RAY_ADDRESS): later tests here must not join it
     keep_token_local()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"trainer_node": 2},
                                                               "include_dashboard": False})
@@ -45,3 +47,5 @@ def test_trainer_and_rollout_on_two_nodes(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(environ)
