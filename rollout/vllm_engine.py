@@ -241,6 +241,12 @@ class VLLMRollout(RolloutEngine):
         with self.requests.paused():
             self.llm.wake_up(tags=tags)
 
+    def close(self) -> None:
+        """Stop the trajectory runners' tool workers and the request loop (requests in flight fail)."""
+        for runner in self._runners.values():
+            runner.close()
+        self.requests.close()
+
     def begin_push(self) -> None:
         if not self._holding:
             self.requests.hold()

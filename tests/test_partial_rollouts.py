@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from local_vllm import local_vllm
 from transformers import AutoModelForCausalLM
 
 from rollout.base import Sampling
@@ -17,15 +18,8 @@ N_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    from rollout.vllm_engine import VLLMConfig, VLLMRollout
-
-    cfg = VLLMConfig(dtype="float32", tensor_parallel_size=1, max_model_len=64, kv_cache_bytes=64 << 20,
-                     gpu_memory_utilization=0.5, seed=0, enforce_eager=None, max_num_seqs=None,
-                     max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False,
-                     gpu_share=0.0, ray_bundles=())
-    e = VLLMRollout(tiny_model, cfg)
-    yield e
-    e.requests.close()
+    with local_vllm(tiny_model, 64) as e:
+        yield e
 
 
 def _hf_logprobs(model, ids: list[int]) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from local_vllm import local_vllm
 
 HERE = Path(__file__).resolve().parent
 PLUGINS = HERE / "env_plugins.py"
@@ -15,17 +16,8 @@ DIGITS = tuple("0123456789abcdefghijklmnopqrstuvwxyz*-=")  # a random model rare
 
 @pytest.fixture(scope="module")
 def engine(tiny_chat_model):
-    from rollout.vllm_engine import VLLMConfig, VLLMRollout
-
-    cfg = VLLMConfig(dtype="float32", tensor_parallel_size=1, max_model_len=128, kv_cache_bytes=64 << 20,
-                     gpu_memory_utilization=0.5, seed=0, enforce_eager=None, max_num_seqs=None,
-                     max_num_batched_tokens=None, weight_transport="object_store", trust_remote_code=False,
-                     gpu_share=0.0, ray_bundles=())
-    e = VLLMRollout(tiny_chat_model, cfg)
-    yield e
-    for runner in e._runners.values():
-        runner.close()
-    e.requests.close()
+    with local_vllm(tiny_chat_model, 128) as e:
+        yield e
 
 
 def agent(env: str, **kw):

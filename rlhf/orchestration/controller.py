@@ -3,6 +3,7 @@ on the role workers. It holds no model; the algorithm math runs here on small te
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -81,10 +82,7 @@ class Controller:
         self.version = 0  # policy updates pushed to the rollout engines so far in this stage
         self.sampler = None  # the stage's training prompts (rl_step sets it)
         a = cfg.agent
-        self.agent = None if a.env is None else AgentConfig(
-            env=a.env, tool_parser=a.tool_parser, max_turns=a.max_turns, tool_timeout_s=a.tool_timeout_s,
-            max_tool_output_chars=a.max_tool_output_chars, tool_workers=a.tool_workers, max_in_flight=a.max_in_flight,
-            system_prompt=cfg.data.system_prompt)
+        self.agent = None if a.env is None else AgentConfig(**dataclasses.asdict(a), system_prompt=cfg.data.system_prompt)
         self.rollouts = RolloutQueue(cfg.rl.off_policy_steps, cfg.rl.partial_rollouts, self._draw, self._collect,
                                      self._position, self._restore, relaunchable=not cfg.algo.dynamic_sampling)
         self._scoring = threading.Lock()  # batches ahead score on threads of their own; the reward pools are one
