@@ -428,8 +428,7 @@ class Controller:
         except RolloutFailed as e:
             e.after_update = True  # this step's update is done: a run can continue after it, not before
             raise
-        if self.cfg.rl.off_policy_steps and len(self.rollouts) < min(self.cfg.rl.off_policy_steps + 1, more):
-            self.rollouts.launch(self.version)
+        self.rollouts.after_push(self.version, more)
         return timing
 
     def _device_metrics(self, batch, seconds: float) -> dict[str, float]:

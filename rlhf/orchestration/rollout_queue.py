@@ -114,6 +114,12 @@ class RolloutQueue:
         drawn = self._draw()
         self._queue.append(_Entry(in_background(self._generate, drawn, version, False), version, mark))
 
+    def after_push(self, version: int, more: int) -> None:
+        """The batch for the step `ahead` steps on, on the weights just pushed (`version`), if that
+        step exists (`more`: the steps left after the current one)."""
+        if self.ahead and len(self._queue) < min(self.ahead + 1, more):
+            self.launch(version)
+
     def before_push(self) -> float:
         """Without partial rollouts, wait for every batch in flight (the engines take no new
         weights mid-generation); seconds waited. A batch whose generation failed is left for
