@@ -2,6 +2,9 @@
 weight transport `auto` picks, checked against layouts written out by hand; and the layouts
 refused before Ray starts. `trainer.ray_address` skips the check against this machine's GPUs."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -113,3 +116,25 @@ def test_a_custom_resource_no_node_offers_and_a_process_larger_than_any_node_are
     problem = unplaceable(cfg, {"CPU": 8.0}, [{"CPU": 2.0}] * 4)
     assert problem.startswith("trainer role 'actor' cannot be placed: each of its processes asks for 3 CPU, more than "
                               "any one node of the Ray cluster has (at most 2 CPU)")
+
+
+def test_a_local_job_starts_its_own_cluster_beside_an_address_left_by_ray_start(tmp_path):
+    """`ray start` leaves the head's address in Ray's temp folder, and a bare ray.init() joins it
+    (then refusing num_cpus): a job without trainer.ray_address must start its own cluster."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="r", dir=os.environ["RAY_TMPDIR"]))  # Ray's socket paths stay short
+    (short / "ray").mkdir()
+    (short / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens there
+    code = ("import ray\nfrom rlhf.config import load_config\nfrom rlhf.orchestration.pipeline import _start_ray\n"
+            "_start_ray(load_config(['trainer.num_cpus=3']))\nprint('cpus', ray.cluster_resources()['CPU'])\nray.shutdown()")
+    env = {**os.environ, "RAY_TMPDIR": str(short)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    shutil.rmtree(short, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cpus 3.0" in proc.stdout

@@ -64,7 +64,10 @@ def _start_ray(cfg: RunConfig) -> None:
     need = sum(d.processes * d.each["CPU"] for d in role_demands(cfg))  # every engine and rank
     os.environ.update(env)  # a local cluster's workers inherit the driver's environment
     keep_token_local()
+    # "local": a cluster of this job's own, even where `ray start` (or another job on the machine)
+    # left its address in Ray's temp folder, which ray.init() would otherwise join
     ray.init(
+        address="local",
         num_cpus=cfg.trainer.num_cpus or max(int(need + 0.999), 1),
         include_dashboard=False,
         runtime_env={"env_vars": env},
