@@ -135,3 +135,11 @@ def test_a_reward_function_given_without_its_file_is_found_in_the_working_folder
                                           r"reward.fn=lib/scoring.py:numeric_answer"):
         load_config(["reward.fn=numeric_answer"])
     assert load_config(["reward.fn=lib/scoring.py:numeric_answer"]).reward.fn == "lib/scoring.py:numeric_answer"
+
+
+def test_reward_fns_items_default_weight_and_kwargs_but_need_a_name():
+    cfg = load_config(["reward.fn=null",
+                       "reward.fns=[{name: math_answer}, {name: length_penalty, weight: 0.5, kwargs: {max_chars: 400}}]"])
+    assert cfg.reward.specs() == [("math_answer", 1.0, {}), ("length_penalty", 0.5, {"max_chars": 400})]
+    with pytest.raises(ConfigError, match=r"reward.fns\[0\] is missing name"):
+        load_config(["reward.fn=null", "reward.fns=[{weight: 2.0}]"])

@@ -64,10 +64,11 @@ def to_dataclass(cls: type, data: Any, path: str) -> Any:
             near = difflib.get_close_matches(key, names, n=3)
             hint = f"; did you mean {', '.join((path + '.' if path else '') + n for n in near)}?" if near else ""
             raise ConfigError(f"unknown config key {full!r}{hint} (valid keys under {where}: {', '.join(names)})")
-    missing = [n for n in names if n not in data]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where} is missing {', '.join(missing)}")
-    return cls(**{n: _convert(hints[n], data[n], f"{path}.{n}" if path else n) for n in names})
+    return cls(**{n: _convert(hints[n], data[n], f"{path}.{n}" if path else n) for n in names if n in data})
 
 
 @functools.cache

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -216,9 +216,11 @@ class CriticConfig(EngineGroupConfig):
 
 @dataclass
 class RewardFnConfig:
+    """One entry of reward.fns. The YAML cannot hold defaults for the items of a list, so the two
+    optional fields keep theirs here."""
     name: str
-    weight: float
-    kwargs: dict
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
