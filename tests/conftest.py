@@ -69,3 +69,28 @@ def one_rank_world():
     yield
     if dist.is_initialized() and not existed:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def sft_policy():
+    """The default task's policy after 200 SFT steps (right ~30% of the time, so RL has live rewards
+    and gradients), trained once per test run through the real entry point and shared by the test
+    processes (a lock; the folder is named by xdist's run id): the tests that need such a policy
+    start their RL stage from it (model.path=..., sft.steps=0) instead of each training it again."""
+    import fcntl
+    import subprocess
+    import sys
+    import uuid
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or os.environ.setdefault("RLHF_TEST_RUN", uuid.uuid4().hex)
+    folder = WORK / "shared" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    policy = folder / "sft200" / "checkpoints" / "final"
+    with open(folder / "sft200.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (policy / "config.json").is_file():
+            proc = subprocess.run([sys.executable, "-m", "rlhf.main", "stages=[sft]", "sft.steps=200",
+                                   f"trainer.output_dir={folder / 'sft200'}"], capture_output=True, text=True,
+                                  timeout=900, cwd=ROOT)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+    return policy

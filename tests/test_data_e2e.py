@@ -62,23 +62,22 @@ def chat_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
+def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
+    """One run reads both kinds of file: training rows from parquet, evaluation rows from jsonl."""
     import datasets
 
-    train, test = EXAMPLE / "train.jsonl", EXAMPLE / "test.jsonl"
-    # jsonl: SFT for one epoch over the rows left after a quarter is held out for sft/eval_loss
-    extra = ["sft.epochs=1", "sft.eval_fraction=0.25", "sft.eval_every=2"] if fmt == "jsonl" else []
-    if fmt == "parquet":  # parquet files, and a tokenizer with a chat template: prompts are rendered with it
-        train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
-        for src, dst in [(EXAMPLE / "train.jsonl", train), (EXAMPLE / "test.jsonl", test)]:
-            datasets.Dataset.from_list([json.loads(line) for line in src.read_text().splitlines()]).to_parquet(str(dst))
-        extra = [f"model.path={request.getfixturevalue('chat_model')}", "data.system_prompt='Answer after ####.'"]
+    train, test = tmp_path / "train.parquet", EXAMPLE / "test.jsonl"
+    datasets.Dataset.from_list([json.loads(line) for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
+                               ).to_parquet(str(train))
+    # SFT for one epoch over the rows left after a quarter is held out for sft/eval_loss; a tokenizer
+    # with a chat template: prompts are rendered with it, after the system prompt
+    extra = ["sft.epochs=1", "sft.eval_fraction=0.25", "sft.eval_every=2", f"model.path={chat_model}",
+             "data.system_prompt='Answer after ####.'", f"data.train_files=[{train}]", f"data.eval_files=[{test}]"]
     out = tmp_path / "run"
-    proc = _main(*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]", f"trainer.output_dir={out}")
+    proc = _main(*GSM8K, *extra, f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
-    sft_steps = 5 if fmt == "jsonl" else 4  # jsonl: ceil(1 epoch x 18 rows / batch 4)
+    sft_steps = 5  # ceil(1 epoch x 18 rows / batch 4)
     assert [r["step"] for r in rows if "sft/loss" in r] == list(range(1, sft_steps + 1))
     assert sorted(rl_steps(rows)) == [1, 2]
     evals = [r for r in rows if "eval/test/accuracy" in r]
@@ -86,41 +85,39 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
     assert all(0 <= r["eval/test/accuracy"] <= 1 and 0 <= r["eval/test/pass@2"] <= 1 for r in evals)
     counts = {r["stage"]: r for r in rows if "data/train_rows" in r}
     assert counts["rl"]["data/train_rows"] == 24  # the RL stage holds nothing out
-    if fmt == "jsonl":
-        assert (counts["sft"]["data/train_rows"], counts["sft"]["data/sft_eval_rows"]) == (18, 6)
-        assert f"= {sft_steps} steps" in proc.stdout
-        held = {r["step"]: r["sft/eval_loss"] for r in rows if "sft/eval_loss" in r}
-        assert sorted(held) == [2, 4, 5]  # every 2 steps and at the stage's end
-        # the last is the token-mean NLL of the held-out rows under checkpoints/sft, by plain HF forwards
-        from rlhf.config import load_config
-        from rlhf.data.holdout import hold_out
-        from rlhf.data.render import Renderer
-        from rlhf.data.sources import load_data
+    assert (counts["sft"]["data/train_rows"], counts["sft"]["data/sft_eval_rows"]) == (18, 6)
+    assert f"= {sft_steps} steps" in proc.stdout
+    held = {r["step"]: r["sft/eval_loss"] for r in rows if "sft/eval_loss" in r}
+    assert sorted(held) == [2, 4, 5]  # every 2 steps and at the stage's end
+    # the last is the token-mean NLL of the held-out rows under checkpoints/sft, by plain HF forwards
+    from rlhf.config import load_config
+    from rlhf.data.holdout import hold_out
+    from rlhf.data.render import Renderer
+    from rlhf.data.sources import load_data
 
-        cfg = load_config([*GSM8K, *extra, f"data.train_files=[{train}]", f"data.eval_files=[{test}]"])
-        tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "sft")
-        renderer = Renderer(tok, cfg.data.chat_template, cfg.data.system_prompt)
-        _, held_rows = hold_out(load_data(cfg.data, cfg.task, cfg.seed).train, cfg.sft.eval_fraction, cfg.seed)
-        sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
-        nll, tokens = 0.0, 0
-        for ids, mask in map(renderer.sft_example, held_rows):
-            nll -= float((_hf_logprobs(sft, ids) * torch.tensor(mask)).sum())
-            tokens += sum(mask)
-        print(f"[{fmt}] sft/eval_loss at step {sft_steps} {held[sft_steps]:.6f} vs a plain HF forward of checkpoints/sft "
-              f"{nll / tokens:.6f}: diff {abs(held[sft_steps] - nll / tokens):.1e}")
-        assert abs(held[sft_steps] - nll / tokens) < 1e-5
+    cfg = load_config([*GSM8K, *extra])
+    tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "sft")
+    renderer = Renderer(tok, cfg.data.chat_template, cfg.data.system_prompt)
+    _, held_rows = hold_out(load_data(cfg.data, cfg.task, cfg.seed).train, cfg.sft.eval_fraction, cfg.seed)
+    sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
+    nll, tokens = 0.0, 0
+    for ids, mask in map(renderer.sft_example, held_rows):
+        nll -= float((_hf_logprobs(sft, ids) * torch.tensor(mask)).sum())
+        tokens += sum(mask)
+    print(f"sft/eval_loss at step {sft_steps} {held[sft_steps]:.6f} vs a plain HF forward of checkpoints/sft "
+          f"{nll / tokens:.6f}: diff {abs(held[sft_steps] - nll / tokens):.1e}")
+    assert abs(held[sft_steps] - nll / tokens) < 1e-5
 
     tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "final")
     samples = [json.loads(line) for line in (out / "rollouts" / "rl-step1.jsonl").read_text().splitlines()]
     assert len(samples) == 4 * 2
-    if fmt == "parquet":  # the rollout prompts are the chat rendering, with the system prompt
-        assert tok.chat_template == CHATML
-        assert samples[0]["prompt"].startswith("<|im_start|>system\nAnswer after ####.<|im_end|>\n<|im_start|>user\n")
-        assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+    # the rollout prompts are the chat rendering, with the system prompt
+    assert tok.chat_template == CHATML
+    assert samples[0]["prompt"].startswith("<|im_start|>system\nAnswer after ####.<|im_end|>\n<|im_start|>user\n")
+    assert samples[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
     # The RL stage starts from the SFT checkpoint: its first old log-probs are a plain HF forward of checkpoints/sft
-    sft = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "sft", dtype=torch.float32).eval()
     worst = max(float((_hf_logprobs(sft, s["input_ids"]) - torch.tensor(s["old_logprobs"])).abs().max()) for s in samples)
-    print(f"[{fmt}] RL step-1 old log-probs vs HF forward of checkpoints/sft: max abs diff {worst:.2e}")
+    print(f"RL step-1 old log-probs vs HF forward of checkpoints/sft: max abs diff {worst:.2e}")
     assert worst < 1e-5, worst
 
     # The export is the last stage's policy, in a folder plain transformers loads
@@ -131,16 +128,16 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, fmt, request):
     ids = samples[0]["input_ids"]
     hf = _hf_logprobs(model, ids)
     assert float((hf - _hf_logprobs(sft, ids)).abs().max()) > 1e-6  # RL moved the policy
-    if fmt == "parquet":  # ... and vLLM loads as is, with the same log-probs
-        from vllm import LLM, SamplingParams
+    # ... and vLLM loads it as is, with the same log-probs
+    from vllm import LLM, SamplingParams
 
-        llm = LLM(model=str(out / "checkpoints" / "final"), dtype="float32", enforce_eager=True, max_model_len=512,
-                  kv_cache_memory_bytes=64 << 20, seed=0)
-        (res,) = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
-        vl = torch.tensor([0.0] + [lp[t].logprob for t, lp in zip(ids[1:], res.prompt_logprobs[1:])])
-        print(f"[{fmt}] checkpoints/final, vLLM vs transformers prompt log-probs: max abs diff {float((vl - hf).abs().max()):.2e}")
-        assert float((vl - hf).abs().max()) < 1e-5, float((vl - hf).abs().max())
-        assert llm.get_tokenizer().encode("What is 2+3?", add_special_tokens=False) == tok.encode("What is 2+3?", add_special_tokens=False)
+    llm = LLM(model=str(out / "checkpoints" / "final"), dtype="float32", enforce_eager=True, max_model_len=512,
+              kv_cache_memory_bytes=64 << 20, seed=0)
+    (res,) = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    vl = torch.tensor([0.0] + [lp[t].logprob for t, lp in zip(ids[1:], res.prompt_logprobs[1:])])
+    print(f"checkpoints/final, vLLM vs transformers prompt log-probs: max abs diff {float((vl - hf).abs().max()):.2e}")
+    assert float((vl - hf).abs().max()) < 1e-5, float((vl - hf).abs().max())
+    assert llm.get_tokenizer().encode("What is 2+3?", add_special_tokens=False) == tok.encode("What is 2+3?", add_special_tokens=False)
 
 
 def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_sizes(tmp_path):

@@ -41,26 +41,23 @@ def rl_rows(out: Path) -> list[dict]:
     return list(rl_steps(read_metrics(out)).values())
 
 
-def test_entry_point_plugin_from_an_installed_package(tmp_path):
+def test_entry_point_and_file_path_plugins_in_one_run_failures_counted_and_the_run_goes_on(tmp_path):
+    """Two reward functions summed: one from an installed package's entry point, one by file path
+    that fails on some prompts (counted, logged, the run goes on)."""
     site = tmp_path / "site"
     install_plugin_package(site)
-    proc = run(tmp_path / "run", "reward.fn=test_plugin",
+    fns = f"reward.fns=[{{name: test_plugin, weight: 1.0}}, {{name: '{PLUGINS}:flaky', weight: 1.0}}]"
+    proc = run(tmp_path / "run", "reward.fn=null", fns, "reward.max_error_rate=0.9",
                env={"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = rl_rows(tmp_path / "run")
     assert len(rows) == 2 and all(r["reward/plugin_seen"] == 1.0 for r in rows)
+    assert all("reward/test_plugin" in r and "reward/flaky" in r for r in rows)
+    assert sum(r.get("reward/errors/exception", 0) for r in rows) > 0
+    assert "flaky plugin failed" in (tmp_path / "run" / "reward_errors.log").read_text()
     # GRPO with one update per batch takes its old log-probs from the training forward: they are
     # still the rows vLLM sampled, in order (fp32 vLLM and trainer agree to ~1e-6)
     assert all(r["rollout/logprob_abs_diff_max"] < 1e-4 for r in rows)
-
-
-def test_file_path_plugin_with_failures_is_counted_and_the_run_goes_on(tmp_path):
-    proc = run(tmp_path / "run", f"reward.fn={PLUGINS}:flaky", "reward.max_error_rate=0.9")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = rl_rows(tmp_path / "run")
-    assert len(rows) == 2
-    assert sum(r.get("reward/errors/exception", 0) for r in rows) > 0
-    assert "flaky plugin failed" in (tmp_path / "run" / "reward_errors.log").read_text()
 
 
 def test_error_rate_breach_stops_the_run_with_a_clear_message_and_keeps_the_policy(tmp_path):
