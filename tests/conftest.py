@@ -89,7 +89,7 @@ def sft_policy():
     with open(folder / "sft200.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (policy / "config.json").is_file():
-            proc = subprocess.run([sys.executable, "-m", "rlhf.main", "stages=[sft]", "sft.steps=200",
+            proc = subprocess.run([sys.executable, "-m", "rlhf.main", "stages=[sft]", "sft.steps=200", "actor.world_size=1",
                                    f"trainer.output_dir={folder / 'sft200'}"], capture_output=True, text=True,
                                   timeout=900, cwd=ROOT)
             assert proc.returncode == 0, proc.stderr[-4000:]

@@ -28,7 +28,7 @@ CHATML = (
 GSM8K = ["data.prompt_key=question", "data.answer_key=answer", "data.response_key=answer", "reward.fn=math_answer",
          "model.arch.max_position_embeddings=512", "rollout.max_model_len=512", "rl.max_new_tokens=24",
          "eval.max_new_tokens=24", "sft.steps=4", "sft.batch_size=4", "rl.steps=2", "rl.prompts_per_step=4", "rl.n=2",
-         "eval.pass_k=2", "trainer.rollout_dump_every=1",
+         "eval.pass_k=2", "trainer.rollout_dump_every=1", "actor.world_size=1",
          # a few SFT steps leave every reward 0 (no advantage): a small entropy bonus makes RL move the policy
          "algo.entropy_coef=0.01"]
 
@@ -142,7 +142,7 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
 
 def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_sizes(tmp_path):
     """Prompts of 20, 60 and 200 tokens at the default 64 prompts x 8 samples, nothing overridden
-    but a rollout.max_model_len they fit in: one generation holds far more prompt tokens than
+    but a rollout.max_model_len they fit in (and one trainer rank, the generation being the point): one generation holds far more prompt tokens than
     vLLM's CPU budget of 4,096 a scheduler step. With chunked prefill vLLM split a prompt over two
     steps and then rewound that request's seeded generator, which a CPU generator cannot do: the
     run died at its first RL step (docs/known-issues.md)."""
@@ -159,7 +159,7 @@ def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_size
     out = tmp_path / "run"
     proc = _main(f"data.train_files=[{train}]", f"data.eval_files=[{test}]", "data.prompt_key=problem",
                  "data.answer_key=solution", "data.response_key=solution", "rollout.max_model_len=256",
-                 "sft.steps=2", "rl.steps=1", f"trainer.output_dir={out}")
+                 "sft.steps=2", "rl.steps=1", "actor.world_size=1", f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
     counts = {r["stage"]: r for r in rows if "data/train_rows" in r}

@@ -30,7 +30,7 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run_with_a_saved_st
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "rlhf.main", "sft.steps=0", "rl.steps=10", "rl.prompts_per_step=8", "rl.n=4",
-         "rl.lr=1e30", "algo.entropy_coef=0.01", "trainer.max_consecutive_skips=3", "task.num_eval=16",
+         "rl.lr=1e30", "algo.entropy_coef=0.01", "actor.world_size=1", "trainer.max_consecutive_skips=3", "task.num_eval=16",
          f"trainer.output_dir={out}"],
         capture_output=True, text=True, timeout=900,
     )
@@ -255,7 +255,8 @@ def test_an_engine_failing_beyond_max_restarts_stops_the_run_with_the_state_befo
     the test saw step 1's row (a loaded machine): then in step 2's push, after its update (the state
     after step 2, whose metrics row is not written). Either way the state is the last one trained."""
     out = tmp_path / "run"
-    run = Run(out, tmp_path / "run", "sft.steps=0", "rl.steps=4", "trainer.save_every=0", "rollout.max_restarts=0")
+    run = Run(out, tmp_path / "run", "sft.steps=0", "rl.steps=4", "trainer.save_every=0", "rollout.max_restarts=0",
+              "actor.world_size=1")
     try:
         run.wait_for(lambda: _role_pids(run.marker, "RolloutWorker"), "the rollout engine")
         engine = _role_pids(run.marker, "RolloutWorker")

@@ -163,20 +163,25 @@ def test_value_head_trains_alike_on_both_engines(ray_local, tiny_model, task):
 
 
 @pytest.mark.e2e
-def test_default_job_on_the_fsdp_engine(tiny_model, tmp_path):
+def test_default_job_on_the_fsdp_engine_with_two_rollout_engines(tiny_model, tmp_path):
     """The default job through the real entry point with the actor and the frozen reference on
     the fsdp engine; its resume state is saved through this engine (the engine-level resume is
-    checked above)."""
+    checked above). Two rollout engines beside the actor's two ranks and the reference's: the
+    local cluster once had CPUs for one engine, so the second rank was never started and the
+    first waited in its rendezvous for 600 s."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "rlhf.main", "actor.engine=fsdp", "sft.steps=2", "rl.steps=2",
-                           "rl.prompts_per_step=8", "algo.kl_coef=0.05", "trainer.save_every=2",
-                           f"trainer.output_dir={out}"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "rlhf.main", "actor.engine=fsdp", "rollout.num_engines=2",
+                           "sft.steps=2", "rl.steps=2", "rl.prompts_per_step=8", "algo.kl_coef=0.05",
+                           "trainer.save_every=2", "task.num_eval=16", f"trainer.output_dir={out}"],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rl = rl_steps(read_metrics(out))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "sft/loss" in r] == [1, 2]
+    rl = rl_steps(rows)
     assert sorted(rl) == [1, 2]
     # the reference answered (2 SFT steps leave no reward signal, so the policy itself barely moves)
     assert all(math.isfinite(r["actor/kl_ref"]) and r["actor/skipped_step"] == 0 for r in rl.values())
-    # vLLM generated with the weights this engine pushed after SFT: the log-probs agree
+    # both engines generated with the weights this engine pushed: the log-probs agree
     assert max(r["rollout/logprob_abs_diff_max"] for r in rl.values()) < 1e-4
     assert (out / "checkpoints" / "state-rl-step2" / "COMPLETE").is_file()
     # the saved policy is a plain HF model holding the trained weights

@@ -213,7 +213,7 @@ def test_grpo_with_lora_through_the_product(tiny_model, tmp_path):
     plain HF model whose only changed weights are the adapted layers'."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.main", "stages=[rl]", f"model.path={tiny_model}", "actor.lora.rank=8", "algo.kl_coef=0.05",
+        [sys.executable, "-m", "rlhf.main", "stages=[rl]", f"model.path={tiny_model}", "actor.lora.rank=8", "algo.kl_coef=0.05", "actor.world_size=1",
          "rl.steps=4", "rl.prompts_per_step=8", "rl.lr=1e-2", "reward.fn=benchmarks/reference_rewards.py:length_reward",
          f"trainer.output_dir={out}"],
         capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent,

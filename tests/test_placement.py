@@ -138,3 +138,18 @@ def test_a_local_job_starts_its_own_cluster_beside_an_address_left_by_ray_start(
     shutil.rmtree(short, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cpus 3.0" in proc.stdout
+
+
+def test_a_role_the_cluster_cannot_hold_fails_at_once_naming_it(tmp_path):
+    """trainer.num_cpus=1: the rollout engine would take the one CPU and the actor's ranks would wait
+    forever (Ray keeps them pending without a word); the config check refuses it before Ray starts,
+    through the entry point."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rlhf.main", "trainer.num_cpus=1", f"trainer.output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "trainer.num_cpus=1 gives the local Ray fewer CPUs than the roles ask for (3:" in proc.stderr
+    assert "set trainer.num_cpus=3" in proc.stderr
+    assert "roles ready" not in proc.stdout

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 # RL starts from the shared 200-step SFT policy (conftest.sft_policy), right ~30% of the time:
 # rewards, advantages and gradients are live.
 ARGS = ["algo=ppo", "sft.steps=0", "rl.steps=6", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
-        "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2"]
+        "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "actor/clip_frac", "actor/kl_coef",
             "actor/kl_rollout_batch", "critic/value_loss", "critic/grad_norm", "critic/explained_var",
             "response/length_mean"]

@@ -13,7 +13,7 @@ from rlhf.output.metrics import read_metrics, rl_steps
 pytestmark = pytest.mark.e2e
 
 PLUGINS = Path(__file__).with_name("reward_plugins.py")
-SHORT = ["sft.steps=0", "rl.steps=2", "rl.prompts_per_step=8", "rl.n=4", "reward.num_workers=1"]
+SHORT = ["sft.steps=0", "rl.steps=2", "rl.prompts_per_step=8", "rl.n=4", "reward.num_workers=1", "actor.world_size=1"]
 
 
 def run(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from rlhf.output.metrics import read_metrics
 pytestmark = pytest.mark.e2e
 
 ARGS = ["stages=[sft,rl,rl]", "stage_overrides={rl2: {reward: {fn: math_answer}, rl: {steps: 2, lr: 1.0e-3}}}",
-        "sft.steps=10", "rl.steps=2", "rl.prompts_per_step=8", "rl.n=4", "task.num_eval=64",
+        "sft.steps=10", "rl.steps=2", "rl.prompts_per_step=8", "rl.n=4", "task.num_eval=64", "actor.world_size=1",
         # 10 SFT steps leave every reward 0 (no advantage): a small entropy bonus makes RL move the policy
         "algo.entropy_coef=0.01"]
 
