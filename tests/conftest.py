@@ -73,8 +73,8 @@ def one_rank_world():
 
 @pytest.fixture(scope="session")
 def sft_policy():
-    """The default task's policy after 200 SFT steps (right ~30% of the time, so RL has live rewards
-    and gradients), trained once per test run through the real entry point and shared by the test
+    """The default task's policy after 200 SFT steps (one trainer rank; a reward in a quarter to a
+    half of its groups of 8 samples, so RL has live rewards and gradients), trained once per test run through the real entry point and shared by the test
     processes (a lock; the folder is named by xdist's run id): the tests that need such a policy
     start their RL stage from it (model.path=..., sft.steps=0) instead of each training it again."""
     import fcntl

@@ -16,8 +16,8 @@ from rlhf.output.metrics import read_metrics, rl_steps
 
 pytestmark = pytest.mark.e2e
 
-# RL starts from the shared 200-step SFT policy (conftest.sft_policy), right ~30% of the time: the
-# updates move the weights, so samples one update old are told apart from current ones.
+# RL starts from the shared 200-step SFT policy (conftest.sft_policy), a reward in a quarter to a
+# half of its groups: the updates move the weights, so samples one update old are told apart from current ones.
 ARGS = ["sft.steps=0", "rl.steps=5", "rl.prompts_per_step=8", "rl.off_policy_steps=2", "trainer.save_every=2",
         "trainer.rollout_dump_every=1", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "rollout/logprob_abs_diff_mean",

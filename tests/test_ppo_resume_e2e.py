@@ -21,8 +21,9 @@ pytestmark = pytest.mark.e2e
 
 # PPO with a critic, critic pre-training and an adaptive KL controller against a reference: every
 # piece of state (two optimizers, LR schedules, KL coefficient, data position, sampling seeds).
-# RL starts from the shared 200-step SFT policy (conftest.sft_policy), right ~30% of the time:
-# rewards, advantages and gradients are live.
+# RL starts from the shared 200-step SFT policy (conftest.sft_policy), a reward in a quarter to a
+# half of its groups: rewards, advantages and gradients are live. One trainer rank (a sharded
+# state resumes exactly in tests/test_faults_e2e.py and tests/test_reshard_resume.py).
 ARGS = ["algo=ppo", "sft.steps=0", "rl.steps=6", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
         "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "actor/clip_frac", "actor/kl_coef",
