@@ -16,25 +16,29 @@ from weight_sync import choose_transport
 CLUSTER = ["trainer.ray_address=auto"]
 
 
-@pytest.mark.parametrize("overrides, trainer, rollout, shares, transport", [
+# `shared`: the GPUs where the actor and vLLM sit together (the engines then start before the actor)
+@pytest.mark.parametrize("overrides, trainer, rollout, shares, transport, shared", [
     (["actor.world_size=2", "actor.num_gpus_per_worker=0.5", "rollout.num_engines=2", "rollout.num_gpus=0.5"],
-     [0, 1], [[0], [1]], {0: 1.0, 1: 1.0}, "cuda_ipc"),
+     [0, 1], [[0], [1]], {0: 1.0, 1: 1.0}, "cuda_ipc", [0, 1]),
     (["rollout.placement=disaggregated", "actor.world_size=2", "actor.num_gpus_per_worker=1", "rollout.num_engines=2",
       "rollout.num_gpus=1"],
-     [0, 1], [[2], [3]], {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, "nccl"),
+     [0, 1], [[2], [3]], {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, "nccl", []),
     (["rollout.placement=disaggregated", "actor.world_size=1", "actor.num_gpus_per_worker=1",
       "rollout.tensor_parallel_size=2", "rollout.num_gpus=0.8"],
-     [0], [[1, 2]], {0: 1.0, 1: 0.8, 2: 0.8}, "nccl"),
+     [0], [[1, 2]], {0: 1.0, 1: 0.8, 2: 0.8}, "nccl", []),
     (["actor.world_size=2", "actor.num_gpus_per_worker=0.5", "rollout.tensor_parallel_size=2", "rollout.num_gpus=0.25"],
-     [0, 1], [[0, 1]], {0: 0.75, 1: 0.75}, "cuda_ipc"),
+     [0, 1], [[0, 1]], {0: 0.75, 1: 0.75}, "cuda_ipc", [0, 1]),
+    (["actor.world_size=1", "actor.num_gpus_per_worker=0.5", "rollout.num_gpus=0.5"],
+     [0], [[0]], {0: 1.0}, "cuda_ipc", [0]),
 ])
-def test_gpu_layouts(overrides, trainer, rollout, shares, transport):
+def test_gpu_layouts(overrides, trainer, rollout, shares, transport, shared):
     cfg = load_config(CLUSTER + overrides)
     layout = gpu_layout(cfg)
     assert layout.trainer == {"actor": trainer}
     assert layout.rollout == rollout
     assert layout.shares == pytest.approx(shares)
     assert choose_transport("auto", True, cfg.rollout.placement) == transport
+    assert layout.shared_with_rollout("actor") == shared
 
 
 def test_without_gpus_nothing_is_pinned_and_weights_go_through_the_object_store():
@@ -42,6 +46,7 @@ def test_without_gpus_nothing_is_pinned_and_weights_go_through_the_object_store(
         cfg = load_config([f"rollout.placement={placement}"])
         layout = gpu_layout(cfg)
         assert (layout.trainer, layout.rollout, layout.shares) == ({}, [], {})
+        assert layout.shared_with_rollout("actor") == []  # roles start together
         assert choose_transport("auto", False, placement) == "object_store"
 
 

@@ -17,6 +17,10 @@ class Layout:
     rollout: list[list[int]]  # the GPU indices of each rollout engine (one per tensor-parallel rank)
     shares: dict[int, float]
 
+    def shared_with_rollout(self, role: str) -> list[int]:
+        """The GPUs where a rank of `role` and a vLLM worker sit together."""
+        return sorted(set(self.trainer.get(role, [])) & {i for gpus in self.rollout for i in gpus})
+
 
 def gpu_layout(cfg) -> Layout:
     """The layout `cfg` asks for (a `RunConfig`)."""

@@ -54,6 +54,7 @@ class Roles:
     model_path: str | None = None  # what the roles were started from (its config gives FLOPs per token)
 
     sleep: bool = False  # trainers and vLLM take turns on the GPUs (rollout.sleep)
+    one_after_the_other: bool = False  # the engines started before the actor (they share its GPUs)
 
     def trainers(self) -> list[TrainerGroup]:
         return [g for g in (self.actor, self.ref, self.critic) if g is not None and not isinstance(g, AdaptersOff)]
@@ -188,16 +189,23 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
-    """The actor and the rollout engines, started together (both load `model_path`), and the
-    weight transport between them."""
+    """The actor and the rollout engines (both load `model_path`), and the weight transport
+    between them. They start together, unless an engine shares a GPU with the actor: vLLM sizes
+    its KV cache from the GPU memory it profiles while it starts, and stops with "Error in memory
+    profiling" when another process frees memory on that GPU meanwhile, as a starting trainer does
+    (seen on an H200, 2026-12-07). Then the engines start first."""
     on_gpu = cfg.rollout.num_gpus > 0 and cfg.actor.num_gpus_per_worker > 0 and torch.cuda.is_available()
     transport = choose_transport(cfg.rollout.weight_transport, on_gpu, cfg.rollout.placement)
     placement = plan_placement(cfg)
     engines = start_rollout(cfg, model_path, transport, placement)
+    shared = bool(gpu_layout(cfg).shared_with_rollout("actor"))
+    if shared:
+        ray.get([e.__ray_ready__.remote() for e in engines])
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
     ray.get([e.__ray_ready__.remote() for e in engines])
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
-    roles = Roles(actor=actor, rollout=None, placement=placement, model_path=model_path, sleep=cfg.rollout.sleep)
+    roles = Roles(actor=actor, rollout=None, placement=placement, model_path=model_path, sleep=cfg.rollout.sleep,
+                  one_after_the_other=shared)
     restarted = 0
 
     def restart(failed: list[int], workers: list) -> None:
