@@ -418,7 +418,8 @@ def run(cfg: RunConfig, startup: StartUp | None = None) -> dict:
         counts = job.roles.actor.all("parameter_counts")[0]
         lora = cfg.actor.lora
         adapters = (f" (LoRA rank {lora.rank} on {counts['adapted_layers']} layers)" if lora.rank else "")
-        order = "rollout, then actor (they share GPUs)" if job.roles.one_after_the_other else "rollout and actor started together"
+        order = ("rollout, then actor (they share GPUs)" if job.roles.one_after_the_other
+                 else "rollout and actor started together")
         startup.done("roles", f"{order}; actor: {counts['trainable']:,} of {counts['total']:,} "
                               f"parameters train{adapters}")
         print(f"[rlhf] start-up: {startup.total():.1f} s in all", flush=True)
