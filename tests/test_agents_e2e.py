@@ -14,8 +14,7 @@ from rlhf.output.metrics import read_metrics, rl_steps
 pytestmark = pytest.mark.e2e
 
 ARGS = ["task.name=arithmetic_tools", "sft.steps=40", "sft.batch_size=32", "rl.steps=3", "rl.prompts_per_step=8",
-        "rl.n=4", "task.num_eval=32", "trainer.save_every=1",
-        "actor.world_size=1"]
+        "rl.n=4", "task.num_eval=32", "trainer.save_every=1", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "response/length_mean",
             "rollout/logprob_abs_diff_max", "agent/turns_mean", "agent/tool_calls_mean", "agent/masked_token_share"]
 

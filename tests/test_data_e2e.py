@@ -142,10 +142,11 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
 
 def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_sizes(tmp_path):
     """Prompts of 20, 60 and 200 tokens at the default 64 prompts x 8 samples, nothing overridden
-    but a rollout.max_model_len they fit in (and one trainer rank, the generation being the point): one generation holds far more prompt tokens than
-    vLLM's CPU budget of 4,096 a scheduler step. With chunked prefill vLLM split a prompt over two
-    steps and then rewound that request's seeded generator, which a CPU generator cannot do: the
-    run died at its first RL step (docs/known-issues.md)."""
+    but a rollout.max_model_len they fit in (and one trainer rank: the generation is the point).
+    One generation holds far more prompt tokens than vLLM's CPU budget of 4,096 a scheduler step.
+    With chunked prefill vLLM split a prompt over two steps and then rewound that request's seeded
+    generator, which a CPU generator cannot do: the run died at its first RL step
+    (docs/known-issues.md)."""
     rng = random.Random(0)
 
     def row(operands: int) -> dict:

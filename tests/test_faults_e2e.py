@@ -30,8 +30,8 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run_with_a_saved_st
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "rlhf.main", "sft.steps=0", "rl.steps=10", "rl.prompts_per_step=8", "rl.n=4",
-         "rl.lr=1e30", "algo.entropy_coef=0.01", "actor.world_size=1", "trainer.max_consecutive_skips=3", "task.num_eval=16",
-         f"trainer.output_dir={out}"],
+         "rl.lr=1e30", "algo.entropy_coef=0.01", "trainer.max_consecutive_skips=3", "task.num_eval=16",
+         "actor.world_size=1", f"trainer.output_dir={out}"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 2, proc.stderr[-4000:]
