@@ -7,7 +7,8 @@ random model if missing, run `python -m rlhf.main` on it, print the median step 
 64 prompts x 8 samples x 256 new tokens per step, lr 1e-6, no reference model, the length reward
 (benchmarks/reference_rewards.py), bf16 compute with fp32 master weights, bf16 vLLM, one trainer
 rank and one vLLM engine sharing one GPU unless overrides say otherwise (e.g. actor.world_size=2
-on two GPUs). Medians are over steps 3..N (the first two include CUDA-graph and allocator warm-up).
+on two GPUs). Medians are over steps 3..N (the first two include CUDA-graph and allocator warm-up),
+less the last k with rl.off_policy_steps=k (no generation runs beside them).
 OUT_DIR/summary.json holds the medians and every step's phases; OUT_DIR/run is the run's folder.
 """
 
@@ -60,13 +61,14 @@ def main() -> int:
     from rlhf.output.metrics import read_metrics, rl_steps
 
     steps = rl_steps(read_metrics(run))
-    rows = [r for s, r in sorted(steps.items()) if s >= 3] or list(steps.values())
-    if any("time/rollout_wait" in r for r in rows[:-1]):
-        rows = [r for r in rows if "time/rollout_wait" in r]  # off-policy: the last step overlaps no generation
+    rl = json.loads((run / "config.json").read_text())["rl"]
+    # With rl.off_policy_steps=k the last k steps train on batches generated ahead and launch no
+    # more: they run without generation beside them, so they would flatter the step time.
+    last = max(steps) - rl["off_policy_steps"]
+    rows = [r for s, r in sorted(steps.items()) if 3 <= s <= last] or list(steps.values())
     med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean",
                                                                                     "rollout/policy_lag"]
            if k in rows[0]}
-    rl = json.loads((run / "config.json").read_text())["rl"]
     tokens = statistics.median(r["response/length_mean"] for r in rows) * rl["prompts_per_step"] * rl["n"]
     med["gen_tokens_per_s"] = tokens / med["time/generate"]
     per_step = [{"step": s, **{k: r[k] for k in PHASES + STEP_KEYS if k in r}} for s, r in sorted(steps.items())]
