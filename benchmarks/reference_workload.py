@@ -9,7 +9,8 @@ random model if missing, run `python -m rlhf.main` on it, print the median step 
 rank and one vLLM engine sharing one GPU unless overrides say otherwise (e.g. actor.world_size=2
 on two GPUs). Medians are over steps 3..N (the first two include CUDA-graph and allocator warm-up),
 less the last k with rl.off_policy_steps=k (no generation runs beside them).
-OUT_DIR/summary.json holds the medians and every step's phases; OUT_DIR/run is the run's folder.
+OUT_DIR/summary.json holds the medians (and samples_per_s: the batch over the mean step) and
+every step's phases; OUT_DIR/run is the run's folder.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def main() -> int:
            if k in rows[0]}
     tokens = statistics.median(r["response/length_mean"] for r in rows) * rl["prompts_per_step"] * rl["n"]
     med["gen_tokens_per_s"] = tokens / med["time/generate"]
+    # Throughput is the mean: with partial rollouts steps come in bursts (a long wait, then short
+    # steps on batches already done), where the median step says little about samples per second.
+    med["samples_per_s"] = rl["prompts_per_step"] * rl["n"] / statistics.fmean(r["time/step"] for r in rows)
     per_step = [{"step": s, **{k: r[k] for k in PHASES + STEP_KEYS if k in r}} for s, r in sorted(steps.items())]
     (out / "summary.json").write_text(json.dumps({"model": model, "shape": args.shape, "overrides": overrides,
                                                   "median_of_steps": [r["step"] for r in rows], "median": med,

@@ -381,16 +381,17 @@ def workload_run(ctx: Context, a, variant: str, name: str) -> dict | None:
     return rec["figures"]
 
 
-WORKLOAD_HEADERS = ["variant", "median of steps", "step s", "generate s", "log-probs s", "train s", "rollout wait s",
-                    "push ms", "generated tokens/s", "mean |dlogp|", "policy lag", "peak GiB"]
+WORKLOAD_HEADERS = ["variant", "median of steps", "step s", "samples/s", "generate s", "log-probs s", "train s",
+                    "rollout wait s", "push ms", "generated tokens/s", "mean |dlogp|", "policy lag", "peak GiB"]
 
 
 def workload_row(variant: str, f: dict) -> list:
     m = f["median"]
     peaks = [s["perf/actor_peak_memory_gb"] for s in f["steps"] if "perf/actor_peak_memory_gb" in s]
     steps = f["median_of_steps"]
-    return [variant, f"{steps[0]}-{steps[-1]}", num(m["time/step"]), num(m.get("time/generate")), num(m.get("time/logprobs")),
-            num(m.get("time/train")), num(m.get("time/rollout_wait")), ms(m.get("time/push")),
+    return [variant, f"{steps[0]}-{steps[-1]}", num(m["time/step"]), num(m.get("samples_per_s"), 1),
+            num(m.get("time/generate")), num(m.get("time/logprobs")), num(m.get("time/train")),
+            num(m.get("time/rollout_wait")), ms(m.get("time/push")),
             f"{m['gen_tokens_per_s']:,.0f}", num(m.get("rollout/logprob_abs_diff_mean"), 4),
             num(m.get("rollout/policy_lag"), 2), num(max(peaks), 1) if peaks else None]
 
