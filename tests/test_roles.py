@@ -260,3 +260,29 @@ def test_non_finite_loss_or_gradient_skips_the_update_on_every_rank(stepped, rol
     assert not torch.isfinite(torch.tensor(metrics[0]["loss"]))
     after = torch.cat(actor.dp("logprobs", batch))
     assert torch.equal(before, after) and torch.isfinite(after).all()
+
+
+def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_start(roles, capsys):
+    """wait_started: while an actor's constructor runs, a line per interval names it (and not the
+    one already up); a constructor that raises fails the wait with its error."""
+    import time
+
+    from rlhf.orchestration.roles import wait_started
+
+    @ray.remote(num_cpus=0)
+    class Starting:
+        def __init__(self, seconds: float, fail: bool = False):
+            time.sleep(seconds)
+            if fail:
+                raise ValueError("no such model folder")
+
+    up = Starting.remote(0.0)
+    ray.get(up.__ray_ready__.remote())
+    t = time.time()
+    wait_started({"engine A": up, "engine B": Starting.remote(2.5)}, every_s=0.5)
+    waited = time.time() - t
+    lines = [line for line in capsys.readouterr().out.splitlines() if "still starting" in line]
+    assert waited >= 2.0 and 2 <= len(lines) <= waited / 0.5 + 1, (waited, lines)
+    assert all(line.startswith("[rlhf] start-up: engine B still starting (") for line in lines), lines
+    with pytest.raises(ray.exceptions.RayActorError, match="no such model folder"):
+        wait_started({"engine C": Starting.remote(0.0, fail=True)}, every_s=0.5)

@@ -7,6 +7,7 @@ engine, is decided here, so neither the pipeline nor the controller knows about 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import ray
@@ -188,6 +189,23 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
             for i in (which or range(r.num_engines))]
 
 
+def wait_started(actors: dict[str, object], began: float | None = None, every_s: float = 60.0) -> None:
+    """Wait until the named Ray actors (created at `began`, a wall-clock time; default now) are up,
+    their constructors returned, saying every `every_s` which are still starting: a vLLM engine
+    takes minutes on a large model or a cold compile cache, and a start that hangs should show
+    where instead of leaving the console silent. A constructor's error is raised as Ray raises it."""
+    pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
+    began = time.time() if began is None else began
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=every_s)
+        for ref in ready:
+            ray.get(ref)
+            del pending[ref]
+        if pending:
+            print(f"[rlhf] start-up: {', '.join(pending.values())} still starting ({time.time() - began:.0f} s)",
+                  flush=True)
+
+
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     """The actor and the rollout engines (both load `model_path`), and the weight transport
     between them. They start together, unless an engine shares a GPU with the actor: vLLM sizes
@@ -197,12 +215,14 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
     on_gpu = cfg.rollout.num_gpus > 0 and cfg.actor.num_gpus_per_worker > 0 and torch.cuda.is_available()
     transport = choose_transport(cfg.rollout.weight_transport, on_gpu, cfg.rollout.placement)
     placement = plan_placement(cfg)
+    began = time.time()
     engines = start_rollout(cfg, model_path, transport, placement)
     shared = bool(gpu_layout(cfg).shared_with_rollout("actor"))
+    named = {f"rollout engine {i}": e for i, e in enumerate(engines)}
     if shared:
-        ray.get([e.__ray_ready__.remote() for e in engines])
+        wait_started(named, began)
     actor = start_trainer(cfg, "actor", model_path, trainable=True, placement=placement)
-    ray.get([e.__ray_ready__.remote() for e in engines])
+    wait_started(named, began)
     actor.all("connect_rollout", transport, engines, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
     roles = Roles(actor=actor, rollout=None, placement=placement, model_path=model_path, sleep=cfg.rollout.sleep,
                   one_after_the_other=shared)
@@ -216,7 +236,7 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
             restarted += 1
             workers[i] = start_rollout(cfg, model_path, transport, placement, which=[i],
                                        name=f"rollout-{i}.{restarted}")[0]
-        ray.get([workers[i].__ray_ready__.remote() for i in failed])
+        wait_started({f"rollout engine {i}": workers[i] for i in failed})
         actor.all("connect_rollout", transport, workers, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
         roles.push()  # with rollout.sleep, also puts every engine and trainer where a push leaves them
 
