@@ -62,11 +62,16 @@ def main() -> int:
     from rlhf.output.metrics import read_metrics, rl_steps
 
     steps = rl_steps(read_metrics(run))
+    if not steps:
+        print(f"no RL step in {run / 'metrics.jsonl'}", flush=True)
+        return 1
     rl = json.loads((run / "config.json").read_text())["rl"]
-    # With rl.off_policy_steps=k the last k steps train on batches generated ahead and launch no
-    # more: they run without generation beside them, so they would flatter the step time.
-    last = max(steps) - rl["off_policy_steps"]
-    rows = [r for s, r in sorted(steps.items()) if 3 <= s <= last] or list(steps.values())
+    # With rl.off_policy_steps=k the last k steps of rl.steps train on batches generated ahead and
+    # launch no more: no generation runs beside them, so they would flatter the step time.
+    last = rl["steps"] - rl["off_policy_steps"]
+    ordered = sorted(steps.items())
+    rows = ([r for s, r in ordered if 3 <= s <= last] or [r for s, r in ordered if s <= last]
+            or [r for _, r in ordered])
     med = {k: statistics.median(r[k] for r in rows if k in r) for k in PHASES + ["rollout/logprob_abs_diff_mean",
                                                                                     "rollout/policy_lag"]
            if k in rows[0]}

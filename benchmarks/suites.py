@@ -349,8 +349,9 @@ TWO_GPU_VARIANTS = ["dp2", "tp2", "dp2-fsdp", "dp2-sleep", "disaggregated", "moe
 def workload_options(ap):
     ap.add_argument("--variants", default="unseeded", help="comma-separated, one run each (default %(default)s): "
                     + "; ".join(f"{k}: {v[4]} ({v[0]} GPU{'s' if v[0] > 1 else ''})" for k, v in VARIANTS.items()))
-    ap.add_argument("--steps", type=int, default=None, help="RL steps (default 7; moe-ep2: 3); medians over steps 3 on, "
-                    "less the last k of rl.off_policy_steps=k")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="RL steps (default 7; moe-ep2: 3); medians over steps 3 on, "
+                         "less the last k of rl.off_policy_steps=k")
     ap.add_argument("--lora-rank", type=int, default=32, help="the lora variant's rank (default 32)")
 
 

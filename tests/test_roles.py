@@ -4,6 +4,7 @@ model in this process."""
 
 import copy
 import dataclasses
+import time
 
 import pytest
 import ray
@@ -262,11 +263,10 @@ def test_non_finite_loss_or_gradient_skips_the_update_on_every_rank(stepped, rol
     assert torch.equal(before, after) and torch.isfinite(after).all()
 
 
-def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_start(roles, capsys):
+def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_start_at_once(roles, capsys):
     """wait_started: while an actor's constructor runs, a line per interval names it (and not the
-    one already up); a constructor that raises fails the wait with its error."""
-    import time
-
+    one already up); a constructor that raises fails the wait with its error at once, without
+    waiting for another actor still starting."""
     from rlhf.orchestration.roles import wait_started
 
     @ray.remote(num_cpus=0)
@@ -283,6 +283,11 @@ def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_sta
     waited = time.time() - t
     lines = [line for line in capsys.readouterr().out.splitlines() if "still starting" in line]
     assert waited >= 2.0 and 2 <= len(lines) <= waited / 0.5 + 1, (waited, lines)
-    assert all(line.startswith("[rlhf] start-up: engine B still starting (") for line in lines), lines
+    assert all(line.startswith("[rlhf] engine B still starting (") for line in lines), lines
+
+    slow, failing = Starting.remote(30.0), Starting.remote(0.0, fail=True)
+    t = time.time()
     with pytest.raises(ray.exceptions.RayActorError, match="no such model folder"):
-        wait_started({"engine C": Starting.remote(0.0, fail=True)}, every_s=0.5)
+        wait_started({"engine C": slow, "engine D": failing}, every_s=60.0)
+    assert time.time() - t < 20  # raised while engine C was still in its 30 s constructor
+    ray.kill(slow)

@@ -193,17 +193,19 @@ def wait_started(actors: dict[str, object], began: float | None = None, every_s:
     """Wait until the named Ray actors (created at `began`, a wall-clock time; default now) are up,
     their constructors returned, saying every `every_s` which are still starting: a vLLM engine
     takes minutes on a large model or a cold compile cache, and a start that hangs should show
-    where instead of leaving the console silent. A constructor's error is raised as Ray raises it."""
+    where instead of leaving the console silent. The first constructor to fail raises its error
+    at once, as Ray raises it."""
     pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
     began = time.time() if began is None else began
+    deadline = time.time() + every_s
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=every_s)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(deadline - time.time(), 0.0))
         for ref in ready:
             ray.get(ref)
             del pending[ref]
-        if pending:
-            print(f"[rlhf] start-up: {', '.join(pending.values())} still starting ({time.time() - began:.0f} s)",
-                  flush=True)
+        if pending and time.time() >= deadline:
+            print(f"[rlhf] {', '.join(pending.values())} still starting ({time.time() - began:.0f} s)", flush=True)
+            deadline = time.time() + every_s
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
@@ -232,11 +234,12 @@ def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:
         """Fresh engines in the places `failed` (put into `workers`, the group's list), in the same
         placement, connected to the actor and given its current weights."""
         nonlocal restarted
+        began = time.time()
         for i in failed:
             restarted += 1
             workers[i] = start_rollout(cfg, model_path, transport, placement, which=[i],
                                        name=f"rollout-{i}.{restarted}")[0]
-        wait_started({f"rollout engine {i}": workers[i] for i in failed})
+        wait_started({f"rollout engine {i}": workers[i] for i in failed}, began)
         actor.all("connect_rollout", transport, workers, cfg.rollout.bucket_bytes, cfg.rollout.dtype)
         roles.push()  # with rollout.sleep, also puts every engine and trainer where a push leaves them
 
