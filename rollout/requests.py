@@ -7,6 +7,8 @@ into lists, which the weight transports rely on. So the in-process engine of the
 transports already talk to is stepped here by one thread, and requests come from any thread
 (futures) or coroutine (`await`). Whatever else touches the engine (a weight push, sleep or wake,
 a cache reset) runs inside `paused()`: no step runs meanwhile, and requests stay in flight.
+`drain()` instead lets the requests in flight finish first while new ones queue behind it: a push
+then lands between requests (between the turns of a multi-turn trajectory), never inside one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class RequestDriver:
         self._futures: dict[str, Future] = {}
         self._ids = itertools.count()
         self._pauses = 0  # paused() holders, present and waiting
+        self._gates = 0  # drain() holders: new requests queue in _queued until the last releases
+        self._queued: list[tuple[Future, list[int], object]] = []
         self._stepping = False
         self._closed = False
         self.busy_s = 0.0  # time inside engine steps so far: the engine's busy share is busy_s / wall time
@@ -45,22 +49,31 @@ class RequestDriver:
         return self._render([prompt])[0] if self._render is not None else prompt
 
     def submit(self, prompt_ids: list[int], params) -> Future:
-        """A request (n samples of `params`); its future gets vLLM's final `RequestOutput`."""
+        """A request (n samples of `params`); its future gets vLLM's final `RequestOutput`. While
+        a drain holds the engine, the request waits in a queue and enters when the drain ends."""
         params.output_kind = self._final
         future: Future = Future()
         with self._cv:
             if self._closed:
                 raise RuntimeError("the rollout engine is shut down")
-            rid = f"q{next(self._ids)}"  # apart from LLM.generate's numbering
-            self._futures[rid] = future
-            self._started[rid] = self.pushes
-            try:
-                self.engine.add_request(rid, self._prompt(prompt_ids), params)
-            except BaseException:
-                del self._futures[rid]
-                raise
-            self._cv.notify_all()
+            if self._gates:
+                self._queued.append((future, list(prompt_ids), params))
+            else:
+                self._add(future, prompt_ids, params)
         return future
+
+    def _add(self, future: Future, prompt_ids: list[int], params) -> None:
+        """Into the engine (holding `_cv`)."""
+        rid = f"q{next(self._ids)}"  # apart from LLM.generate's numbering
+        self._futures[rid] = future
+        self._started[rid] = self.pushes
+        try:
+            self.engine.add_request(rid, self._prompt(prompt_ids), params)
+        except BaseException:
+            del self._futures[rid]
+            del self._started[rid]
+            raise
+        self._cv.notify_all()
 
     async def generate(self, prompt_ids: list[int], params):
         return await asyncio.wrap_future(self.submit(prompt_ids, params))
@@ -70,6 +83,9 @@ class RequestDriver:
         # All enter before the next step: which requests share a step never depends on thread
         # timing (vLLM's CPU kernels give batch-dependent rounding, enough to flip a sample of a
         # near-uniform distribution).
+        with self._cv:
+            while self._gates and not self._closed:  # a drain under way: enter after it
+                self._cv.wait()
         self.hold()
         try:
             futures = [self.submit(ids, params) for ids, params in requests]
@@ -89,6 +105,31 @@ class RequestDriver:
             self._pauses -= 1
             self._cv.notify_all()
 
+    def drain(self) -> None:
+        """Let the requests in flight finish while new ones queue, then stop stepping until
+        `undrain`: what runs in between (a push) lands between requests, never inside one."""
+        with self._cv:
+            self._gates += 1
+            while self._futures and not self._closed:
+                self._cv.wait()
+        self.hold()
+
+    def undrain(self) -> None:
+        """End a `drain`: stepping resumes, and the queued requests enter (on the weights now loaded)."""
+        failed = []
+        with self._cv:
+            self._gates -= 1
+            if not self._gates:
+                for future, ids, params in self._queued:
+                    try:
+                        self._add(future, ids, params)
+                    except BaseException as e:
+                        failed.append((future, e))
+                self._queued = []
+        self.release()
+        for future, e in failed:
+            future.set_exception(e)
+
     @contextlib.contextmanager
     def paused(self):
         """No engine step runs inside; requests in flight wait and continue afterwards."""
@@ -101,6 +142,11 @@ class RequestDriver:
     @property
     def in_flight(self) -> int:
         return len(self._futures)
+
+    @property
+    def draining(self) -> bool:
+        """A drain is under way or holds the engine: new requests queue."""
+        return bool(self._gates)
 
     def note_push(self) -> None:
         """New weights have landed (call it inside `paused()`): every sample in flight records how
@@ -163,10 +209,11 @@ class RequestDriver:
         with self._cv:
             self._closed = True
             pending, self._futures = self._futures, {}
+            queued, self._queued = self._queued, []
             self._cv.notify_all()
         if pending:
             with contextlib.suppress(Exception):
                 self.engine.abort_request(list(pending))
-        for future in pending.values():
+        for future in [*pending.values(), *(f for f, _, _ in queued)]:
             future.set_exception(RuntimeError("the rollout engine shut down with this request in flight"))
         self._thread.join(10)

@@ -35,6 +35,9 @@ class VLLMConfig:
     # executor starts one worker each (tensor_parallel_size of them); empty: vLLM runs here.
     ray_bundles: tuple[int, ...]
     sleep: bool = False  # sleep mode on (CUDA): `sleep` and `wake` free and restore GPU memory
+    # a push lands in the requests in flight (which continue on the new weights); otherwise it waits
+    # for them to finish, and requests arriving meanwhile start after it
+    partial_rollouts: bool = False
 
 
 def sampling_params(sampling: Sampling, seed: int | None, n: int | None = None, max_tokens: int | None = None):
@@ -138,6 +141,7 @@ class VLLMRollout(RolloutEngine):
         self._weight_names = checkpoint_weight_names(model_path, tied and not shared)
         self._stale_prefixes = False  # whether prefixes may be cached that a push must drop
         self._holding = False  # between begin_push and weights_updated: no engine step
+        self._partial = cfg.partial_rollouts
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.pad_id = self.llm.get_tokenizer().pad_token_id
         if self.pad_id is None:
@@ -248,8 +252,10 @@ class VLLMRollout(RolloutEngine):
         self.requests.close()
 
     def begin_push(self) -> None:
+        """With partial rollouts the engine stops stepping at once; otherwise it lets the requests
+        in flight finish first (a multi-turn trajectory then changes weights between two turns)."""
         if not self._holding:
-            self.requests.hold()
+            self.requests.hold() if self._partial else self.requests.drain()
             self._holding = True
 
     def weights_updated(self) -> None:
@@ -268,7 +274,7 @@ class VLLMRollout(RolloutEngine):
         finally:
             if self._holding:
                 self._holding = False
-                self.requests.release()
+                self.requests.release() if self._partial else self.requests.undrain()
 
     def generated(self) -> None:
         """After the group collected a generation, while the trainer works: drop the cached prefixes

@@ -83,7 +83,8 @@ class Controller:
         self.sampler = None  # the stage's training prompts (rl_step sets it)
         a = cfg.agent
         self.agent = None if a.env is None else AgentConfig(**dataclasses.asdict(a), system_prompt=cfg.data.system_prompt)
-        self.rollouts = RolloutQueue(cfg.rl.off_policy_steps, cfg.rl.partial_rollouts, self._draw, self._collect,
+        crossing = cfg.rl.partial_rollouts or self.agent is not None  # see rollout_queue.py
+        self.rollouts = RolloutQueue(cfg.rl.off_policy_steps, crossing, self._draw, self._collect,
                                      self._position, self._restore, relaunchable=not cfg.algo.dynamic_sampling)
         self._scoring = threading.Lock()  # batches ahead score on threads of their own; the reward pools are one
         self.timing: dict[str, float] = {}  # the current step's phase times
@@ -415,10 +416,10 @@ class Controller:
         return out
 
     def _push(self, train_actor: bool, more: int) -> dict[str, float]:
-        """The new weights into the engines (after batches in flight finish, without partial
-        rollouts), then the next batch generated ahead launched on them. A failed batch ahead is
-        raised by the next step, which saves this step's state first (a resumed run pushes the
-        weights); pushing now could wait forever on a hung engine."""
+        """The new weights into the engines (after batches in flight finish, unless they may cross
+        pushes: see rollout_queue.py), then the next batch generated ahead launched on them. A
+        failed batch ahead is raised by the next step, which saves this step's state first (a
+        resumed run pushes the weights); pushing now could wait forever on a hung engine."""
         timing = {"time/rollout_wait": self.rollouts.before_push()} if len(self.rollouts) else {}
         push = train_actor and not self.rollouts.failed()
         if push:

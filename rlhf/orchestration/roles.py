@@ -181,6 +181,7 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
         gpu_share=r.num_gpus,
         ray_bundles=(),
         sleep=r.sleep,
+        partial_rollouts=cfg.rl.partial_rollouts,
     )
     cls = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus, **ROLLOUT_ACTOR_OPTIONS)(RolloutWorker)
     return [cls.options(name=name.format(i), **placement.rollout_options(i, r.num_gpus), **_resources(r.resources))

@@ -9,7 +9,10 @@ construction (a group older than that cannot arise, so none is ever dropped).
 A push waits, with `rl.partial_rollouts=false`, for the batches in flight (they finish on the
 weights they started with; each batch is then one policy version). With partial rollouts it does
 not wait: the engines load the new weights between two of their steps and the requests in flight
-continue on them, every token recording the version that sampled it.
+continue on them, every token recording the version that sampled it. Multi-turn batches
+(`agent.env`) do not wait either: their trajectories spend most of their time in tools, and a push
+lands between two turns (the engines let the turns being sampled finish first, unless partial
+rollouts let it land inside them), so a trajectory's turns may be sampled by successive versions.
 
 Launches happen on the driver's thread in step order, drawing their prompts there, so which prompts
 and seeds a batch gets never depends on timing; generation and scoring run on a thread of their own
@@ -78,16 +81,17 @@ class _Entry:
 
 
 class RolloutQueue:
-    def __init__(self, ahead: int, partial: bool, draw: Callable[[], object], generate: Callable[[object, int, bool], Rollouts],
+    def __init__(self, ahead: int, crossing: bool, draw: Callable[[], object], generate: Callable[[object, int, bool], Rollouts],
                  position: Callable[[], dict], restore: Callable[[dict], None], relaunchable: bool):
-        """`draw()`: the next batch's prompts and seeds (driver thread); `generate(drawn, version,
+        """`crossing`: a batch may be generated across pushes (partial rollouts, multi-turn), so a
+        push does not wait for it; `draw()`: the next batch's prompts and seeds (driver thread); `generate(drawn, version,
         restart)`: generate and score them; `position()` / `restore(p)`: the data position (sampler
         and draw count) to save and set; `relaunchable`: generation draws nothing itself (no
         dynamic sampling), so a batch in flight can be launched again from its mark."""
-        self.ahead, self.partial = ahead, partial
+        self.ahead, self.crossing = ahead, crossing
         self._draw, self._generate = draw, generate
         self._position, self._restore = position, restore
-        self.relaunchable = relaunchable and not partial
+        self.relaunchable = relaunchable and not crossing
         self._queue: deque[_Entry] = deque()
 
     def take(self, version: int, more: int) -> tuple[Rollouts, float]:
@@ -121,13 +125,12 @@ class RolloutQueue:
             self.launch(version)
 
     def before_push(self) -> float:
-        """Without partial rollouts, wait for every batch in flight (the engines take no new
-        weights mid-generation); seconds waited. A batch whose generation failed is left for
-        `take` to raise."""
+        """Unless batches may cross pushes, wait for every batch in flight (each batch is then one
+        policy version); seconds waited. A batch whose generation failed is left for `take` to raise."""
         import time
 
         t = time.perf_counter()
-        if not self.partial:
+        if not self.crossing:
             for entry in self._queue:
                 entry.future.exception()  # waits; the failure stays in the future
         return time.perf_counter() - t
