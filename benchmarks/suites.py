@@ -312,6 +312,10 @@ def run_agents(ctx: Context, a) -> None:
 # ---- workload ------------------------------------------------------------------------------
 
 UNSEEDED = "rollout.seed_per_prompt=false"
+# 64 trajectories a step (16 prompts x 4), each three 1-s tool calls then a last turn, 64 new tokens a
+# turn; enough tool workers that three batches' calls never queue for one
+MULTI_TURN = [UNSEEDED, "agent.env=benchmarks/agent_envs.py:SleepyTool", "agent.tool_workers=192",
+              "rl.prompts_per_step=16", "rl.n=4", "rl.max_new_tokens=64", "rollout.max_model_len=512", "task.num_eval=16"]
 # name: (GPUs, shape, overrides, steps by default or None for --steps, what)
 VARIANTS = {
     "unseeded": (1, "qwen2.5-0.5b", [UNSEEDED], None, "one GPU shared half and half, unseeded requests (as TRL's)"),
@@ -328,6 +332,12 @@ VARIANTS = {
                                          "algo.rollout_correction=decoupled"], None,
                      "two steps ahead, partial rollouts, the decoupled PPO correction"),
     "lora": (1, "qwen2.5-0.5b", [UNSEEDED, "rl.lr=1e-5"], None, "LoRA adapters (actor.lora.rank, --lora-rank)"),
+    "multi-turn": (1, "qwen2.5-0.5b-chat", MULTI_TURN, 5, "multi-turn, a tool that sleeps 1 s (benchmarks/agent_envs.py), "
+                   "64 trajectories a step; samples/s = trajectories/s"),
+    "multi-turn-k2": (1, "qwen2.5-0.5b-chat", [*MULTI_TURN, "rl.off_policy_steps=2"], 10,
+                      "multi-turn two steps ahead: pushes land between turns"),
+    "multi-turn-k2-partial": (1, "qwen2.5-0.5b-chat", [*MULTI_TURN, "rl.off_policy_steps=2", "rl.partial_rollouts=true"],
+                              10, "multi-turn two steps ahead with partial rollouts"),
     "dp2": (2, "qwen2.5-0.5b", ["actor.world_size=2"], None, "FSDP2 over two GPUs, one vLLM engine"),
     "tp2": (2, "qwen2.5-0.5b", ["actor.world_size=2", "actor.tp_size=2"], None, "tensor parallel over two GPUs"),
     "dp2-fsdp": (2, "qwen2.5-0.5b", ["actor.world_size=2", "actor.engine=fsdp"], None, "dp2 on the plain FSDP2 engine"),
@@ -370,7 +380,8 @@ def workload_run(ctx: Context, a, variant: str, name: str) -> dict | None:
     if variant == "lora":
         overrides = overrides + [f"actor.lora.rank={a.lora_rank}"]
     folder = ctx.scratch / name
-    argv = ["-m", "benchmarks.reference_workload", str(folder), "--model", model(shape), "--shape", shape,
+    base = shape.removesuffix("-chat")  # "-chat": the tool task's chat tokenizer
+    argv = ["-m", "benchmarks.reference_workload", str(folder), "--model", model(base, chat=base != shape), "--shape", base,
             "--steps", str(a.steps or steps or 7), *overrides, *a.overrides]
     rec = ctx.step(name, argv, json_flag=False)
     summary = folder / "summary.json"
