@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 # RL starts from the shared 200-step SFT policy (conftest.sft_policy), a reward in a quarter to a
 # half of its groups: rewards, advantages and gradients are live. One trainer rank (a sharded
 # state resumes exactly in tests/test_faults_e2e.py and tests/test_reshard_resume.py).
-ARGS = ["algo=ppo", "sft.steps=0", "rl.steps=6", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
+ARGS = ["algo=ppo", "sft.steps=0", "rl.steps=4", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
         "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "actor/clip_frac", "actor/kl_coef",
             "actor/kl_rollout_batch", "critic/value_loss", "critic/grad_norm", "critic/explained_var",
@@ -45,13 +45,13 @@ def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path, policy):
     proc = _run(policy, f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = rl_steps(read_metrics(full))
-    assert sorted(a) == [1, 2, 3, 4, 5, 6]
+    assert sorted(a) == [1, 2, 3, 4]
     for r in a.values():
         assert r["critic/value_loss"] >= 0 and "critic/explained_var" in r and "critic/grad_norm" in r
         assert r["rollout/logprob_abs_diff_max"] < 1e-4
     # Step 1 pre-trains the critic only: no policy update, no weight push.
     assert a[1]["actor/updated"] == 0 and "actor/policy_loss" not in a[1] and a[1]["time/push"] == 0
-    assert all(a[s]["actor/updated"] == 1 and "actor/policy_loss" in a[s] for s in (2, 3, 4, 5, 6))
+    assert all(a[s]["actor/updated"] == 1 and "actor/policy_loss" in a[s] for s in (2, 3, 4))
     # The trained critic is saved as a plain HF token-classification model; its head started at
     # zero, so non-zero values mean the saved weights are the trained ones.
     critic = AutoModelForTokenClassification.from_pretrained(full / "checkpoints" / "critic")
@@ -59,15 +59,15 @@ def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path, policy):
     assert critic(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.abs().max() > 1e-4
 
     state = full / "checkpoints" / "state-rl-step2"
-    assert all((full / "checkpoints" / f"state-rl-step{s}" / "COMPLETE").is_file() for s in (2, 4, 6))
+    assert all((full / "checkpoints" / f"state-rl-step{s}" / "COMPLETE").is_file() for s in (2, 4))
 
     # Resumed from the named step-2 state into a new folder, to the end
     proc = _run(policy, f"trainer.output_dir={resumed}", f"trainer.resume={state}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "continuing at RL step 3" in proc.stdout
     b = rl_steps(read_metrics(resumed))
-    assert sorted(b) == [3, 4, 5, 6]  # no SFT, no steps 1-2, none twice
-    for step in (3, 4, 5, 6):  # the comparison means something only if there was something to learn
+    assert sorted(b) == [3, 4]  # no SFT, no steps 1-2, none twice
+    for step in (3, 4):  # the comparison means something only if there was something to learn
         assert a[step]["reward/groups_with_signal"] > 0 and a[step]["actor/grad_norm"] > 0
         for key in COMPARED:
             assert key in a[step], key
