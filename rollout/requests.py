@@ -39,6 +39,7 @@ class RequestDriver:
         self._closed = False
         self.busy_s = 0.0  # time inside engine steps so far: the engine's busy share is busy_s / wall time
         self.pushes = 0  # weight pushes that landed so far (`note_push`)
+        self.added = 0  # requests that entered the engine so far (each may leave prefixes in its cache)
         self._started: dict[str, int] = {}  # request id -> pushes when it was submitted
         self._crossings: dict[tuple[str, int], list[int]] = {}  # (request id, sample) -> its tokens at each push
         self._thread = threading.Thread(target=self._run, name="vllm-steps", daemon=True)
@@ -67,6 +68,7 @@ class RequestDriver:
         rid = f"q{next(self._ids)}"  # apart from LLM.generate's numbering
         self._futures[rid] = future
         self._started[rid] = self.pushes
+        self.added += 1
         try:
             self.engine.add_request(rid, self._prompt(prompt_ids), params)
         except BaseException:
@@ -122,6 +124,8 @@ class RequestDriver:
             if not self._gates:
                 for future, ids, params in self._queued:
                     try:
+                        if self._closed:
+                            raise RuntimeError("the rollout engine shut down with this request queued")
                         self._add(future, ids, params)
                     except BaseException as e:
                         failed.append((future, e))
@@ -188,9 +192,11 @@ class RequestDriver:
             except BaseException as e:  # the engine is broken: every waiter learns why
                 with self._cv:
                     self._stepping, self._closed = False, True
-                    failed, self._futures = self._futures, {}
+                    failed, self._futures = list(self._futures.values()), {}
+                    failed += [f for f, _, _ in self._queued]
+                    self._queued = []
                     self._cv.notify_all()
-                for future in failed.values():
+                for future in failed:
                     future.set_exception(e)
                 return
             self.busy_s += time.perf_counter() - t

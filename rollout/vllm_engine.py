@@ -139,7 +139,7 @@ class VLLMRollout(RolloutEngine):
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         shared = tied and self.loads_in_place and all(self.llm.collective_rpc("head_is_embedding"))
         self._weight_names = checkpoint_weight_names(model_path, tied and not shared)
-        self._stale_prefixes = False  # whether prefixes may be cached that a push must drop
+        self._clean_at = 0  # requests.added when the prefix cache was last emptied: any added since may have cached prefixes
         self._holding = False  # between begin_push and weights_updated: no engine step
         self._partial = cfg.partial_rollouts
         self.eos_id = self.llm.get_tokenizer().eos_token_id
@@ -157,7 +157,6 @@ class VLLMRollout(RolloutEngine):
                 torch.manual_seed(sampling.seed)
             per_prompt = [sampling_params(sampling, None)] * len(prompt_ids)
         t = time.perf_counter()
-        self._stale_prefixes = True
         base = self.requests.pushes
         outs = self.requests.run(list(zip(prompt_ids, per_prompt)))
         self.timing = {"time/vllm_generate": time.perf_counter() - t}
@@ -197,7 +196,6 @@ class VLLMRollout(RolloutEngine):
             torch.manual_seed(sampling.seed)
         jobs = [(row, sampling.seed + i + j if seeded else None, i) for i, row in enumerate(rows) for j in range(sampling.n)]
         t, base = time.perf_counter(), self.requests.pushes
-        self._stale_prefixes = True
         runs = runner.run_all([r for r, _, _ in jobs], [s for _, s, _ in jobs], sampling)
         for run in runs:  # pushes since the call began, per token (as `generate` gives them)
             run.versions = [max(v - base, 0) for v in run.versions]
@@ -268,7 +266,9 @@ class VLLMRollout(RolloutEngine):
             with self.requests.paused():
                 self.requests.note_push()
                 if self.requests.in_flight:
-                    self._stale_prefixes = not self.llm.reset_prefix_cache(reset_running_requests=True)
+                    added = self.requests.added
+                    if self.llm.reset_prefix_cache(reset_running_requests=True):
+                        self._clean_at = added
                 else:
                     self._drop_prefixes()
         finally:
@@ -286,6 +286,8 @@ class VLLMRollout(RolloutEngine):
     def _drop_prefixes(self) -> None:
         """Cached prefixes hold KV computed with the weights a push replaces. vLLM's reset visits
         every KV block (~12 ms for 3.3M tokens of cache), so it runs after a generation, while the
-        trainer works, and a push repeats it only if the engine generated since. Call it paused."""
-        if self._stale_prefixes:
-            self._stale_prefixes = not self.llm.reset_prefix_cache()
+        trainer works, and a push repeats it only if a request entered the engine since (a turn of a
+        trajectory ahead, say, started after the last reset). Call it paused."""
+        added = self.requests.added  # read first: a request entering during the reset stays uncovered
+        if added != self._clean_at and self.llm.reset_prefix_cache():
+            self._clean_at = added

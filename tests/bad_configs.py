@@ -73,6 +73,8 @@ CASES = [
     (["rl.off_policy_steps=2", "algo.dynamic_sampling=true"], ["rl.off_policy_steps=2", "algo.dynamic_sampling=false"]),
     (["rl.off_policy_steps=1", "rl.partial_rollouts=true", "algo.dynamic_sampling=true"],
      ["rl.partial_rollouts=true", "algo.dynamic_sampling=false"]),
+    (["task.name=arithmetic_tools", "rl.off_policy_steps=1", "algo.dynamic_sampling=true"],
+     ["agent.env=", "multi-turn batches", "algo.dynamic_sampling=false"]),
     (["algo.decoupled_cap=1"], ["algo.decoupled_cap"]),
     (["rl.off_policy_steps=1", "rollout.sleep=true"], ["rl.off_policy_steps=1", "rollout.sleep=false"]),
     (["rollout.tensor_parallel_size=3"], ["rollout.tensor_parallel_size=3", "4 attention heads", "2 key-value heads"]),

@@ -70,12 +70,14 @@ def _check_layout(cfg: RunConfig) -> None:
         raise ConfigError("rl.partial_rollouts=true lets new weights land in generation that is in flight, but with "
                           "rl.off_policy_steps=0 nothing generates while the trainer works; set rl.off_policy_steps "
                           "(e.g. 2) or rl.partial_rollouts=false")
-    if (k > 1 or cfg.rl.partial_rollouts) and cfg.algo.dynamic_sampling:
-        why = f"rl.off_policy_steps={k}" if k > 1 else "rl.partial_rollouts=true (a push does not wait for it)"
+    multi_turn_ahead = k >= 1 and cfg.agent.env is not None  # a push does not wait for multi-turn batches
+    if (k > 1 or cfg.rl.partial_rollouts or multi_turn_ahead) and cfg.algo.dynamic_sampling:
+        why = (f"rl.off_policy_steps={k}" if k > 1 else "rl.partial_rollouts=true (a push does not wait for it)"
+               if cfg.rl.partial_rollouts else f"agent.env={cfg.agent.env} (a push does not wait for multi-turn batches)")
         raise ConfigError(f"algo.dynamic_sampling refills a batch with prompts drawn while it generates, which with "
                           f"several batches generating at once ({why}) would make the prompts depend on timing; use "
-                          f"rl.off_policy_steps=1 (or 0) without partial rollouts with dynamic sampling, or "
-                          f"algo.dynamic_sampling=false")
+                          f"rl.off_policy_steps=0 (single-turn: or 1 without partial rollouts) with dynamic "
+                          f"sampling, or algo.dynamic_sampling=false")
     for key, value in (("rollout.num_gpus", r.num_gpus), ("actor.num_gpus_per_worker", cfg.actor.num_gpus_per_worker)):
         if r.sleep and value == 0:
             raise ConfigError(f"rollout.sleep=true frees GPU memory, but {key}=0 puts that role on the CPU, so nothing "

@@ -19,8 +19,8 @@ and seeds a batch gets never depends on timing; generation and scoring run on a 
 per batch. A saved state holds the ready batches, and for each batch still in flight its launch
 mark (the data position and draw count before it, and its version): a resumed run launches it
 again, on the same weights, drawing the same prompts with the same seeds. Where generation draws
-prompts as it goes (dynamic sampling refills) or crosses pushes (partial rollouts), the save waits
-for the batches in flight instead and keeps them as ready.
+prompts as it goes (dynamic sampling refills) or crosses pushes (partial rollouts, multi-turn), the
+save waits for the batches in flight instead and keeps them as ready.
 """
 
 from __future__ import annotations
