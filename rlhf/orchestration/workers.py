@@ -186,6 +186,12 @@ class RolloutWorker:
     def connect_weights(self, info: dict) -> None:
         self.receiver.connect(info)
 
+    def hold_for_push(self) -> None:
+        """Before a push, while the trainers wait: the engine stops taking requests (`begin_push`:
+        with partial rollouts at once, otherwise once the requests in flight finish), so the push's
+        own calls find it ready."""
+        self.engine.begin_push()
+
     def begin_weight_update(self) -> None:
         self.engine.begin_push()
         self.receiver.begin()
