@@ -267,7 +267,7 @@ def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_sta
     """wait_started: while an actor's constructor runs, a line per interval names it (and not the
     one already up); a constructor that raises fails the wait with its error at once, without
     waiting for another actor still starting."""
-    from rlhf.orchestration.roles import wait_started
+    from rlhf.orchestration.starting import wait_started
 
     @ray.remote(num_cpus=0)
     class Starting:
@@ -291,3 +291,15 @@ def test_waiting_for_starting_engines_names_the_slow_one_and_raises_a_failed_sta
         wait_started({"engine C": slow, "engine D": failing}, every_s=60.0)
     assert time.time() - t < 20  # raised while engine C was still in its 30 s constructor
     ray.kill(slow)
+
+    # the same wait for any start-up calls (a trainer group's rank inits): results by name
+    from rlhf.orchestration.starting import wait_for
+
+    @ray.remote(num_cpus=0)
+    def init(rank: int, seconds: float):
+        time.sleep(seconds)
+        return rank * 10
+
+    got = wait_for({"actor rank 0": init.remote(0, 1.2), "actor rank 1": init.remote(1, 0.0)}, every_s=0.5)
+    assert got == {"actor rank 0": 0, "actor rank 1": 10}
+    assert any(line.startswith("[rlhf] actor rank 0 still starting (") for line in capsys.readouterr().out.splitlines())

@@ -18,6 +18,7 @@ from engines.base import EngineConfig, LoraConfig
 from rlhf.config import RunConfig, trainer_groups
 from rlhf.config.layout import gpu_layout
 from rlhf.orchestration.placement import Placement
+from rlhf.orchestration.starting import wait_started
 from rlhf.orchestration.worker_group import TrainerGroup
 from rlhf.orchestration.workers import ROLLOUT_ACTOR_OPTIONS, RolloutWorker
 from rollout import ROLLOUT_ENGINES
@@ -188,25 +189,6 @@ def start_rollout(cfg: RunConfig, model_path: str, transport: str, placement: Pl
             .remote(ROLLOUT_ENGINES[r.engine], model_path,
                     dataclasses.replace(rollout_cfg, ray_bundles=placement.rollout_bundles(i)))
             for i in (which or range(r.num_engines))]
-
-
-def wait_started(actors: dict[str, object], began: float | None = None, every_s: float = 60.0) -> None:
-    """Wait until the named Ray actors (created at `began`, a wall-clock time; default now) are up,
-    their constructors returned, saying every `every_s` which are still starting: a vLLM engine
-    takes minutes on a large model or a cold compile cache, and a start that hangs should show
-    where instead of leaving the console silent. The first constructor to fail raises its error
-    at once, as Ray raises it."""
-    pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
-    began = time.time() if began is None else began
-    deadline = time.time() + every_s
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(deadline - time.time(), 0.0))
-        for ref in ready:
-            ray.get(ref)
-            del pending[ref]
-        if pending and time.time() >= deadline:
-            print(f"[rlhf] {', '.join(pending.values())} still starting ({time.time() - began:.0f} s)", flush=True)
-            deadline = time.time() + every_s
 
 
 def start_roles(cfg: RunConfig, model_path: str, pad_id: int) -> Roles:

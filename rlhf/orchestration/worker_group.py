@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import ray
 from tensordict import TensorDict
 
 from core.batch import split
+from rlhf.orchestration.starting import wait_for
 from rlhf.orchestration.workers import TrainerWorker
 
 
@@ -16,11 +19,14 @@ class TrainerGroup:
         cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TrainerWorker)
         self.world_size = world_size
         options = options or [{}] * world_size
+        began = time.time()
         self.workers = [cls.options(name=f"{name}-{r}", **options[r]).remote(r, world_size) for r in range(world_size)]
+        ranks = [f"{name} rank {r}" for r in range(world_size)]
         # Rank 0's node and a free port there is the rendezvous; ranks may sit on any node.
-        address = ray.get(self.workers[0].free_address.remote())
-        layouts = ray.get([w.init.remote(address, engine_spec, model_path, engine_cfg, trainable, head)
-                           for w in self.workers])
+        address = wait_for({ranks[0]: self.workers[0].free_address.remote()}, began)[ranks[0]]
+        got = wait_for({rank: w.init.remote(address, engine_spec, model_path, engine_cfg, trainable, head)
+                        for rank, w in zip(ranks, self.workers)}, began)
+        layouts = [got[rank] for rank in ranks]
         # Ranks that share a data-parallel rank (a tensor- or expert-parallel group) get the same
         # rows; one of them answers for the group.
         self.dp_size = layouts[0][1]
