@@ -2,7 +2,7 @@
 a run, every sampled token's log-prob from vLLM (the rollout), from the trainer (before the
 step's update), and from a float64 forward of the same weights, the exact reference.
 
-    python -m rlhf.main ... trainer.rollout_dump_every=1 trainer.save_every=1 trainer.output_dir=RUN
+    python -m rlhf.main ... trainer.rollout_dump_every=1 trainer.save_every=1 trainer.keep_last=0 trainer.output_dir=RUN
     python -m benchmarks.logprob_precision RUN --step 14
 
 The step's batch comes from RUN/rollouts/rl-stepN.jsonl, the weights that sampled it and that the

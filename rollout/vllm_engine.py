@@ -265,10 +265,8 @@ class VLLMRollout(RolloutEngine):
         try:
             with self.requests.paused():
                 self.requests.note_push()
-                if self.requests.in_flight:
-                    added = self.requests.added
-                    if self.llm.reset_prefix_cache(reset_running_requests=True):
-                        self._clean_at = added
+                if self.requests.in_flight:  # they go on caching: the drop after they finish stays due
+                    self.llm.reset_prefix_cache(reset_running_requests=True)
                 else:
                     self._drop_prefixes()
         finally:

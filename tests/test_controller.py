@@ -192,3 +192,59 @@ def test_a_failed_prefetch_skips_the_push_and_the_next_step_raises_it(ray_local,
             assert second["rollout/policy_lag"] == 1.0 and ray.get(engine.__ray_call__.remote(lambda e: e.calls)) == 2
     finally:
         rewards.close()
+
+
+class RecordingEngines:
+    """The rollout group as the push sees it: records the calls made to every engine."""
+
+    restarts = 0
+
+    def __init__(self, calls: list, fail: bool = False):
+        self.calls, self.fail = calls, fail
+
+    def all(self, method: str, *args):
+        self.calls.append(method)
+        if self.fail:
+            from rollout.group import RolloutFailed
+
+            raise RolloutFailed("engine 0 kept dying")
+        return [None]
+
+
+def _pushing(overrides: list[str], calls: list, fail: bool = False) -> Controller:
+    """A controller whose queue holds one batch still generating, and whose push is recorded."""
+    import threading
+
+    from rlhf.orchestration.rollout_queue import RolloutQueue
+
+    cfg = load_config(["task.name=arithmetic_tools", "rl.off_policy_steps=1", *overrides])
+    ctl = Controller(cfg, Roles(actor=None, rollout=RecordingEngines(calls, fail)), FakeTokenizer(), rewards=None,
+                     renderer=None)
+    never = threading.Event()
+    ctl.rollouts = RolloutQueue(1, ctl.rollouts.crossing, lambda: None, lambda *a: never.wait(), dict, lambda p: None,
+                                relaunchable=False)
+    ctl.rollouts.launch(0)
+    ctl.sync_weights = lambda: calls.append("push") or {"time/push": 0.0}
+    return ctl
+
+
+def test_a_multi_turn_push_holds_the_engines_before_the_trainers_send():
+    """Multi-turn batches ahead do not hold the push; the engines are asked to let their turns in
+    flight finish first (timed as the rollout wait), and a failure there counts as after the update."""
+    calls = []
+    timing = _pushing([], calls)._push(train_actor=True, more=0)
+    assert calls == ["hold_for_push", "push"] and "time/rollout_wait" in timing
+
+    calls = []  # partial rollouts: the push's first payload stops the engines at once, no hold first
+    _pushing(["rl.partial_rollouts=true"], calls)._push(train_actor=True, more=0)
+    assert calls == ["push"]
+
+    calls = []  # no update (critic pre-training): no push, no hold
+    _pushing([], calls)._push(train_actor=False, more=0)
+    assert calls == []
+
+    from rollout.group import RolloutFailed
+
+    with pytest.raises(RolloutFailed) as failed:
+        _pushing([], [], fail=True)._push(train_actor=True, more=0)
+    assert failed.value.after_update  # the trainer updated: a resumed run pushes first

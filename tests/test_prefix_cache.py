@@ -64,3 +64,18 @@ def test_a_drop_that_vllm_refused_is_done_at_the_push():
     e.weights_updated()
     e.weights_updated()
     assert llm.resets == 2
+
+
+def test_requests_that_go_on_after_a_push_leave_the_drop_due():
+    """Partial rollouts: a push lands while requests run; the reset then clears what they had, but
+    they go on caching on the new weights, so the drop after they finish must still run (before
+    the next push, an evaluation, or the next batch)."""
+    llm = RecordingLLM()
+    e = engine(llm)
+    e.requests.added += 8
+    e.requests.in_flight = 8
+    e.weights_updated()  # the push, with the requests in flight
+    assert llm.resets == 1
+    e.requests.in_flight = 0
+    e.generated()  # the batch collected
+    assert llm.resets == 2

@@ -424,13 +424,13 @@ class Controller:
         push = train_actor and not self.rollouts.failed()
         if push:
             self.version += 1
-            if self.rollouts.crossing and len(self.rollouts):
-                # generation in flight: the engines let it reach a point where weights may change
-                # (see rollout_queue.py) before the trainers start sending; counted as the wait
+        try:
+            if push and self.rollouts.crossing and not self.cfg.rl.partial_rollouts and len(self.rollouts):
+                # multi-turn in flight: the engines let the turns being sampled finish (see
+                # rollout_queue.py) before the trainers start sending; counted as the wait
                 t = time.perf_counter()
                 self.roles.rollout.all("hold_for_push")
                 timing["time/rollout_wait"] += time.perf_counter() - t
-        try:
             timing.update(self.sync_weights() if push else {"time/push": 0.0})
         except RolloutFailed as e:
             e.after_update = True  # this step's update is done: a run can continue after it, not before

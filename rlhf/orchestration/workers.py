@@ -187,9 +187,9 @@ class RolloutWorker:
         self.receiver.connect(info)
 
     def hold_for_push(self) -> None:
-        """Before a push, while the trainers wait: the engine stops taking requests (`begin_push`:
-        with partial rollouts at once, otherwise once the requests in flight finish), so the push's
-        own calls find it ready."""
+        """Before a push of multi-turn generation in flight, while the trainers wait: the engine
+        lets the turns being sampled finish and holds new ones (`begin_push`), so the push's own
+        calls find it ready."""
         self.engine.begin_push()
 
     def begin_weight_update(self) -> None:
