@@ -72,6 +72,9 @@ def _start_ray(cfg: RunConfig) -> None:
         include_dashboard=False,
         runtime_env={"env_vars": env},
         log_to_driver=True,
+        # Every role runs in an actor of its own process; the idle workers Ray would start for
+        # tasks are never used, and cost about half a CPU-second each at start-up.
+        _system_config={"prestart_worker_first_driver": False},
     )
 
 
