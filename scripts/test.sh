@@ -5,10 +5,10 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 bash scripts/setup.sh
 status=0
-# Two processes, each taking whole test modules (module fixtures stay in one process), modules with
-# the most tests first (xdist's order: end-to-end modules then overlap with unit tests; three
-# processes, or the longest modules first, were slower on two cores).
-.venv/bin/python -m pytest -n 2 --dist loadfile -ra --durations=15 "$@" || status=$?
+# Two processes (three were slower on two cores), each taking whole test modules (module fixtures
+# stay in one process), in collection order: the slowest modules first (SLOW_MODULES in
+# tests/conftest.py), so the short ones even out the end.
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -ra --durations=15 "$@" || status=$?
 # Nothing may outlive the tests: no Ray processes, no shared-memory segments.
 pkill -f "$RAY_TMPDIR" 2>/dev/null || true
 exit $status

@@ -16,9 +16,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODEL_CACHE = ROOT / ".cache" / "rlhf" / "models"
 
 
+# Seconds the slowest modules took on the 2-core machine (CI's kind; `--junitxml`, 2026-12-07).
+# The two test processes (pytest-xdist, whole modules each; scripts/test.sh) are handed modules in
+# collection order, so these go first, longest first, and the many short modules fill in at the
+# end: in xdist's own order (most tests first) they came last, and one process ran the longest
+# alone for minutes while the other had nothing left. A module missing here only runs later.
+SLOW_MODULES = {
+    "test_faults_resume_e2e": 206, "test_ppo_resume_e2e": 161, "test_fsdp_engine": 127, "test_main_e2e": 93,
+    "test_agents_e2e": 91, "test_data_e2e": 89, "test_roles": 85, "test_faults_e2e": 83, "test_stop_e2e": 73,
+    "test_stages_e2e": 67, "test_rollout_recovery": 60, "test_parallel": 58, "test_reward_plugins_e2e": 57,
+    "test_reshard_resume": 48, "test_off_policy_e2e": 48, "test_two_nodes_e2e": 38, "test_config": 37,
+    "test_lora": 28, "test_controller": 25,
+}
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    items.sort(key=lambda item: -SLOW_MODULES.get(item.path.stem, 0))  # stable: each module keeps its order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine: python -m benchmarks gpu-tests)")
@@ -57,6 +72,26 @@ def tiny_chat_model():
     return ensure_tiny_model(MODEL_CACHE, arithmetic_tools.corpus(train + held_out), arch, 0, chat=True)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The address of a Ray cluster this test process starts once, which end-to-end jobs join
+    (`trainer.ray_address=...`) and in-process tests connect to (`ray.init(address=...)`) instead
+    of each starting and stopping a cluster of their own: about 5 CPU-seconds a job, a third of a
+    small job's, on the 2-core machine. Jobs whose subject is their own cluster (the output
+    contract, a stop or faults that must leave no process behind, placement) still start theirs."""
+    from ray.cluster_utils import Cluster
+
+    from rlhf.orchestration.ray_auth import keep_token_local
+
+    keep_token_local()  # the jobs started from here inherit RAY_AUTH_TOKEN_PATH, so they can join
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 16, "include_dashboard": False, "object_store_memory": 512 << 20,
+        "_system_config": {"prestart_worker_first_driver": False}})
+    os.environ.pop("RAY_ADDRESS", None)  # a bare ray.init() here must not join it unasked
+    yield cluster.address
+    cluster.shutdown()
+
+
 @pytest.fixture(scope="module")
 def one_rank_world():
     """The environment of a one-rank torch.distributed world, for an engine built in this process."""
@@ -72,7 +107,7 @@ def one_rank_world():
 
 
 @pytest.fixture(scope="session")
-def sft_policy():
+def sft_policy(ray_cluster):
     """The default task's policy after 200 SFT steps (one trainer rank; a reward in a quarter to a
     half of its groups of 8 samples, so RL has live rewards and gradients), trained once per test run through the real entry point and shared by the test
     processes (a lock; the folder is named by xdist's run id): the tests that need such a policy
@@ -90,7 +125,7 @@ def sft_policy():
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (policy / "config.json").is_file():
             proc = subprocess.run([sys.executable, "-m", "rlhf.main", "stages=[sft]", "sft.steps=200", "actor.world_size=1",
-                                   f"trainer.output_dir={folder / 'sft200'}"], capture_output=True, text=True,
+                                   f"trainer.output_dir={folder / 'sft200'}", f"trainer.ray_address={ray_cluster}"], capture_output=True, text=True,
                                   timeout=900, cwd=ROOT)
             assert proc.returncode == 0, proc.stderr[-4000:]
     return policy

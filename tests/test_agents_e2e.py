@@ -23,9 +23,9 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "rlhf.main", *ARGS, *args], capture_output=True, text=True, timeout=900)
 
 
-def test_tool_task_runs_multi_turn_and_resumes_exactly(tmp_path):
+def test_tool_task_runs_multi_turn_and_resumes_exactly(tmp_path, ray_cluster):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    proc = _run(f"trainer.output_dir={full}")
+    proc = _run(f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = rl_steps(read_metrics(full))
     assert sorted(a) == [1, 2, 3]
@@ -37,7 +37,7 @@ def test_tool_task_runs_multi_turn_and_resumes_exactly(tmp_path):
     # have tool turns whose results sit in the context, masked out of the loss.
     assert max(r["agent/tool_calls_mean"] for r in a.values()) > 0
 
-    proc = _run(f"trainer.output_dir={resumed}", f"trainer.resume={full / 'checkpoints' / 'state-rl-step2'}")
+    proc = _run(f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={resumed}", f"trainer.resume={full / 'checkpoints' / 'state-rl-step2'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     b = rl_steps(read_metrics(resumed))
     assert sorted(b) == [3]

@@ -60,10 +60,9 @@ class ScriptedRollout:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(ray_cluster):
     # the workers import this module (for the fake actor class) from the tests folder
-    ray.init(address="local", num_cpus=1, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    ray.init(address=ray_cluster, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
 

@@ -62,7 +62,7 @@ def chat_model(tmp_path_factory):
     return path
 
 
-def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
+def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model, ray_cluster):
     """One run reads both kinds of file: training rows from parquet, evaluation rows from jsonl."""
     import datasets
 
@@ -74,7 +74,7 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
     extra = ["sft.epochs=1", "sft.eval_fraction=0.25", "sft.eval_every=2", f"model.path={chat_model}",
              "data.system_prompt='Answer after ####.'", f"data.train_files=[{train}]", f"data.eval_files=[{test}]"]
     out = tmp_path / "run"
-    proc = _main(*GSM8K, *extra, f"trainer.output_dir={out}")
+    proc = _main(*GSM8K, *extra, f"trainer.output_dir={out}", f"trainer.ray_address={ray_cluster}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
     sft_steps = 5  # ceil(1 epoch x 18 rows / batch 4)
@@ -140,13 +140,13 @@ def test_sft_then_rl_from_files_hands_over_and_exports(tmp_path, chat_model):
     assert llm.get_tokenizer().encode("What is 2+3?", add_special_tokens=False) == tok.encode("What is 2+3?", add_special_tokens=False)
 
 
-def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_sizes(tmp_path):
-    """Prompts of 20, 60 and 200 tokens at the default 64 prompts x 8 samples, nothing overridden
-    but a rollout.max_model_len they fit in (and one trainer rank: the generation is the point).
-    One generation holds far more prompt tokens than vLLM's CPU budget of 4,096 a scheduler step.
-    With chunked prefill vLLM split a prompt over two steps and then rewound that request's seeded
-    generator, which a CPU generator cannot do: the run died at its first RL step
-    (docs/known-issues.md)."""
+def test_own_data_with_long_prompts_run_sft_then_grpo(tmp_path, ray_cluster):
+    """Prompts of 20, 60 and 200 tokens, 16 prompts x 8 samples (the default 64 x 8 fails the same
+    way, at four times the training time), one trainer rank: the generation is the point. One
+    generation holds far more prompt tokens than vLLM's CPU budget of 4,096 a scheduler step
+    (checked on the dumped rollouts). With chunked prefill vLLM split a prompt over two steps and
+    then rewound that request's seeded generator, which a CPU generator cannot do: the run died at
+    its first RL step (docs/known-issues.md)."""
     rng = random.Random(0)
 
     def row(operands: int) -> dict:
@@ -160,7 +160,8 @@ def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_size
     out = tmp_path / "run"
     proc = _main(f"data.train_files=[{train}]", f"data.eval_files=[{test}]", "data.prompt_key=problem",
                  "data.answer_key=solution", "data.response_key=solution", "rollout.max_model_len=256",
-                 "sft.steps=2", "rl.steps=1", "actor.world_size=1", f"trainer.output_dir={out}")
+                 "sft.steps=2", "sft.batch_size=16", "rl.steps=1", "rl.prompts_per_step=16", "actor.world_size=1",
+                 "trainer.rollout_dump_every=1", f"trainer.output_dir={out}", f"trainer.ray_address={ray_cluster}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
     counts = {r["stage"]: r for r in rows if "data/train_rows" in r}
@@ -169,3 +170,6 @@ def test_own_data_with_long_prompts_runs_sft_then_grpo_at_the_default_batch_size
     tok = AutoTokenizer.from_pretrained(out / "checkpoints" / "final")
     lengths = {len(tok(json.loads(line)["problem"]).input_ids) for line in train.read_text().splitlines()}
     assert lengths == {20, 60, 200}
+    samples = [json.loads(line) for line in (out / "rollouts" / "rl-step1.jsonl").read_text().splitlines()]
+    assert len(samples) == 16 * 8
+    assert sum(s["response_mask"].index(1) for s in samples) > 2 * 4096  # prompt tokens in the one generation

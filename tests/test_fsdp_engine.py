@@ -70,8 +70,8 @@ def test_expert_parallel_is_refused_naming_the_automodel_engine():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+def ray_local(ray_cluster):
+    ray.init(address=ray_cluster)
     yield
     ray.shutdown()
 

@@ -147,9 +147,9 @@ def test_lora_names_the_layers_when_no_pattern_matches(tiny_model, one_rank_worl
 
 
 @pytest.mark.e2e
-def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank_world):
+def test_lora_at_dp2_matches_the_plain_lora(tiny_model, task, tmp_path, one_rank_world, ray_cluster):
     batches = sft_batches(tiny_model, task, STEPS)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(address=ray_cluster)
     try:
         group = TrainerGroup(2, ENGINES["automodel"], tiny_model, CFG, True, 1, 0, "lora-dp2", "lm")
         try:

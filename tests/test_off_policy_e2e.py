@@ -35,9 +35,9 @@ def _hf_logprobs(model, ids: list[int]) -> torch.Tensor:
     return torch.cat([torch.zeros(1), logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]])
 
 
-def test_off_policy_samples_come_from_the_previous_weights_and_resume_exactly(tmp_path, sft_policy):
+def test_off_policy_samples_come_from_the_previous_weights_and_resume_exactly(tmp_path, sft_policy, ray_cluster):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    proc = _run(f"model.path={sft_policy}", f"trainer.output_dir={full}")
+    proc = _run(f"model.path={sft_policy}", f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = rl_steps(read_metrics(full))
     assert sorted(a) == [1, 2, 3, 4, 5]
@@ -70,7 +70,7 @@ def test_off_policy_samples_come_from_the_previous_weights_and_resume_exactly(tm
     # still generating, then generated again on the same weights with the same prompts and seeds).
     state = full / "checkpoints" / "state-rl-step2"
     assert (state / "pending_rollouts.pt").is_file()
-    proc = _run(f"model.path={sft_policy}", f"trainer.output_dir={resumed}", f"trainer.resume={state}")
+    proc = _run(f"model.path={sft_policy}", f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={resumed}", f"trainer.resume={state}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     b = rl_steps(read_metrics(resumed))
     assert sorted(b) == [3, 4, 5]

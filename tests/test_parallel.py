@@ -23,8 +23,8 @@ LR, STEPS = 5e-4, 5
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=3, include_dashboard=False)
+def ray_local(ray_cluster):
+    ray.init(address=ray_cluster)
     yield
     ray.shutdown()
 

@@ -2,7 +2,7 @@
 uninterrupted run's step-2 state must reproduce its steps 3-6 to the bit (the reference is that
 run). Every piece of PPO's state travels: two optimizers, LR schedules, the KL coefficient, the
 data position, the sampling seeds. (A run SIGKILLed and resumed with trainer.resume=auto:
-tests/test_faults_e2e.py.)"""
+tests/test_faults_resume_e2e.py.)"""
 
 import dataclasses
 import json
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 # piece of state (two optimizers, LR schedules, KL coefficient, data position, sampling seeds).
 # RL starts from the shared 200-step SFT policy (conftest.sft_policy), a reward in a quarter to a
 # half of its groups: rewards, advantages and gradients are live. One trainer rank (a sharded
-# state resumes exactly in tests/test_faults_e2e.py and tests/test_reshard_resume.py).
+# state resumes exactly in tests/test_faults_resume_e2e.py and tests/test_reshard_resume.py).
 ARGS = ["algo=ppo", "sft.steps=0", "rl.steps=4", "rl.prompts_per_step=8", "algo.critic_pretrain_steps=1",
         "algo.kl_coef=0.05", "algo.kl_target=0.01", "trainer.save_every=2", "actor.world_size=1"]
 COMPARED = ["reward/mean", "reward/std", "actor/policy_loss", "actor/grad_norm", "actor/clip_frac", "actor/kl_coef",
@@ -36,13 +36,13 @@ def _run(*args):
 
 
 @pytest.fixture
-def policy(sft_policy):
-    return f"model.path={sft_policy}"
+def policy(sft_policy, ray_cluster):
+    return f"model.path={sft_policy}", f"trainer.ray_address={ray_cluster}"
 
 
 def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path, policy):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    proc = _run(policy, f"trainer.output_dir={full}")
+    proc = _run(*policy, f"trainer.output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = rl_steps(read_metrics(full))
     assert sorted(a) == [1, 2, 3, 4]
@@ -62,7 +62,7 @@ def test_ppo_run_then_a_resumed_run_continues_exactly(tmp_path, policy):
     assert all((full / "checkpoints" / f"state-rl-step{s}" / "COMPLETE").is_file() for s in (2, 4))
 
     # Resumed from the named step-2 state into a new folder, to the end
-    proc = _run(policy, f"trainer.output_dir={resumed}", f"trainer.resume={state}")
+    proc = _run(*policy, f"trainer.output_dir={resumed}", f"trainer.resume={state}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "continuing at RL step 3" in proc.stdout
     b = rl_steps(read_metrics(resumed))

@@ -41,7 +41,7 @@ def install_plugin_package(site: Path) -> None:
     (dist / "entry_points.txt").write_text("[rlhf.rewards]\ntest_plugin = rlhf_test_plugin:score\n")
 
 
-def test_entry_point_and_file_path_plugins_with_lora_in_one_run(tmp_path, tiny_model):
+def test_entry_point_and_file_path_plugins_with_lora_in_one_run(tmp_path, tiny_model, ray_cluster):
     """One RL run from a model folder, testing two things.
     Rewards: three functions summed, one from an installed package's entry point, one by file
     path that fails on some prompts (counted, logged, the run goes on), and the response length
@@ -54,7 +54,7 @@ def test_entry_point_and_file_path_plugins_with_lora_in_one_run(tmp_path, tiny_m
     fns = (f"reward.fns=[{{name: test_plugin, weight: 1.0}}, {{name: '{PLUGINS}:flaky', weight: 1.0}}, "
            f"{{name: '{LENGTH}'}}]")
     out = tmp_path / "run"
-    proc = run(out, "stages=[rl]", f"model.path={tiny_model}", "rl.steps=4", "reward.fn=null", fns,
+    proc = run(out, f"trainer.ray_address={ray_cluster}", "stages=[rl]", f"model.path={tiny_model}", "rl.steps=4", "reward.fn=null", fns,
                "reward.max_error_rate=0.9", "actor.lora.rank=8", "algo.kl_coef=0.05", "rl.lr=1e-2",
                env={"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,9 +83,10 @@ def test_entry_point_and_file_path_plugins_with_lora_in_one_run(tmp_path, tiny_m
     assert max((final[k] - base[k]).abs().max().item() for k in changed) > 1e-3
 
 
-def test_error_rate_breach_stops_the_run_with_a_clear_message_and_keeps_the_policy(tmp_path):
+def test_error_rate_breach_stops_the_run_with_a_clear_message_and_keeps_the_policy(tmp_path, ray_cluster):
     # 32 samples a step; the limit is judged from 64 calls on, so the run stops in step 2
-    proc = run(tmp_path / "run", f"reward.fn={PLUGINS}:raises", "reward.max_error_rate=0.5")
+    proc = run(tmp_path / "run", f"trainer.ray_address={ray_cluster}", f"reward.fn={PLUGINS}:raises",
+               "reward.max_error_rate=0.5")
     assert proc.returncode == 2
     assert "reward.max_error_rate=0.5" in proc.stderr and "this plugin always fails" in proc.stderr
     assert (tmp_path / "run" / "checkpoints" / "rl-stopped-at-step1" / "model.safetensors").exists()

@@ -36,8 +36,8 @@ def hf_logprobs(model, batch):
 
 
 @pytest.fixture(scope="module")
-def roles(tiny_model):
-    ray.init(address="local", num_cpus=7, include_dashboard=False)  # actor (2) + rollout (2) + critic (2) + spare
+def roles(tiny_model, ray_cluster):
+    ray.init(address=ray_cluster)
     try:
         engine_cfg = EngineConfig(dtype="float32", micro_batch_size=2, max_grad_norm=1.0, seed=0, trust_remote_code=False)
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True,

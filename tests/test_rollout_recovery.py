@@ -49,8 +49,8 @@ class OneRankGroup:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+def local_ray(ray_cluster):
+    ray.init(address=ray_cluster)
     yield
     ray.shutdown()
 

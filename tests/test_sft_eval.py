@@ -97,12 +97,12 @@ def _hf_nll(model_path, examples) -> float:
 
 
 @pytest.mark.e2e
-def test_eval_loss_is_the_held_out_nll_and_does_not_change_training(tiny_model, task, tmp_path):
+def test_eval_loss_is_the_held_out_nll_and_does_not_change_training(tiny_model, task, tmp_path, ray_cluster):
     cfg, (problems, _) = task
     train, held = hold_out(problems[:40], 0.25, cfg.seed)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     renderer = Renderer(tok, cfg.data.chat_template, cfg.data.system_prompt)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(address=ray_cluster)
     try:
         engine_cfg = EngineConfig(dtype="float32", micro_batch_size=4, max_grad_norm=1.0, seed=0, trust_remote_code=False)
         actor = TrainerGroup(2, ENGINES["automodel"], tiny_model, engine_cfg, trainable=True, num_cpus=1, num_gpus=0,

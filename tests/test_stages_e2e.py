@@ -23,9 +23,9 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "rlhf.main", *ARGS, *args], capture_output=True, text=True, timeout=900)
 
 
-def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path):
+def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path, ray_cluster):
     out = tmp_path / "run"
-    proc = _run(f"trainer.output_dir={out}")
+    proc = _run(f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
     steps = {name: [r["step"] for r in rows if r["stage"] == name and ("sft/loss" in r or "reward/mean" in r)]
@@ -44,7 +44,7 @@ def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path):
 
     # The run stopped during the third stage: its checkpoint is gone; restart on the same folder.
     shutil.rmtree(out / "checkpoints" / "rl2")
-    proc = _run(f"trainer.output_dir={out}")
+    proc = _run(f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "stage sft finished in an earlier run" in proc.stdout and "stage rl finished in an earlier run" in proc.stdout
     new = read_metrics(out)[len(rows):]
@@ -60,7 +60,7 @@ def test_three_stages_then_a_restart_skips_the_finished_ones(tmp_path):
     # stage's learning rate; the SFT stage it does not touch still matches), and the refused run
     # leaves the folder as it was
     config = (out / "config.json").read_text()
-    proc = _run(f"trainer.output_dir={out}", "stage_overrides.rl.rl.lr=1.0e-4")
+    proc = _run(f"trainer.ray_address={ray_cluster}", f"trainer.output_dir={out}", "stage_overrides.rl.rl.lr=1.0e-4")
     assert proc.returncode == 2 and "checkpoints/rl is a finished rl stage run with other settings" in proc.stderr, \
         proc.stderr[-2000:]
     assert "rl.lr: saved 0.0005, now 0.0001" in proc.stderr
