@@ -85,8 +85,8 @@ def tiny_chat_model():
 def ray_cluster():
     """The address of a Ray cluster this test process starts once, which end-to-end jobs join
     (`trainer.ray_address=...`) and in-process tests connect to (`ray.init(address=...)`) instead
-    of each starting and stopping a cluster of their own: about 5 CPU-seconds a job, a third of a
-    small job's, on the 2-core machine. Jobs whose subject is their own cluster (the output
+    of each starting and stopping a cluster of their own: about 5 CPU-seconds a job (a one-rank
+    job's start-up is about 30) on the 2-core machine. Jobs whose subject is their own cluster (the output
     contract, a stop or faults that must leave no process behind, placement) still start theirs."""
     from ray.cluster_utils import Cluster
 
